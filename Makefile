@@ -1,0 +1,64 @@
+# Switchyard: `make serve` serves models/, `make test` runs every test.
+# Needs: Debian (or similar), Rust stable, Python 3 with pip and venv.
+
+ORT_VERSION := 1.31.1
+CACHE       := .cache
+ORT_LIB     := $(CACHE)/onnxruntime-$(ORT_VERSION)/libonnxruntime.so
+PYTHON      ?= python3
+MODELS      ?= models
+HTTP        ?= 0.0.0.0:8000
+CARGO       ?= cargo
+TEST_VENV   := .venv-test
+MODELS_VENV := .venv-models
+
+.PHONY: all build serve test ort rust-test interop-test models lint fmt clean
+
+all: build
+
+## ONNX Runtime's shared library, from the onnxruntime wheel on PyPI (once).
+ort: $(ORT_LIB)
+$(ORT_LIB):
+	PYTHON=$(PYTHON) scripts/fetch-ort.sh $(ORT_VERSION) $@
+
+## target/release/switchyard, with libonnxruntime.so beside it: runs from anywhere.
+build: $(ORT_LIB)
+	$(CARGO) build --release --locked
+	cp $(ORT_LIB) target/release/libonnxruntime.so
+
+serve: build
+	./target/release/switchyard serve --models $(MODELS) --http $(HTTP)
+
+test: rust-test interop-test
+
+rust-test: $(ORT_LIB)
+	$(CARGO) build --locked --all-targets
+	cp $(ORT_LIB) target/debug/libonnxruntime.so
+	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(CARGO) test --locked
+
+$(TEST_VENV)/.done: tests/interop/requirements.txt
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+interop-test: $(TEST_VENV)/.done rust-test
+	SWITCHYARD_BIN=$(abspath target/debug/switchyard) $(TEST_VENV)/bin/python -m pytest -q tests/interop
+
+## Regenerate the sample models and expected outputs (deterministic).
+$(MODELS_VENV)/.done: models/requirements.txt
+	$(PYTHON) -m venv $(MODELS_VENV)
+	$(MODELS_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+models: $(MODELS_VENV)/.done
+	$(MODELS_VENV)/bin/python models/make_models.py
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+clean:
+	$(CARGO) clean
+	rm -rf $(CACHE) $(TEST_VENV) $(MODELS_VENV)

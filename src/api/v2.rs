@@ -1,0 +1,514 @@
+//! The KServe V2 / Open Inference Protocol JSON codec: bytes in, [`InferRequest`] out, and back.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Result};
+use crate::infer::{InferRequest, InferResponse, Parameters, RequestedOutput};
+use crate::model::{Model, ModelMetadata, TensorSpec, VersionState};
+use crate::tensor::{BytesIter, DataType, Tensor};
+
+#[derive(Deserialize)]
+struct RequestJson<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Parameters>,
+    #[serde(borrow)]
+    inputs: Vec<InputJson<'a>>,
+    #[serde(default)]
+    outputs: Vec<OutputJson>,
+}
+
+#[derive(Deserialize)]
+struct InputJson<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    #[allow(dead_code)] // read by the binary extension later; accepted now
+    parameters: Option<Parameters>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct OutputJson {
+    name: String,
+    #[serde(default)]
+    parameters: Option<Parameters>,
+}
+
+/// Decodes a V2 JSON infer request body.
+pub fn decode_request(body: &[u8], model: &str, version: Option<u64>) -> Result<InferRequest> {
+    let req: RequestJson<'_> = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid(format!("malformed JSON request: {e}")))?;
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for input in req.inputs {
+        let dtype = DataType::parse(&input.datatype).ok_or_else(|| {
+            Error::invalid(format!(
+                "input '{}': unknown datatype '{}'",
+                input.name, input.datatype
+            ))
+        })?;
+        let raw = input.data.ok_or_else(|| {
+            Error::invalid(format!("input '{}': missing field 'data'", input.name))
+        })?;
+        let capacity = crate::tensor::element_count(&input.shape)
+            .unwrap_or(0)
+            .min(1 << 20)
+            * dtype.size().unwrap_or(8);
+        let data = parse_data(&input.name, dtype, raw, capacity)?;
+        let t = Tensor {
+            name: input.name,
+            dtype,
+            shape: input.shape,
+            data,
+        };
+        t.validate_size()?;
+        inputs.push(t);
+    }
+    Ok(InferRequest {
+        id: req.id,
+        model: model.to_string(),
+        version,
+        inputs,
+        outputs: req
+            .outputs
+            .into_iter()
+            .map(|o| RequestedOutput {
+                name: o.name,
+                parameters: o.parameters.unwrap_or_default(),
+            })
+            .collect(),
+        parameters: req.parameters.unwrap_or_default(),
+    })
+}
+
+/// A JSON scalar as it came off the wire.
+#[derive(Clone, Copy)]
+enum Scalar<'a> {
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(&'a str),
+}
+
+impl fmt::Display for Scalar<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::I64(i) => write!(f, "{i}"),
+            Scalar::U64(u) => write!(f, "{u}"),
+            Scalar::F64(x) => write!(f, "{x}"),
+            Scalar::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// Collects elements of one datatype, little-endian, in row-major order.
+struct Sink {
+    dtype: DataType,
+    out: Vec<u8>,
+}
+
+macro_rules! push_int {
+    ($out:expr, $t:ty, $v:expr, $dtype:expr) => {{
+        let n: Option<$t> = match $v {
+            Scalar::I64(i) => <$t>::try_from(i).ok(),
+            Scalar::U64(u) => <$t>::try_from(u).ok(),
+            Scalar::F64(f)
+                if f.fract() == 0.0 && f >= <$t>::MIN as f64 && f <= <$t>::MAX as f64 =>
+            {
+                Some(f as $t)
+            }
+            _ => None,
+        };
+        match n {
+            Some(n) => {
+                $out.extend_from_slice(&n.to_le_bytes());
+                Ok(())
+            }
+            None => Err(format!("{} is not a valid {} value", $v, $dtype)),
+        }
+    }};
+}
+
+impl Sink {
+    fn push(&mut self, v: Scalar<'_>) -> std::result::Result<(), String> {
+        let out = &mut self.out;
+        let float = |v: Scalar<'_>| match v {
+            Scalar::I64(i) => Some(i as f64),
+            Scalar::U64(u) => Some(u as f64),
+            Scalar::F64(f) => Some(f),
+            _ => None,
+        };
+        let bad = |v: Scalar<'_>, d: DataType| format!("{v} is not a valid {d} value");
+        match self.dtype {
+            DataType::Bool => match v {
+                Scalar::Bool(b) => {
+                    out.push(b as u8);
+                    Ok(())
+                }
+                _ => Err(bad(v, self.dtype)),
+            },
+            DataType::U8 => push_int!(out, u8, v, self.dtype),
+            DataType::U16 => push_int!(out, u16, v, self.dtype),
+            DataType::U32 => push_int!(out, u32, v, self.dtype),
+            DataType::U64 => push_int!(out, u64, v, self.dtype),
+            DataType::I8 => push_int!(out, i8, v, self.dtype),
+            DataType::I16 => push_int!(out, i16, v, self.dtype),
+            DataType::I32 => push_int!(out, i32, v, self.dtype),
+            DataType::I64 => push_int!(out, i64, v, self.dtype),
+            DataType::F64 => {
+                let f = float(v).ok_or_else(|| bad(v, self.dtype))?;
+                out.extend_from_slice(&f.to_le_bytes());
+                Ok(())
+            }
+            DataType::F32 => {
+                let f = float(v).ok_or_else(|| bad(v, self.dtype))?;
+                let x = f as f32;
+                if x.is_infinite() {
+                    return Err(format!("{v} is out of the range of FP32"));
+                }
+                out.extend_from_slice(&x.to_le_bytes());
+                Ok(())
+            }
+            DataType::F16 => {
+                let f = float(v).ok_or_else(|| bad(v, self.dtype))?;
+                let x = half::f16::from_f64(f);
+                if x.is_infinite() {
+                    return Err(format!("{v} is out of the range of FP16"));
+                }
+                out.extend_from_slice(&x.to_le_bytes());
+                Ok(())
+            }
+            DataType::BF16 => {
+                let f = float(v).ok_or_else(|| bad(v, self.dtype))?;
+                let x = half::bf16::from_f64(f);
+                if x.is_infinite() {
+                    return Err(format!("{v} is out of the range of BF16"));
+                }
+                out.extend_from_slice(&x.to_le_bytes());
+                Ok(())
+            }
+            DataType::Bytes => match v {
+                Scalar::Str(s) => {
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "{v} is not a string; BYTES data is given as JSON strings"
+                )),
+            },
+        }
+    }
+}
+
+/// Visits a (nested) JSON array, pushing every leaf into the sink.
+struct Elems<'s>(&'s mut Sink);
+
+impl<'de> DeserializeSeed<'de> for Elems<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Elems<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array of {} values", self.0.dtype)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while seq.next_element_seed(Elems(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<(), E> {
+        self.0.push(Scalar::Bool(v)).map_err(E::custom)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<(), E> {
+        self.0.push(Scalar::I64(v)).map_err(E::custom)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<(), E> {
+        self.0.push(Scalar::U64(v)).map_err(E::custom)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<(), E> {
+        self.0.push(Scalar::F64(v)).map_err(E::custom)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        self.0.push(Scalar::Str(v)).map_err(E::custom)
+    }
+}
+
+fn parse_data(name: &str, dtype: DataType, raw: &RawValue, capacity: usize) -> Result<Bytes> {
+    let mut sink = Sink {
+        dtype,
+        out: Vec::with_capacity(capacity),
+    };
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    Elems(&mut sink)
+        .deserialize(&mut de)
+        .map_err(|e| Error::invalid(format!("input '{name}': data: {e}")))?;
+    Ok(Bytes::from(sink.out))
+}
+
+/// Serializes a tensor's elements as a flat JSON array.
+struct DataJson<'a>(&'a Tensor);
+
+fn le<const N: usize>(c: &[u8]) -> [u8; N] {
+    c.try_into().expect("chunk of N bytes")
+}
+
+impl Serialize for DataJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let d = &self.0.data;
+        match self.0.dtype {
+            DataType::Bool => s.collect_seq(d.iter().map(|&b| b != 0)),
+            DataType::U8 => s.collect_seq(d.iter()),
+            DataType::I8 => s.collect_seq(d.iter().map(|&b| b as i8)),
+            DataType::U16 => s.collect_seq(d.chunks_exact(2).map(|c| u16::from_le_bytes(le(c)))),
+            DataType::I16 => s.collect_seq(d.chunks_exact(2).map(|c| i16::from_le_bytes(le(c)))),
+            DataType::U32 => s.collect_seq(d.chunks_exact(4).map(|c| u32::from_le_bytes(le(c)))),
+            DataType::I32 => s.collect_seq(d.chunks_exact(4).map(|c| i32::from_le_bytes(le(c)))),
+            DataType::U64 => s.collect_seq(d.chunks_exact(8).map(|c| u64::from_le_bytes(le(c)))),
+            DataType::I64 => s.collect_seq(d.chunks_exact(8).map(|c| i64::from_le_bytes(le(c)))),
+            DataType::F16 => s.collect_seq(
+                d.chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes(le(c)).to_f32()),
+            ),
+            DataType::BF16 => s.collect_seq(
+                d.chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes(le(c)).to_f32()),
+            ),
+            DataType::F32 => s.collect_seq(d.chunks_exact(4).map(|c| f32::from_le_bytes(le(c)))),
+            DataType::F64 => s.collect_seq(d.chunks_exact(8).map(|c| f64::from_le_bytes(le(c)))),
+            DataType::Bytes => s.collect_seq(
+                BytesIter::new(d).map(|e| String::from_utf8_lossy(e.unwrap_or_default())),
+            ),
+        }
+    }
+}
+
+struct TensorJson<'a>(&'a Tensor);
+
+impl Serialize for TensorJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Tensor", 4)?;
+        st.serialize_field("name", &self.0.name)?;
+        st.serialize_field("datatype", self.0.dtype.as_str())?;
+        st.serialize_field("shape", &self.0.shape)?;
+        st.serialize_field("data", &DataJson(self.0))?;
+        st.end()
+    }
+}
+
+#[derive(Serialize)]
+struct ResponseJson<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Parameters::is_empty")]
+    parameters: &'a Parameters,
+    outputs: Vec<TensorJson<'a>>,
+}
+
+/// Encodes an infer response as V2 JSON.
+pub fn encode_response(resp: &InferResponse) -> Vec<u8> {
+    let body = ResponseJson {
+        model_name: &resp.model,
+        model_version: resp.version.to_string(),
+        id: resp.id.as_deref(),
+        parameters: &resp.parameters,
+        outputs: resp.outputs.iter().map(TensorJson).collect(),
+    };
+    serde_json::to_vec(&body).expect("serializing to memory cannot fail")
+}
+
+#[derive(Serialize)]
+struct SpecJson<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+}
+
+fn specs(v: &[TensorSpec]) -> Vec<SpecJson<'_>> {
+    v.iter()
+        .map(|s| SpecJson {
+            name: &s.name,
+            datatype: s.dtype.as_str(),
+            shape: &s.shape,
+        })
+        .collect()
+}
+
+/// Model metadata (`GET /v2/models/{m}[/versions/{v}]`): the versions that serve,
+/// and the inputs and outputs of the addressed (or default) version. A model that
+/// cannot serve still answers, with `state` and `reason`, so its failure is visible.
+pub fn encode_model_metadata(model: &Model, version: Option<u64>) -> Result<Vec<u8>> {
+    #[derive(Serialize)]
+    struct Unavailable {
+        version: String,
+        reason: String,
+    }
+    let (versions, meta): (Vec<String>, Option<&ModelMetadata>) = match version {
+        Some(v) => match model.versions.get(&v) {
+            Some(VersionState::Ready(mv)) => (vec![v.to_string()], Some(&mv.metadata)),
+            Some(VersionState::Failed(_)) => (vec![v.to_string()], None),
+            None => {
+                return Err(Error::not_found(format!(
+                    "model '{}' has no version {v}",
+                    model.name
+                )))
+            }
+        },
+        None => (
+            model
+                .ready_versions()
+                .map(|v| v.version.to_string())
+                .collect(),
+            model.default_version().map(|v| &v.metadata),
+        ),
+    };
+    let unavailable: Vec<Unavailable> = model
+        .versions
+        .iter()
+        .filter(|(v, _)| version.is_none_or(|want| want == **v))
+        .filter_map(|(v, s)| match s {
+            VersionState::Failed(r) => Some(Unavailable {
+                version: v.to_string(),
+                reason: r.clone(),
+            }),
+            VersionState::Ready(_) => None,
+        })
+        .collect();
+    let reason = match version {
+        Some(v) => unavailable
+            .iter()
+            .find(|u| u.version == v.to_string())
+            .map(|u| u.reason.clone()),
+        None => model.unavailable_reason(),
+    };
+    let body = serde_json::json!({
+        "name": &*model.name,
+        "versions": versions,
+        "platform": meta.map_or("", |m| m.platform),
+        "inputs": meta.map(|m| specs(&m.inputs)).unwrap_or_default(),
+        "outputs": meta.map(|m| specs(&m.outputs)).unwrap_or_default(),
+        "max_batch_size": meta.map_or(0, |m| m.max_batch_size),
+        "state": if reason.is_none() { "READY" } else { "UNAVAILABLE" },
+    });
+    let mut body = body;
+    if let Some(r) = reason {
+        body["reason"] = r.into();
+    }
+    if !unavailable.is_empty() {
+        body["unavailable_versions"] = serde_json::to_value(&unavailable).expect("plain data");
+    }
+    Ok(serde_json::to_vec(&body).expect("serializing to memory cannot fail"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(dtype: &str, data: &str) -> Result<Tensor> {
+        let body = format!(
+            r#"{{"inputs":[{{"name":"x","shape":[-2],"datatype":"{dtype}","data":{data}}}]}}"#
+        );
+        let body = body.replace("[-2]", "[3]");
+        decode_request(body.as_bytes(), "m", None).map(|mut r| r.inputs.remove(0))
+    }
+
+    #[test]
+    fn nested_and_flat_data_decode_alike() {
+        let flat = decode_request(
+            br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[1,2,3,4]}]}"#,
+            "m",
+            None,
+        )
+        .unwrap();
+        let nested = decode_request(
+            br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[[1,2],[3,4]]}]}"#,
+            "m",
+            None,
+        )
+        .unwrap();
+        assert_eq!(flat.inputs, nested.inputs);
+    }
+
+    #[test]
+    fn values_are_checked_against_the_datatype() {
+        assert!(one("UINT8", "[0,255,3]").is_ok());
+        let e = one("UINT8", "[0,256,3]").unwrap_err().to_string();
+        assert!(e.contains("256 is not a valid UINT8"), "{e}");
+        let e = one("INT32", "[1,2.5,3]").unwrap_err().to_string();
+        assert!(e.contains("2.5"), "{e}");
+        let e = one("BOOL", "[true,1,false]").unwrap_err().to_string();
+        assert!(e.contains("BOOL"), "{e}");
+        let e = one("BYTES", r#"["a",1,"c"]"#).unwrap_err().to_string();
+        assert!(e.contains("not a string"), "{e}");
+        let e = one("FP16", "[1,70000,3]").unwrap_err().to_string();
+        assert!(e.contains("range of FP16"), "{e}");
+        let e = one("FP32", "[1,2]").unwrap_err().to_string();
+        assert!(e.contains("needs 3 elements"), "{e}");
+        let e = one("FP9", "[1,2,3]").unwrap_err().to_string();
+        assert!(e.contains("unknown datatype 'FP9'"), "{e}");
+    }
+
+    #[test]
+    fn integers_stay_exact_and_floats_round_trip() {
+        let t = one(
+            "INT64",
+            "[9223372036854775807,-9223372036854775808,9007199254740993]",
+        )
+        .unwrap();
+        let u = one("UINT64", "[18446744073709551615,0,1]").unwrap();
+        let f = one("FP32", "[0.1,3.4028235e38,-1e-45]").unwrap();
+        let d = one("FP64", "[0.1,1.7976931348623157e308,5e-324]").unwrap();
+        let resp = InferResponse {
+            id: Some("r1".into()),
+            model: "m".into(),
+            version: 1,
+            outputs: vec![t, u, f, d],
+            parameters: Default::default(),
+        };
+        let s = String::from_utf8(encode_response(&resp)).unwrap();
+        assert!(
+            s.contains("[9223372036854775807,-9223372036854775808,9007199254740993]"),
+            "{s}"
+        );
+        assert!(s.contains("[18446744073709551615,0,1]"), "{s}");
+        assert!(s.contains("[0.1,3.4028235e+38,-1e-45]"), "{s}");
+        assert!(s.contains("[0.1,1.7976931348623157e+308,5e-324]"), "{s}");
+        assert!(
+            s.contains(r#""id":"r1""#) && s.contains(r#""model_version":"1""#),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_an_invalid_input_naming_the_place() {
+        let e = decode_request(b"{\"inputs\": [", "m", None).unwrap_err();
+        assert_eq!(e.http_status(), http::StatusCode::BAD_REQUEST);
+        let e = decode_request(
+            br#"{"inputs":[{"name":"x","datatype":"FP32","data":[1]}]}"#,
+            "m",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("missing field `shape`"), "{e}");
+    }
+}

@@ -1,0 +1,150 @@
+//! Per-model configuration: the optional `config.toml` beside a model's version folders.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Rows per batch when a model's graph is batchable and `config.toml` does not say.
+pub const DEFAULT_MAX_BATCH_SIZE: u32 = 64;
+/// Requests a version queues before it answers 429.
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
+
+/// `DIR/<model>/config.toml`. Every key is optional; with no file, everything
+/// comes from the model graph. Unknown keys are an error, so a typo is reported
+/// instead of silently ignored.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Largest number of rows in one run. `0`: the model has no batch dimension and
+    /// its inputs are taken as the graph declares them. Unset: batching is on (with
+    /// [`DEFAULT_MAX_BATCH_SIZE`]) when every input and output has a dynamic first
+    /// dimension, off otherwise.
+    pub max_batch_size: Option<u32>,
+    /// Parallel model instances, each its own session on its own worker thread (default 1).
+    pub instances: Option<usize>,
+    /// ONNX Runtime intra-op threads per instance (default 1: the request path keeps a core).
+    pub intra_op_threads: Option<usize>,
+    /// `cpu` (default) or `cuda:N`.
+    pub device: Option<String>,
+    /// Queueing options (Triton's names).
+    #[serde(default)]
+    pub batching: BatchingConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Requests waiting per version beyond which new ones are refused with 429.
+    pub max_queue_size: Option<usize>,
+}
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(u32),
+}
+
+impl Device {
+    pub fn parse(s: &str) -> Result<Device> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("cpu") {
+            return Ok(Device::Cpu);
+        }
+        if let Some(n) = s.strip_prefix("cuda:") {
+            if let Ok(n) = n.parse() {
+                return Ok(Device::Cuda(n));
+            }
+        }
+        if s == "cuda" {
+            return Ok(Device::Cuda(0));
+        }
+        Err(Error::load(format!(
+            "config.toml: device '{s}' is not 'cpu' or 'cuda:N'"
+        )))
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads `config.toml` from a model folder; a missing file is the default config.
+    pub fn load(model_dir: &Path) -> Result<ModelConfig> {
+        let path = model_dir.join("config.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(Error::load(format!("{}: {e}", path.display()))),
+        };
+        let cfg: ModelConfig = toml::from_str(&text)
+            .map_err(|e| Error::load(format!("{}: {}", path.display(), e.message())))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.instances == Some(0) {
+            return Err(Error::load("config.toml: instances must be at least 1"));
+        }
+        if self.intra_op_threads == Some(0) {
+            return Err(Error::load(
+                "config.toml: intra_op_threads must be at least 1",
+            ));
+        }
+        if self.batching.max_queue_size == Some(0) {
+            return Err(Error::load(
+                "config.toml: batching.max_queue_size must be at least 1",
+            ));
+        }
+        self.device()?;
+        Ok(())
+    }
+
+    pub fn device(&self) -> Result<Device> {
+        self.device
+            .as_deref()
+            .map_or(Ok(Device::Cpu), Device::parse)
+    }
+
+    pub fn instances(&self) -> usize {
+        self.instances.unwrap_or(1)
+    }
+
+    pub fn intra_op_threads(&self) -> usize {
+        self.intra_op_threads.unwrap_or(1)
+    }
+
+    pub fn max_queue_size(&self) -> usize {
+        self.batching
+            .max_queue_size
+            .unwrap_or(DEFAULT_MAX_QUEUE_SIZE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_keys_and_rejects_unknown_ones() {
+        let c: ModelConfig = toml::from_str(
+            "max_batch_size = 8\ninstances = 2\ndevice = \"cuda:1\"\n[batching]\nmax_queue_size = 4\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_batch_size, Some(8));
+        assert_eq!(c.device().unwrap(), Device::Cuda(1));
+        assert_eq!(c.max_queue_size(), 4);
+        let e = toml::from_str::<ModelConfig>("max_batch = 8").unwrap_err();
+        assert!(e.message().contains("max_batch"), "{}", e.message());
+        assert!(Device::parse("tpu").is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! The one error type of the library, and its mapping to protocol status codes.
+
+use http::StatusCode;
+
+/// Everything that can go wrong between a request arriving and its answer leaving.
+///
+/// Each variant says whose fault it is, so each protocol maps it in one place:
+/// client mistakes are 4xx, conditions of the server are 5xx.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or does not match the model (names the field).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// No such model or version.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The model's queue is full: back off and retry.
+    #[error(
+        "the queue of model '{model}' version {version} is full ({capacity} requests); retry later"
+    )]
+    QueueFull {
+        model: String,
+        version: u64,
+        capacity: usize,
+    },
+    /// The model or server exists but cannot serve right now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A model version failed to load (reported in metadata and logs).
+    #[error("{0}")]
+    Load(String),
+    /// A fault of the server itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidInput(msg.into())
+    }
+
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Error::NotFound(msg.into())
+    }
+
+    pub fn load(msg: impl Into<String>) -> Self {
+        Error::Load(msg.into())
+    }
+
+    /// The HTTP status for this error.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unavailable(_) | Error::Load(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

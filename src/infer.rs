@@ -1,0 +1,37 @@
+//! The protocol-neutral inference request and response that every codec translates to and from.
+
+use std::sync::Arc;
+
+use crate::tensor::Tensor;
+
+/// Request and tensor parameters, passed through as the client sent them.
+pub type Parameters = serde_json::Map<String, serde_json::Value>;
+
+/// One inference request, whatever protocol it came in on.
+#[derive(Debug, Clone, Default)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub model: String,
+    /// Set when the client addressed a version explicitly (`/versions/{v}`).
+    pub version: Option<u64>,
+    pub inputs: Vec<Tensor>,
+    /// Outputs to return; empty means all of them.
+    pub outputs: Vec<RequestedOutput>,
+    pub parameters: Parameters,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RequestedOutput {
+    pub name: String,
+    pub parameters: Parameters,
+}
+
+/// The answer to one [`InferRequest`].
+#[derive(Debug, Clone)]
+pub struct InferResponse {
+    pub id: Option<String>,
+    pub model: Arc<str>,
+    pub version: u64,
+    pub outputs: Vec<Tensor>,
+    pub parameters: Parameters,
+}

@@ -1,0 +1,13 @@
+//! Switchyard: a model-serving gateway. Codecs at the edge, one request type inside,
+//! a lock-free model table, and inference on worker threads.
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod infer;
+pub mod model;
+pub mod repository;
+pub mod tensor;
+
+pub use error::{Error, Result};

@@ -1,0 +1,133 @@
+//! The `switchyard` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use switchyard::api::{serve_http, HttpConfig};
+use switchyard::model::Models;
+use switchyard::{backend, repository};
+
+// ONNX Runtime and the model table allocate and free whole models; mimalloc
+// returns freed memory to the OS instead of holding it like glibc's arenas.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "A model-serving gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a model repository over the KServe V2 / Open Inference Protocol.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Model repository: DIR/<model>/<version>/model.onnx, optional DIR/<model>/config.toml.
+    #[arg(long, value_name = "DIR", env = "SWITCHYARD_MODELS")]
+    models: PathBuf,
+    /// HTTP listen address.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8000",
+        env = "SWITCHYARD_HTTP"
+    )]
+    http: SocketAddr,
+    /// Largest request body accepted; larger ones get 413.
+    #[arg(long, value_name = "BYTES", default_value_t = switchyard::api::http::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if !args.models.is_dir() {
+        bail!(
+            "the model repository {} is not a directory (expected DIR/<model>/<version>/model.onnx)",
+            args.models.display()
+        );
+    }
+    // Fail at start, with the fix, rather than on the first model.
+    backend::onnx::init()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("switchyard-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("cannot listen on {} for HTTP", args.http))?;
+        tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
+        let models = Arc::new(Models::new());
+        let loader = {
+            let models = models.clone();
+            let dir = args.models.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let table = repository::load_all(&dir)?;
+                let ready = table
+                    .models
+                    .values()
+                    .filter(|m| m.default_version().is_some())
+                    .count();
+                tracing::info!(
+                    models = table.models.len(),
+                    ready,
+                    repository = %dir.display(),
+                    "repository loaded"
+                );
+                models.publish(table);
+                models.set_loaded();
+                Ok(())
+            })
+        };
+        let config = HttpConfig {
+            max_body_bytes: args.max_body_bytes,
+        };
+        let server = tokio::spawn(serve_http(listener, models, config, shutdown_signal()));
+        loader.await.context("model loading stopped")??;
+        server.await.context("HTTP server stopped")?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing open requests");
+}

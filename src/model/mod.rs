@@ -1,0 +1,324 @@
+//! Loaded model versions: their metadata, input validation, worker queues, and the table that names them.
+
+mod table;
+mod worker;
+
+pub use table::{Model, ModelTable, Models, VersionState};
+pub use worker::{Job, Workers};
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::infer::{InferRequest, InferResponse};
+use crate::tensor::{DataType, Tensor};
+
+/// The declared name, datatype and shape of one input or output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DataType,
+    /// `-1` marks a dynamic dimension.
+    pub shape: Vec<i64>,
+    /// The graph's symbolic name of each dimension, when it has one: two inputs
+    /// whose dims share a name must agree on them.
+    pub symbols: Vec<Option<String>>,
+}
+
+/// What a loaded model version takes and gives.
+#[derive(Debug, Clone)]
+pub struct ModelMetadata {
+    pub platform: &'static str,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// 0: no batch dimension; otherwise the first dim of every input and output is
+    /// the batch dim and a request may carry at most this many rows.
+    pub max_batch_size: u32,
+}
+
+impl ModelMetadata {
+    /// Whether every input and output has a dynamic first dimension.
+    pub fn batchable_graph(&self) -> bool {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .all(|t| t.shape.first() == Some(&-1))
+    }
+
+    /// Checks a request against the declared inputs and outputs before it is queued,
+    /// so that a mistake is a 400 naming the field and never reaches the runtime.
+    pub fn validate(&self, req: &InferRequest) -> Result<()> {
+        for (i, t) in req.inputs.iter().enumerate() {
+            if req.inputs[..i].iter().any(|o| o.name == t.name) {
+                return Err(Error::invalid(format!("input '{}' is given twice", t.name)));
+            }
+            let Some(spec) = self.inputs.iter().find(|s| s.name == t.name) else {
+                return Err(Error::invalid(format!(
+                    "unknown input '{}'; the model's inputs are {}",
+                    t.name,
+                    names(&self.inputs)
+                )));
+            };
+            check_tensor(spec, t)?;
+        }
+        if let Some(missing) = self
+            .inputs
+            .iter()
+            .find(|s| !req.inputs.iter().any(|t| t.name == s.name))
+        {
+            return Err(Error::invalid(format!(
+                "missing input '{}' ({} {:?})",
+                missing.name, missing.dtype, missing.shape
+            )));
+        }
+        for o in &req.outputs {
+            if !self.outputs.iter().any(|s| s.name == o.name) {
+                return Err(Error::invalid(format!(
+                    "unknown output '{}'; the model's outputs are {}",
+                    o.name,
+                    names(&self.outputs)
+                )));
+            }
+        }
+        self.check_shared_dims(req)
+    }
+
+    /// Dims that share a symbol (a batch dim `N`, a sequence length) must be equal
+    /// across inputs, and so must the batch dim of a batching model.
+    fn check_shared_dims(&self, req: &InferRequest) -> Result<()> {
+        let mut seen: Vec<(&str, i64, &str)> = Vec::new();
+        for t in &req.inputs {
+            let spec = self.input(&t.name).expect("validated above");
+            for (axis, sym) in spec.symbols.iter().enumerate() {
+                let sym = match (axis, sym) {
+                    (0, _) if self.max_batch_size > 0 => "<batch>",
+                    (_, Some(s)) => s.as_str(),
+                    _ => continue,
+                };
+                let dim = t.shape[axis];
+                match seen.iter().find(|(s, _, _)| *s == sym) {
+                    Some((_, d, other)) if *d != dim => {
+                        return Err(Error::invalid(format!(
+                            "input '{}' has {} at dim {} ('{}') but input '{}' has {}",
+                            t.name, dim, axis, sym, other, d
+                        )))
+                    }
+                    Some(_) => {}
+                    None => seen.push((sym, dim, &t.name)),
+                }
+            }
+        }
+        if self.max_batch_size > 0 {
+            if let Some((_, rows, name)) = seen.iter().find(|(s, _, _)| *s == "<batch>") {
+                if *rows > self.max_batch_size as i64 {
+                    return Err(Error::invalid(format!(
+                        "input '{name}' has {rows} rows, more than the model's max_batch_size of {}",
+                        self.max_batch_size
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn input(&self, name: &str) -> Option<&TensorSpec> {
+        self.inputs.iter().find(|s| s.name == name)
+    }
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    let v: Vec<String> = specs.iter().map(|s| format!("'{}'", s.name)).collect();
+    v.join(", ")
+}
+
+fn check_tensor(spec: &TensorSpec, t: &Tensor) -> Result<()> {
+    if spec.dtype != t.dtype {
+        return Err(Error::invalid(format!(
+            "input '{}': datatype {} does not match the model's {}",
+            t.name, t.dtype, spec.dtype
+        )));
+    }
+    let dims_match = spec.shape.len() == t.shape.len()
+        && spec
+            .shape
+            .iter()
+            .zip(&t.shape)
+            .all(|(&want, &got)| want < 0 || want == got);
+    if !dims_match {
+        return Err(Error::invalid(format!(
+            "input '{}': shape {:?} does not match the model's {:?} (-1 is any size)",
+            t.name, t.shape, spec.shape
+        )));
+    }
+    Ok(())
+}
+
+/// One servable version of a model: its metadata and the workers that run it.
+pub struct ModelVersion {
+    pub model: Arc<str>,
+    pub version: u64,
+    pub metadata: ModelMetadata,
+    workers: Workers,
+}
+
+impl ModelVersion {
+    pub fn new(model: Arc<str>, version: u64, metadata: ModelMetadata, workers: Workers) -> Self {
+        ModelVersion {
+            model,
+            version,
+            metadata,
+            workers,
+        }
+    }
+
+    /// Validates, queues and awaits one request. Never blocks the async runtime:
+    /// the run happens on this version's worker threads.
+    pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
+        self.metadata.validate(&req)?;
+        let outputs: Vec<String> = if req.outputs.is_empty() {
+            self.metadata
+                .outputs
+                .iter()
+                .map(|s| s.name.clone())
+                .collect()
+        } else {
+            req.outputs.iter().map(|o| o.name.clone()).collect()
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.workers.submit(
+            Job {
+                inputs: req.inputs,
+                outputs,
+                reply,
+            },
+            &self.model,
+            self.version,
+        )?;
+        let outputs = rx.await.map_err(|_| {
+            Error::Internal(format!(
+                "model '{}' version {} stopped before answering",
+                self.model, self.version
+            ))
+        })??;
+        Ok(InferResponse {
+            id: req.id,
+            model: self.model.clone(),
+            version: self.version,
+            outputs,
+            parameters: Default::default(),
+        })
+    }
+
+    /// Requests waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.workers.queue_depth()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn spec(name: &str, dtype: DataType, shape: &[i64], sym: &[Option<&str>]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            symbols: sym.iter().map(|s| s.map(String::from)).collect(),
+        }
+    }
+
+    fn tensor(name: &str, dtype: DataType, shape: &[i64]) -> Tensor {
+        let n: usize = shape.iter().product::<i64>() as usize;
+        Tensor {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            data: Bytes::from(vec![0; n * dtype.size().unwrap()]),
+        }
+    }
+
+    fn meta(max_batch_size: u32) -> ModelMetadata {
+        ModelMetadata {
+            platform: "onnxruntime_onnx",
+            inputs: vec![
+                spec("a", DataType::F32, &[-1, 3], &[Some("n"), None]),
+                spec("b", DataType::I64, &[-1, 3], &[Some("n"), None]),
+            ],
+            outputs: vec![spec("y", DataType::F32, &[-1], &[Some("n")])],
+            max_batch_size,
+        }
+    }
+
+    fn req(inputs: Vec<Tensor>) -> InferRequest {
+        InferRequest {
+            inputs,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let m = meta(4);
+        let ok = req(vec![
+            tensor("a", DataType::F32, &[2, 3]),
+            tensor("b", DataType::I64, &[2, 3]),
+        ]);
+        m.validate(&ok).unwrap();
+        let cases = [
+            (
+                vec![tensor("a", DataType::F32, &[2, 3])],
+                "missing input 'b'",
+            ),
+            (
+                vec![
+                    tensor("a", DataType::F64, &[2, 3]),
+                    tensor("b", DataType::I64, &[2, 3]),
+                ],
+                "datatype FP64",
+            ),
+            (
+                vec![
+                    tensor("a", DataType::F32, &[2, 4]),
+                    tensor("b", DataType::I64, &[2, 3]),
+                ],
+                "shape [2, 4]",
+            ),
+            (
+                vec![
+                    tensor("a", DataType::F32, &[2, 3]),
+                    tensor("b", DataType::I64, &[1, 3]),
+                ],
+                "input 'a' has 2",
+            ),
+            (
+                vec![
+                    tensor("a", DataType::F32, &[5, 3]),
+                    tensor("b", DataType::I64, &[5, 3]),
+                ],
+                "max_batch_size of 4",
+            ),
+            (
+                vec![
+                    tensor("a", DataType::F32, &[2, 3]),
+                    tensor("c", DataType::I64, &[2, 3]),
+                ],
+                "unknown input 'c'",
+            ),
+        ];
+        for (inputs, want) in cases {
+            let e = m.validate(&req(inputs)).unwrap_err().to_string();
+            assert!(e.contains(want), "{e:?} should contain {want:?}");
+        }
+        let mut bad_out = ok.clone();
+        bad_out.outputs.push(crate::infer::RequestedOutput {
+            name: "z".into(),
+            ..Default::default()
+        });
+        assert!(m
+            .validate(&bad_out)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown output 'z'"));
+    }
+}

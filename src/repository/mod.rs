@@ -1,0 +1,161 @@
+//! The model repository on disk: which models and versions it holds, and loading them into a table.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::{Model, ModelTable, ModelVersion, VersionState, Workers};
+
+/// One model folder as found on disk.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    pub name: String,
+    pub path: PathBuf,
+    /// Version number → version folder.
+    pub versions: BTreeMap<u64, PathBuf>,
+}
+
+/// Whether a folder name can be a model name: it becomes a URL path segment.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Lists `DIR/<model>/<version>/`; a version is a positive integer folder name.
+/// Hidden entries, files and oddly named folders are skipped with a warning.
+pub fn scan(root: &Path) -> Result<Vec<ModelDir>> {
+    let entries = std::fs::read_dir(root).map_err(|e| {
+        Error::load(format!(
+            "cannot read the model repository {}: {e}",
+            root.display()
+        ))
+    })?;
+    let mut models = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !path.is_dir() || name.starts_with('.') {
+            continue;
+        }
+        if !valid_name(&name) {
+            tracing::warn!(folder = %path.display(), "skipped: a model name may hold only letters, digits, '_', '-' and '.'");
+            continue;
+        }
+        let mut versions = BTreeMap::new();
+        if let Ok(vs) = std::fs::read_dir(&path) {
+            for v in vs.flatten() {
+                let vname = v.file_name().to_string_lossy().into_owned();
+                if !v.path().is_dir() || vname.starts_with('.') {
+                    continue;
+                }
+                match vname.parse::<u64>() {
+                    Ok(n) if n > 0 && !vname.starts_with('0') => {
+                        versions.insert(n, v.path());
+                    }
+                    _ => tracing::warn!(
+                        folder = %v.path().display(),
+                        "skipped: a version folder is named by a positive integer"
+                    ),
+                }
+            }
+        }
+        models.push(ModelDir {
+            name,
+            path,
+            versions,
+        });
+    }
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(models)
+}
+
+/// Loads every version of one model folder. Failures are recorded in the model, never fatal.
+pub fn load_model(dir: &ModelDir) -> Model {
+    let name: Arc<str> = Arc::from(dir.name.as_str());
+    let config = match ModelConfig::load(&dir.path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(model = %dir.name, error = %e, "model failed to load");
+            return Model {
+                name,
+                config: ModelConfig::default(),
+                versions: BTreeMap::new(),
+                error: Some(e.to_string()),
+            };
+        }
+    };
+    let mut versions = BTreeMap::new();
+    for (&v, path) in &dir.versions {
+        let state = match load_version(&name, v, path, &config) {
+            Ok(mv) => {
+                tracing::info!(model = %dir.name, version = v, max_batch_size = mv.metadata.max_batch_size, "loaded");
+                VersionState::Ready(Arc::new(mv))
+            }
+            Err(e) => {
+                tracing::error!(model = %dir.name, version = v, error = %e, "version failed to load");
+                VersionState::Failed(e.to_string())
+            }
+        };
+        versions.insert(v, state);
+    }
+    let error = dir.versions.is_empty().then(|| {
+        format!(
+            "{} holds no version folder (expected {}/1/model.onnx)",
+            dir.path.display(),
+            dir.path.display()
+        )
+    });
+    if let Some(e) = &error {
+        tracing::error!(model = %dir.name, "{e}");
+    }
+    Model {
+        name,
+        config,
+        versions,
+        error,
+    }
+}
+
+fn load_version(
+    name: &Arc<str>,
+    v: u64,
+    path: &Path,
+    config: &ModelConfig,
+) -> Result<ModelVersion> {
+    let loaded = backend::load(path, config)?;
+    let workers = Workers::spawn(
+        &format!("{name}/{v}"),
+        loaded.instances,
+        config.max_queue_size(),
+    )?;
+    Ok(ModelVersion::new(name.clone(), v, loaded.metadata, workers))
+}
+
+/// Scans and loads a whole repository into a new table.
+pub fn load_all(root: &Path) -> Result<ModelTable> {
+    let mut table = ModelTable::default();
+    for dir in scan(root)? {
+        let model = load_model(&dir);
+        table.models.insert(dir.name.clone(), Arc::new(model));
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("iris-v2.final_1"));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("x/y"));
+    }
+}
