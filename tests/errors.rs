@@ -228,9 +228,12 @@ fn bodies_over_the_limit_are_413() {
         .body(reqwest::blocking::Body::new(ChunkReader(
             chunks.into_iter(),
         )))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 413);
+        .send();
+    // The server answers as soon as the limit is crossed and closes the connection,
+    // so the client sees the 413 or, if it was still writing, a reset: never a 2xx.
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 413);
+    }
     let (code, _) = s.post(
         "/v2/models/iris/infer",
         &iris(json!([[5.1, 3.5, 1.4, 0.2]]), json!([1, 4]), "FP32"),

@@ -133,6 +133,7 @@ fn load_version(
         &format!("{name}/{v}"),
         loaded.instances,
         config.max_queue_size(),
+        config.idle_spin(),
     )?;
     Ok(ModelVersion::new(name.clone(), v, loaded.metadata, workers))
 }
