@@ -14,8 +14,13 @@ pub enum Error {
     /// No such model or version.
     #[error("{0}")]
     NotFound(String),
-    #[error("method {method} is not allowed on {path}")]
-    MethodNotAllowed { method: String, path: String },
+    #[error("method {method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        /// The methods the path takes, for the `Allow` header.
+        allow: &'static str,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     /// The model's queue is full: back off and retry.

@@ -131,13 +131,7 @@ pub fn error_response(e: &Error) -> Response<Body> {
         .expect("serializing to memory cannot fail");
     let mut r = json(e.http_status(), body);
     match e {
-        Error::MethodNotAllowed { .. } => {
-            // The only paths with a method mismatch are infer (POST) and the rest (GET).
-            let allow = if e.to_string().ends_with("/infer") {
-                "POST"
-            } else {
-                "GET, HEAD"
-            };
+        Error::MethodNotAllowed { allow, .. } => {
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
@@ -207,6 +201,11 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>> 
         return Err(Error::MethodNotAllowed {
             method: req.method().to_string(),
             path,
+            allow: if want == Method::POST {
+                "POST"
+            } else {
+                "GET, HEAD"
+            },
         });
     }
     let models = &state.models;
@@ -243,11 +242,11 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>> 
         }
         Route::Infer(m, v) => {
             let version = parse_version(m, v)?;
-            // Resolve before reading the body: an unknown model is a 404 at once.
-            models.resolve(m, version)?;
+            // Resolved before the body is read: an unknown model is a 404 at once. If
+            // the table changes meanwhile, the request finishes on this version.
+            let mv = models.resolve(m, version)?;
             let body = read_body(req, state.config.max_body_bytes).await?;
             let request = v2::decode_request(&body, m, version)?;
-            let mv = models.resolve(m, version)?;
             let response = mv.infer(request).await?;
             Ok(json(StatusCode::OK, v2::encode_response(&response)))
         }

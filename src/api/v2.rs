@@ -143,12 +143,6 @@ macro_rules! push_int {
 impl Sink {
     fn push(&mut self, v: Scalar<'_>) -> std::result::Result<(), String> {
         let out = &mut self.out;
-        let float = |v: Scalar<'_>| match v {
-            Scalar::I64(i) => Some(i as f64),
-            Scalar::U64(u) => Some(u as f64),
-            Scalar::F64(f) => Some(f),
-            _ => None,
-        };
         let bad = |v: Scalar<'_>, d: DataType| format!("{v} is not a valid {d} value");
         match self.dtype {
             DataType::Bool => match v {
@@ -166,38 +160,19 @@ impl Sink {
             DataType::I16 => push_int!(out, i16, v, self.dtype),
             DataType::I32 => push_int!(out, i32, v, self.dtype),
             DataType::I64 => push_int!(out, i64, v, self.dtype),
-            DataType::F64 => {
-                let f = float(v).ok_or_else(|| bad(v, self.dtype))?;
-                out.extend_from_slice(&f.to_le_bytes());
-                Ok(())
-            }
-            DataType::F32 => {
-                let f = float(v).ok_or_else(|| bad(v, self.dtype))?;
+            DataType::F64 => push_float(out, v, self.dtype, |f| Some(f.to_le_bytes())),
+            DataType::F32 => push_float(out, v, self.dtype, |f| {
                 let x = f as f32;
-                if x.is_infinite() {
-                    return Err(format!("{v} is out of the range of FP32"));
-                }
-                out.extend_from_slice(&x.to_le_bytes());
-                Ok(())
-            }
-            DataType::F16 => {
-                let f = float(v).ok_or_else(|| bad(v, self.dtype))?;
+                x.is_finite().then(|| x.to_le_bytes())
+            }),
+            DataType::F16 => push_float(out, v, self.dtype, |f| {
                 let x = half::f16::from_f64(f);
-                if x.is_infinite() {
-                    return Err(format!("{v} is out of the range of FP16"));
-                }
-                out.extend_from_slice(&x.to_le_bytes());
-                Ok(())
-            }
-            DataType::BF16 => {
-                let f = float(v).ok_or_else(|| bad(v, self.dtype))?;
+                x.is_finite().then(|| x.to_le_bytes())
+            }),
+            DataType::BF16 => push_float(out, v, self.dtype, |f| {
                 let x = half::bf16::from_f64(f);
-                if x.is_infinite() {
-                    return Err(format!("{v} is out of the range of BF16"));
-                }
-                out.extend_from_slice(&x.to_le_bytes());
-                Ok(())
-            }
+                x.is_finite().then(|| x.to_le_bytes())
+            }),
             DataType::Bytes => match v {
                 Scalar::Str(s) => {
                     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -210,6 +185,25 @@ impl Sink {
             },
         }
     }
+}
+
+/// Pushes a number as a float type; `conv` gives its bytes, or `None` when the
+/// value is out of the type's range (JSON numbers are always finite).
+fn push_float<const N: usize>(
+    out: &mut Vec<u8>,
+    v: Scalar<'_>,
+    dtype: DataType,
+    conv: impl Fn(f64) -> Option<[u8; N]>,
+) -> std::result::Result<(), String> {
+    let f = match v {
+        Scalar::I64(i) => i as f64,
+        Scalar::U64(u) => u as f64,
+        Scalar::F64(f) => f,
+        _ => return Err(format!("{v} is not a valid {dtype} value")),
+    };
+    let bytes = conv(f).ok_or_else(|| format!("{v} is out of the range of {dtype}"))?;
+    out.extend_from_slice(&bytes);
+    Ok(())
 }
 
 /// Visits a (nested) JSON array, pushing every leaf into the sink.
