@@ -16,7 +16,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use super::v2;
+use super::{compression, v2};
 use crate::error::{Error, Result};
 use crate::model::Models;
 
@@ -245,15 +245,64 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>> 
             // Resolved before the body is read: an unknown model is a 404 at once. If
             // the table changes meanwhile, the request finishes on this version.
             let mv = models.resolve(m, version)?;
+            let json_len = header_usize(&req, INFERENCE_HEADER)?;
+            let accept = compression::accepted(req.headers());
             let body = read_body(req, state.config.max_body_bytes).await?;
-            let request = v2::decode_request(&body, m, version)?;
+            let request = v2::decode_request(&body, json_len, m, version)?;
+            let (request, format) = request;
             let response = mv.infer(request).await?;
-            Ok(json(StatusCode::OK, v2::encode_response(&response)))
+            let (body, json_len) = v2::encode_response(&response, &format);
+            let (body, encoding) = compression::compress(body, accept);
+            let mut resp = match json_len {
+                None => json(StatusCode::OK, body),
+                Some(n) => {
+                    let mut r = binary(body);
+                    r.headers_mut()
+                        .insert(INFERENCE_HEADER, HeaderValue::from(n));
+                    r
+                }
+            };
+            if let Some(e) = encoding {
+                resp.headers_mut().insert(header::CONTENT_ENCODING, e);
+            }
+            Ok(resp)
         }
     }
 }
 
+/// Triton's binary tensor extension: the length of the JSON part of a body.
+const INFERENCE_HEADER: &str = "inference-header-content-length";
+
+fn header_usize(req: &Request<Incoming>, name: &str) -> Result<Option<usize>> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| Error::invalid(format!("header {name} is not a byte count: {v:?}"))),
+    }
+}
+
+fn binary(body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
+}
+
+/// Reads the whole body within `limit` bytes, decompressing a gzip or deflate
+/// `Content-Encoding` (the limit holds for the decompressed size too).
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
+    let encoding = compression::content_encoding(req.headers())?;
+    let raw = read_raw_body(req, limit).await?;
+    compression::decompress(raw, encoding, limit)
+}
+
+async fn read_raw_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -44,10 +44,70 @@ struct OutputJson {
     parameters: Option<Parameters>,
 }
 
-/// Decodes a V2 JSON infer request body.
-pub fn decode_request(body: &[u8], model: &str, version: Option<u64>) -> Result<InferRequest> {
-    let req: RequestJson<'_> = serde_json::from_slice(body)
+/// How the outputs of one request are to be written: as JSON `data`, or as raw
+/// bytes after the JSON header (Triton's binary tensor data extension).
+#[derive(Debug, Clone, Default)]
+pub struct OutputFormat {
+    /// Request-level `parameters.binary_data_output`.
+    binary_default: bool,
+    /// Per requested output: its own `parameters.binary_data`, when given.
+    binary: Vec<(String, bool)>,
+}
+
+impl OutputFormat {
+    fn is_binary(&self, output: &str) -> bool {
+        self.binary
+            .iter()
+            .find(|(n, _)| n == output)
+            .map(|(_, b)| *b)
+            .unwrap_or(self.binary_default)
+    }
+}
+
+fn bool_param(p: &Parameters, key: &str, what: &str) -> Result<Option<bool>> {
+    match p.get(key) {
+        None => Ok(None),
+        Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(Error::invalid(format!(
+            "{what}: parameter '{key}' must be true or false, got {v}"
+        ))),
+    }
+}
+
+/// Parameters of Triton's that ask for features this server does not have: refused
+/// by name rather than ignored, so the client learns why its answer is not as asked.
+fn refuse_unsupported(p: &Parameters, what: &str) -> Result<()> {
+    for key in ["shared_memory_region", "classification"] {
+        if p.contains_key(key) {
+            return Err(Error::invalid(format!(
+                "{what}: parameter '{key}' is not supported by this server"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a V2 infer request body: JSON, or with `json_len` (the
+/// `Inference-Header-Content-Length` header) a JSON header followed by the binary
+/// data of the inputs that give `parameters.binary_data_size`. Binary inputs are
+/// slices of `body`, not copies.
+pub fn decode_request(
+    body: &Bytes,
+    json_len: Option<usize>,
+    model: &str,
+    version: Option<u64>,
+) -> Result<(InferRequest, OutputFormat)> {
+    let json_len = json_len.unwrap_or(body.len());
+    if json_len > body.len() {
+        return Err(Error::invalid(format!(
+            "Inference-Header-Content-Length is {json_len} but the body has only {} bytes",
+            body.len()
+        )));
+    }
+    let binary = body.slice(json_len..);
+    let req: RequestJson<'_> = serde_json::from_slice(&body[..json_len])
         .map_err(|e| Error::invalid(format!("malformed JSON request: {e}")))?;
+    let mut offset = 0usize;
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for input in req.inputs {
         let dtype = DataType::parse(&input.datatype).ok_or_else(|| {
@@ -56,14 +116,54 @@ pub fn decode_request(body: &[u8], model: &str, version: Option<u64>) -> Result<
                 input.name, input.datatype
             ))
         })?;
-        let raw = input.data.ok_or_else(|| {
-            Error::invalid(format!("input '{}': missing field 'data'", input.name))
-        })?;
-        let capacity = crate::tensor::element_count(&input.shape)
-            .unwrap_or(0)
-            .min(1 << 20)
-            * dtype.size().unwrap_or(8);
-        let data = parse_data(&input.name, dtype, raw, capacity)?;
+        let params = input.parameters.unwrap_or_default();
+        let what = format!("input '{}'", input.name);
+        refuse_unsupported(&params, &what)?;
+        let binary_size = match params.get("binary_data_size") {
+            None => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                Error::invalid(format!(
+                    "{what}: binary_data_size must be a non-negative integer, got {v}"
+                ))
+            })?),
+        };
+        let data = match (input.data, binary_size) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(format!(
+                    "{what}: has both 'data' and parameters.binary_data_size"
+                )))
+            }
+            (None, None) => return Err(Error::invalid(format!("{what}: missing field 'data'"))),
+            (Some(raw), None) => {
+                let capacity = crate::tensor::element_count(&input.shape)
+                    .unwrap_or(0)
+                    .min(1 << 20)
+                    * dtype.size().unwrap_or(8);
+                parse_data(&input.name, dtype, raw, capacity)?
+            }
+            (None, Some(size)) => {
+                if json_len == body.len() && size > 0 {
+                    return Err(Error::invalid(format!(
+                        "{what}: binary_data_size is {size} but the request has no binary \
+                         data (no Inference-Header-Content-Length header)"
+                    )));
+                }
+                let end = usize::try_from(size)
+                    .ok()
+                    .and_then(|s| offset.checked_add(s))
+                    .filter(|&end| end <= binary.len())
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "{what}: binary_data_size {size} runs past the end of the body \
+                             ({} bytes of binary data, {offset} used by earlier inputs)",
+                            binary.len()
+                        ))
+                    })?;
+                let data = binary.slice(offset..end);
+                offset = end;
+                data
+            }
+        };
         let t = Tensor {
             name: input.name,
             dtype,
@@ -73,21 +173,43 @@ pub fn decode_request(body: &[u8], model: &str, version: Option<u64>) -> Result<
         t.validate_size()?;
         inputs.push(t);
     }
-    Ok(InferRequest {
-        id: req.id,
-        model: model.to_string(),
-        version,
-        inputs,
-        outputs: req
-            .outputs
-            .into_iter()
-            .map(|o| RequestedOutput {
-                name: o.name,
-                parameters: o.parameters.unwrap_or_default(),
-            })
-            .collect(),
-        parameters: req.parameters.unwrap_or_default(),
-    })
+    if offset != binary.len() {
+        return Err(Error::invalid(format!(
+            "the body carries {} bytes after the JSON header but the inputs' \
+             binary_data_size add up to {offset}",
+            binary.len()
+        )));
+    }
+    let parameters = req.parameters.unwrap_or_default();
+    refuse_unsupported(&parameters, "request")?;
+    let mut format = OutputFormat {
+        binary_default: bool_param(&parameters, "binary_data_output", "request")?.unwrap_or(false),
+        binary: Vec::new(),
+    };
+    let mut outputs = Vec::with_capacity(req.outputs.len());
+    for o in req.outputs {
+        let params = o.parameters.unwrap_or_default();
+        let what = format!("output '{}'", o.name);
+        refuse_unsupported(&params, &what)?;
+        if let Some(b) = bool_param(&params, "binary_data", &what)? {
+            format.binary.push((o.name.clone(), b));
+        }
+        outputs.push(RequestedOutput {
+            name: o.name,
+            parameters: params,
+        });
+    }
+    Ok((
+        InferRequest {
+            id: req.id,
+            model: model.to_string(),
+            version,
+            inputs,
+            outputs,
+            parameters,
+        },
+        format,
+    ))
 }
 
 /// A JSON scalar as it came off the wire.
@@ -294,15 +416,27 @@ impl Serialize for DataJson<'_> {
     }
 }
 
-struct TensorJson<'a>(&'a Tensor);
+/// An output tensor in the JSON response; a binary one names its size instead of its data.
+struct TensorJson<'a> {
+    tensor: &'a Tensor,
+    binary: bool,
+}
 
 impl Serialize for TensorJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let t = self.tensor;
         let mut st = s.serialize_struct("Tensor", 4)?;
-        st.serialize_field("name", &self.0.name)?;
-        st.serialize_field("datatype", self.0.dtype.as_str())?;
-        st.serialize_field("shape", &self.0.shape)?;
-        st.serialize_field("data", &DataJson(self.0))?;
+        st.serialize_field("name", &t.name)?;
+        st.serialize_field("datatype", t.dtype.as_str())?;
+        st.serialize_field("shape", &t.shape)?;
+        if self.binary {
+            st.serialize_field(
+                "parameters",
+                &serde_json::json!({ "binary_data_size": t.data.len() }),
+            )?;
+        } else {
+            st.serialize_field("data", &DataJson(t))?;
+        }
         st.end()
     }
 }
@@ -318,16 +452,34 @@ struct ResponseJson<'a> {
     outputs: Vec<TensorJson<'a>>,
 }
 
-/// Encodes an infer response as V2 JSON.
-pub fn encode_response(resp: &InferResponse) -> Vec<u8> {
+/// Encodes an infer response: the JSON, then the raw bytes of the outputs that
+/// `format` makes binary. Returns the body and, when some output is binary, the
+/// length of the JSON part (for `Inference-Header-Content-Length`).
+pub fn encode_response(resp: &InferResponse, format: &OutputFormat) -> (Vec<u8>, Option<usize>) {
+    let outputs: Vec<TensorJson<'_>> = resp
+        .outputs
+        .iter()
+        .map(|t| TensorJson {
+            tensor: t,
+            binary: format.is_binary(&t.name),
+        })
+        .collect();
     let body = ResponseJson {
         model_name: &resp.model,
         model_version: resp.version.to_string(),
         id: resp.id.as_deref(),
         parameters: &resp.parameters,
-        outputs: resp.outputs.iter().map(TensorJson).collect(),
+        outputs,
     };
-    serde_json::to_vec(&body).expect("serializing to memory cannot fail")
+    let mut out = serde_json::to_vec(&body).expect("serializing to memory cannot fail");
+    if !body.outputs.iter().any(|o| o.binary) {
+        return (out, None);
+    }
+    let json_len = out.len();
+    for o in body.outputs.iter().filter(|o| o.binary) {
+        out.extend_from_slice(&o.tensor.data);
+    }
+    (out, Some(json_len))
 }
 
 #[derive(Serialize)]
@@ -422,21 +574,21 @@ mod tests {
             r#"{{"inputs":[{{"name":"x","shape":[-2],"datatype":"{dtype}","data":{data}}}]}}"#
         );
         let body = body.replace("[-2]", "[3]");
-        decode_request(body.as_bytes(), "m", None).map(|mut r| r.inputs.remove(0))
+        decode(body.as_bytes()).map(|mut r| r.inputs.remove(0))
+    }
+
+    fn decode(body: &[u8]) -> Result<InferRequest> {
+        decode_request(&Bytes::copy_from_slice(body), None, "m", None).map(|(r, _)| r)
     }
 
     #[test]
     fn nested_and_flat_data_decode_alike() {
-        let flat = decode_request(
+        let flat = decode(
             br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[1,2,3,4]}]}"#,
-            "m",
-            None,
         )
         .unwrap();
-        let nested = decode_request(
+        let nested = decode(
             br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[[1,2],[3,4]]}]}"#,
-            "m",
-            None,
         )
         .unwrap();
         assert_eq!(flat.inputs, nested.inputs);
@@ -478,7 +630,9 @@ mod tests {
             outputs: vec![t, u, f, d],
             parameters: Default::default(),
         };
-        let s = String::from_utf8(encode_response(&resp)).unwrap();
+        let (body, json_len) = encode_response(&resp, &OutputFormat::default());
+        assert_eq!(json_len, None);
+        let s = String::from_utf8(body).unwrap();
         assert!(
             s.contains("[9223372036854775807,-9223372036854775808,9007199254740993]"),
             "{s}"
@@ -494,15 +648,11 @@ mod tests {
 
     #[test]
     fn malformed_json_is_an_invalid_input_naming_the_place() {
-        let e = decode_request(b"{\"inputs\": [", "m", None).unwrap_err();
+        let e = decode(b"{\"inputs\": [").unwrap_err();
         assert_eq!(e.http_status(), http::StatusCode::BAD_REQUEST);
-        let e = decode_request(
-            br#"{"inputs":[{"name":"x","datatype":"FP32","data":[1]}]}"#,
-            "m",
-            None,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = decode(br#"{"inputs":[{"name":"x","datatype":"FP32","data":[1]}]}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing field `shape`"), "{e}");
     }
 }

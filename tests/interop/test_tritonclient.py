@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchyard"))
+ADDR = []
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,7 @@ def server():
         if m:
             addr = m.group(1)
     assert addr, "server did not start:\n" + "".join(lines)
+    ADDR[:] = [addr]
     # Keep draining the log so the server never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     client = httpclient.InferenceServerClient(url=addr)
@@ -115,3 +117,84 @@ def test_errors_reach_the_client_with_their_reason(server):
         server.infer("iris", [inp])
     with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
         server.get_model_metadata("nope")
+
+
+def iris_input(binary):
+    x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    return inp
+
+
+def test_binary_tensors_by_default(server):
+    # tritonclient's defaults: binary inputs, and all outputs binary when none are named.
+    result = server.infer("iris", [iris_input(True)])
+    assert list(result.as_numpy("label")) == [0, 2]
+    assert result.as_numpy("probabilities").shape == (2, 3)
+    # Named outputs, one binary and one JSON.
+    outs = [
+        httpclient.InferRequestedOutput("label", binary_data=True),
+        httpclient.InferRequestedOutput("probabilities", binary_data=False),
+    ]
+    result = server.infer("iris", [iris_input(True)], outputs=outs)
+    assert list(result.as_numpy("label")) == [0, 2]
+    np.testing.assert_allclose(result.as_numpy("probabilities").sum(axis=1), [1, 1], rtol=1e-6)
+
+
+def test_binary_bytes_and_every_datatype(server):
+    values = expected()["identity"][0]["values"]
+    np_types = {
+        "bool": np.bool_, "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32,
+        "uint64": np.uint64, "int8": np.int8, "int16": np.int16, "int32": np.int32,
+        "int64": np.int64, "fp16": np.float16, "fp32": np.float32, "fp64": np.float64,
+        "bytes": np.object_,
+    }
+    v2 = {"bool": "BOOL", "fp16": "FP16", "fp32": "FP32", "fp64": "FP64", "bf16": "BF16", "bytes": "BYTES"}
+    inputs, arrays = [], {}
+    for name, v in values.items():
+        if name == "bf16":
+            import ml_dtypes  # tritonclient's own bfloat16 for numpy
+
+            arr = np.array(v["data"], dtype=ml_dtypes.bfloat16)
+        else:
+            arr = np.array(v["data"], dtype=np_types[name])
+        if name == "bytes":
+            arr = np.array([s.encode() for s in v["data"]], dtype=np.object_)
+        arrays[name] = arr
+        inp = httpclient.InferInput(f"x_{name}", [3], v2.get(name, name.upper()))
+        inp.set_data_from_numpy(arr, binary_data=True)
+        inputs.append(inp)
+    result = server.infer("identity", inputs)
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(result.as_numpy(f"y_{name}"), arr)
+
+
+def test_compressed_requests_and_responses(server):
+    for algo in ["gzip", "deflate"]:
+        result = server.infer(
+            "iris",
+            [iris_input(True)],
+            request_compression_algorithm=algo,
+            response_compression_algorithm=algo,
+        )
+        assert list(result.as_numpy("label")) == [0, 2]
+
+
+def test_async_client(server):
+    import asyncio
+
+    import tritonclient.http.aio as aioclient
+
+    async def run():
+        c = aioclient.InferenceServerClient(url=ADDR[0])
+        try:
+            assert await c.is_server_ready()
+            x = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+            inp = aioclient.InferInput("input", [1, 4], "FP32")
+            inp.set_data_from_numpy(x)
+            results = await asyncio.gather(*[c.infer("iris", [inp]) for _ in range(8)])
+            return [list(r.as_numpy("label")) for r in results]
+        finally:
+            await c.close()
+
+    assert asyncio.run(run()) == [[0]] * 8
