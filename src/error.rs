@@ -32,6 +32,15 @@ pub enum Error {
         version: u64,
         capacity: usize,
     },
+    /// The request's deadline passed before it was answered.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// No credentials, or not the right ones, for an admin call.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Admin calls are refused from this peer.
+    #[error("{0}")]
+    Forbidden(String),
     /// The model or server exists but cannot serve right now.
     #[error("{0}")]
     Unavailable(String),
@@ -64,9 +73,34 @@ impl Error {
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Unavailable(_) | Error::Load(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// The gRPC status code for this error.
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Error::InvalidInput(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::MethodNotAllowed { .. } => Code::Unimplemented,
+            Error::PayloadTooLarge { .. } | Error::QueueFull { .. } => Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Forbidden(_) => Code::PermissionDenied,
+            Error::Unavailable(_) | Error::Load(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        tonic::Status::new(e.grpc_code(), e.to_string())
     }
 }
 

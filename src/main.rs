@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use switchyard::api::{serve_http, HttpConfig};
+use switchyard::api::{serve_grpc, serve_http, AdminAuth, HttpConfig};
 use switchyard::model::Models;
 use switchyard::{backend, repository};
 
@@ -41,7 +41,25 @@ struct ServeArgs {
         env = "SWITCHYARD_HTTP"
     )]
     http: SocketAddr,
-    /// Largest request body accepted; larger ones get 413.
+    /// gRPC listen address.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8001",
+        env = "SWITCHYARD_GRPC"
+    )]
+    grpc: SocketAddr,
+    /// Bearer token the admin calls (repository load/unload) need. Without one,
+    /// admin calls are accepted from loopback peers only.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SWITCHYARD_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+    /// Largest request body (HTTP) or message (gRPC) accepted; larger ones get
+    /// 413 / RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "BYTES", default_value_t = switchyard::api::http::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
 }
@@ -79,7 +97,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} for HTTP", args.http))?;
         tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
-        let models = Arc::new(Models::new());
+        let grpc_listener = tokio::net::TcpListener::bind(args.grpc)
+            .await
+            .with_context(|| format!("cannot listen on {} for gRPC", args.grpc))?;
+        tracing::info!(addr = %grpc_listener.local_addr()?, "gRPC listening");
+        let models = Arc::new(Models::with_repository(args.models.clone()));
         let loader = {
             let models = models.clone();
             let dir = args.models.clone();
@@ -104,9 +126,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let config = HttpConfig {
             max_body_bytes: args.max_body_bytes,
         };
-        let server = tokio::spawn(serve_http(listener, models, config, shutdown_signal()));
+        let admin = AdminAuth::new(args.admin_token);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let http = tokio::spawn(serve_http(
+            listener,
+            models.clone(),
+            config,
+            admin.clone(),
+            stopped(stop_rx.clone()),
+        ));
+        let grpc = tokio::spawn(serve_grpc(
+            grpc_listener,
+            models,
+            admin,
+            args.max_body_bytes,
+            stopped(stop_rx),
+        ));
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
         loader.await.context("model loading stopped")??;
-        server.await.context("HTTP server stopped")?;
+        http.await.context("HTTP server stopped")?;
+        grpc.await.context("gRPC server stopped")?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -117,7 +117,7 @@ fn a_missing_runtime_library_says_how_to_fix_it() {
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["serve", "--models"])
         .arg(sample_models())
-        .args(["--http", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
         .output()
         .unwrap();
@@ -148,6 +148,8 @@ fn a_missing_repository_is_a_clear_error() {
             "--models",
             "/nonexistent/models",
             "--http",
+            "127.0.0.1:0",
+            "--grpc",
             "127.0.0.1:0",
         ])
         .output()

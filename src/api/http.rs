@@ -4,21 +4,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use super::auth::AdminAuth;
 use super::{compression, v2};
 use crate::error::{Error, Result};
-use crate::model::Models;
+use crate::model::{parse_version, Models};
 
 /// Default request body limit (`--max-body-bytes`).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
@@ -40,6 +37,7 @@ impl Default for HttpConfig {
 struct State {
     models: Arc<Models>,
     config: HttpConfig,
+    admin: AdminAuth,
 }
 
 type Body = Full<Bytes>;
@@ -50,52 +48,32 @@ pub async fn serve_http(
     listener: TcpListener,
     models: Arc<Models>,
     config: HttpConfig,
+    admin: AdminAuth,
     shutdown: impl Future<Output = ()>,
 ) {
-    let state = Arc::new(State { models, config });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let svc = service_fn(move |req| {
+    let state = Arc::new(State {
+        models,
+        config,
+        admin,
+    });
+    super::server::serve(
+        listener,
+        move |peer| {
             let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after 10 s; closing them");
-    }
+            service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
+            })
+        },
+        shutdown,
+    )
+    .await;
 }
 
-async fn handle(state: &State, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    match route(state, req).await {
+    match route(state, req, peer).await {
         Ok(resp) => resp,
         Err(e) => {
             let status = e.http_status();
@@ -149,16 +127,25 @@ enum Route<'a> {
     ServerMetadata,
     Live,
     Ready,
-    ModelMetadata(&'a str, Option<&'a str>),
-    ModelReady(&'a str, Option<&'a str>),
-    Infer(&'a str, Option<&'a str>),
+    ModelMetadata(&'a str, &'a str),
+    ModelReady(&'a str, &'a str),
+    ModelConfig(&'a str, &'a str),
+    /// Statistics of every model (empty name), one model, or one version.
+    ModelStats(&'a str, &'a str),
+    Infer(&'a str, &'a str),
+    RepositoryIndex,
+    RepositoryLoad(&'a str),
+    RepositoryUnload(&'a str),
 }
 
 impl Route<'_> {
-    fn method(&self) -> Method {
+    /// The methods a route takes, as the `Allow` header lists them.
+    fn allow(&self) -> &'static str {
         match self {
-            Route::Infer(..) => Method::POST,
-            _ => Method::GET,
+            Route::Infer(..) | Route::RepositoryLoad(_) | Route::RepositoryUnload(_) => "POST",
+            // Triton's clients POST the index; a browser or curl GETs it.
+            Route::RepositoryIndex => "GET, HEAD, POST",
+            _ => "GET, HEAD",
         }
     }
 }
@@ -169,43 +156,34 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
         ["v2"] => Route::ServerMetadata,
         ["v2", "health", "live"] => Route::Live,
         ["v2", "health", "ready"] => Route::Ready,
-        ["v2", "models", m] => Route::ModelMetadata(m, None),
-        ["v2", "models", m, "ready"] => Route::ModelReady(m, None),
-        ["v2", "models", m, "infer"] => Route::Infer(m, None),
-        ["v2", "models", m, "versions", v] => Route::ModelMetadata(m, Some(v)),
-        ["v2", "models", m, "versions", v, "ready"] => Route::ModelReady(m, Some(v)),
-        ["v2", "models", m, "versions", v, "infer"] => Route::Infer(m, Some(v)),
+        ["v2", "models", "stats"] => Route::ModelStats("", ""),
+        ["v2", "models", m] => Route::ModelMetadata(m, ""),
+        ["v2", "models", m, "ready"] => Route::ModelReady(m, ""),
+        ["v2", "models", m, "config"] => Route::ModelConfig(m, ""),
+        ["v2", "models", m, "stats"] => Route::ModelStats(m, ""),
+        ["v2", "models", m, "infer"] => Route::Infer(m, ""),
+        ["v2", "models", m, "versions", v] => Route::ModelMetadata(m, v),
+        ["v2", "models", m, "versions", v, "ready"] => Route::ModelReady(m, v),
+        ["v2", "models", m, "versions", v, "config"] => Route::ModelConfig(m, v),
+        ["v2", "models", m, "versions", v, "stats"] => Route::ModelStats(m, v),
+        ["v2", "models", m, "versions", v, "infer"] => Route::Infer(m, v),
+        ["v2", "repository", "index"] => Route::RepositoryIndex,
+        ["v2", "repository", "models", m, "load"] => Route::RepositoryLoad(m),
+        ["v2", "repository", "models", m, "unload"] => Route::RepositoryUnload(m),
         _ => return None,
     })
 }
 
-fn parse_version(model: &str, v: Option<&str>) -> Result<Option<u64>> {
-    match v {
-        None => Ok(None),
-        Some(s) => match s.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(Some(n)),
-            _ => Err(Error::not_found(format!(
-                "model '{model}' has no version '{s}' (versions are positive integers)"
-            ))),
-        },
-    }
-}
-
-async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>> {
+async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>> {
     let path = req.uri().path().to_string();
     let route =
         parse_route(&path).ok_or_else(|| Error::not_found(format!("no such path: {path}")))?;
-    let want = route.method();
-    let ok = req.method() == want || (want == Method::GET && req.method() == Method::HEAD);
-    if !ok {
+    let allow = route.allow();
+    if !allow.split(", ").any(|m| m == req.method().as_str()) {
         return Err(Error::MethodNotAllowed {
             method: req.method().to_string(),
             path,
-            allow: if want == Method::POST {
-                "POST"
-            } else {
-                "GET, HEAD"
-            },
+            allow,
         });
     }
     let models = &state.models;
@@ -215,7 +193,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>> 
             serde_json::to_vec(&serde_json::json!({
                 "name": "switchyard",
                 "version": env!("CARGO_PKG_VERSION"),
-                "extensions": ["parameters"],
+                "extensions": super::EXTENSIONS,
             }))
             .expect("plain data"),
         )),
@@ -238,6 +216,43 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>> 
         Route::ModelReady(m, v) => {
             let version = parse_version(m, v)?;
             models.resolve(m, version)?;
+            Ok(empty(StatusCode::OK))
+        }
+        Route::ModelConfig(m, v) => {
+            let config = models.serving_config(m, parse_version(m, v)?)?;
+            Ok(json(StatusCode::OK, v2::encode_model_config(&config)))
+        }
+        Route::ModelStats(m, v) => {
+            let versions = models.versions_for_stats(m, parse_version(m, v)?)?;
+            Ok(json(StatusCode::OK, v2::encode_stats(&versions)))
+        }
+        Route::RepositoryIndex => {
+            // Triton's body is optional: {"ready": true} lists ready models only.
+            let body = read_body(req, state.config.max_body_bytes).await?;
+            let ready = if body.iter().all(u8::is_ascii_whitespace) {
+                false
+            } else {
+                let v: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| Error::invalid(format!("malformed JSON request: {e}")))?;
+                v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false)
+            };
+            Ok(json(StatusCode::OK, v2::encode_index(&models.index(ready))))
+        }
+        Route::RepositoryLoad(m) | Route::RepositoryUnload(m) => {
+            let authorization = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            state.admin.check(authorization, Some(peer))?;
+            let name = m.to_string();
+            if matches!(route, Route::RepositoryLoad(_)) {
+                let models = state.models.clone();
+                tokio::task::spawn_blocking(move || models.load_model(&name))
+                    .await
+                    .map_err(|e| Error::Internal(format!("load stopped: {e}")))??;
+            } else {
+                models.unload_model(&name)?;
+            }
             Ok(empty(StatusCode::OK))
         }
         Route::Infer(m, v) => {

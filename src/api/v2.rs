@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse, Parameters, RequestedOutput};
-use crate::model::{Model, ModelMetadata, TensorSpec, VersionState};
+use crate::model::{IndexEntry, Model, ModelMetadata, ServingConfig, TensorSpec, VersionState};
 use crate::tensor::{BytesIter, DataType, Tensor};
 
 #[derive(Deserialize)]
@@ -563,6 +563,92 @@ pub fn encode_model_metadata(model: &Model, version: Option<u64>) -> Result<Vec<
         body["unavailable_versions"] = serde_json::to_value(&unavailable).expect("plain data");
     }
     Ok(serde_json::to_vec(&body).expect("serializing to memory cannot fail"))
+}
+
+/// Triton's model configuration as JSON (`GET .../config`), which perf_analyzer
+/// and tritonclient read; dims leave out the batch dim when `max_batch_size` > 0.
+pub fn encode_model_config(c: &ServingConfig) -> Vec<u8> {
+    let io = |v: &[(String, DataType, Vec<i64>)]| {
+        v.iter()
+            .map(|(name, dtype, dims)| {
+                serde_json::json!({
+                    "name": name,
+                    "data_type": dtype.triton_config_name(),
+                    "dims": dims,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let group = match c.gpu {
+        Some(g) => {
+            serde_json::json!({"name": format!("{}_0", c.name), "kind": "KIND_GPU", "count": c.instances, "gpus": [g]})
+        }
+        None => {
+            serde_json::json!({"name": format!("{}_0", c.name), "kind": "KIND_CPU", "count": c.instances})
+        }
+    };
+    let body = serde_json::json!({
+        "name": c.name,
+        "platform": c.platform,
+        "backend": c.backend,
+        "version_policy": {"all": {}},
+        "max_batch_size": c.max_batch_size,
+        "input": io(&c.inputs),
+        "output": io(&c.outputs),
+        "instance_group": [group],
+    });
+    serde_json::to_vec(&body).expect("plain data")
+}
+
+/// Triton's statistics extension as JSON (`GET .../stats`).
+pub fn encode_stats(versions: &[std::sync::Arc<crate::model::ModelVersion>]) -> Vec<u8> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tally = |t: &crate::model::Tally| {
+        let (count, ns) = t.get();
+        serde_json::json!({"count": count, "ns": ns})
+    };
+    let stats: Vec<serde_json::Value> = versions
+        .iter()
+        .map(|mv| {
+            let s = &mv.stats;
+            serde_json::json!({
+                "name": &*mv.model,
+                "version": mv.version.to_string(),
+                "last_inference": s.last_inference_ms.load(Relaxed),
+                "inference_count": s.inference_count.load(Relaxed),
+                "execution_count": s.execution_count.load(Relaxed),
+                "inference_stats": {
+                    "success": tally(&s.success),
+                    "fail": tally(&s.fail),
+                    "queue": tally(&s.queue),
+                    "compute_infer": tally(&s.compute_infer),
+                },
+                "batch_stats": [],
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "model_stats": stats })).expect("plain data")
+}
+
+/// The repository index as Triton's HTTP API gives it.
+pub fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
+    let v: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            let mut o = serde_json::json!({
+                "name": e.name,
+                "state": if e.ready { "READY" } else { "UNAVAILABLE" },
+            });
+            if let Some(v) = e.version {
+                o["version"] = v.to_string().into();
+            }
+            if !e.reason.is_empty() {
+                o["reason"] = e.reason.clone().into();
+            }
+            o
+        })
+        .collect();
+    serde_json::to_vec(&v).expect("plain data")
 }
 
 #[cfg(test)]

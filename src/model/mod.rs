@@ -1,9 +1,11 @@
 //! Loaded model versions: their metadata, input validation, worker queues, and the table that names them.
 
+mod stats;
 mod table;
 mod worker;
 
-pub use table::{Model, ModelTable, Models, VersionState};
+pub use stats::{Stats, Tally};
+pub use table::{IndexEntry, Model, ModelTable, Models, VersionState};
 pub use worker::{Job, Workers};
 
 use std::sync::Arc;
@@ -11,6 +13,19 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
 use crate::tensor::{DataType, Tensor};
+
+/// Parses a version as a URL or message gives it; empty means "the default version".
+pub fn parse_version(model: &str, v: &str) -> Result<Option<u64>> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    match v.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(Error::not_found(format!(
+            "model '{model}' has no version '{v}' (versions are positive integers)"
+        ))),
+    }
+}
 
 /// The declared name, datatype and shape of one input or output.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,20 +167,47 @@ fn check_tensor(spec: &TensorSpec, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// A version's configuration in the shape of Triton's model configuration, which
+/// clients such as perf_analyzer read before they send anything.
+#[derive(Debug, Clone)]
+pub struct ServingConfig {
+    pub name: String,
+    pub platform: &'static str,
+    pub backend: &'static str,
+    pub max_batch_size: u32,
+    /// Name, datatype and dims; with batching, dims leave out the batch dim.
+    pub inputs: Vec<(String, DataType, Vec<i64>)>,
+    pub outputs: Vec<(String, DataType, Vec<i64>)>,
+    pub instances: usize,
+    /// The GPU it runs on, if any.
+    pub gpu: Option<u32>,
+}
+
 /// One servable version of a model: its metadata and the workers that run it.
 pub struct ModelVersion {
     pub model: Arc<str>,
     pub version: u64,
     pub metadata: ModelMetadata,
+    /// Instances (worker threads) serving it.
+    pub instances: usize,
+    pub stats: Arc<Stats>,
     workers: Workers,
 }
 
 impl ModelVersion {
-    pub fn new(model: Arc<str>, version: u64, metadata: ModelMetadata, workers: Workers) -> Self {
+    pub fn new(
+        model: Arc<str>,
+        version: u64,
+        metadata: ModelMetadata,
+        workers: Workers,
+        stats: Arc<Stats>,
+    ) -> Self {
         ModelVersion {
             model,
             version,
             metadata,
+            instances: workers.instances(),
+            stats,
             workers,
         }
     }
@@ -183,22 +225,32 @@ impl ModelVersion {
         } else {
             req.outputs.iter().map(|o| o.name.clone()).collect()
         };
+        let start = std::time::Instant::now();
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.workers.submit(
             Job {
                 inputs: req.inputs,
                 outputs,
                 reply,
+                enqueued: start,
             },
             &self.model,
             self.version,
         )?;
-        let outputs = rx.await.map_err(|_| {
-            Error::Internal(format!(
+        let result = rx.await.unwrap_or_else(|_| {
+            Err(Error::Internal(format!(
                 "model '{}' version {} stopped before answering",
                 self.model, self.version
-            ))
-        })??;
+            )))
+        });
+        match &result {
+            Ok(_) => {
+                self.stats.success.record(start.elapsed());
+                self.stats.mark_last_inference();
+            }
+            Err(_) => self.stats.fail.record(start.elapsed()),
+        }
+        let outputs = result?;
         Ok(InferResponse {
             id: req.id,
             model: self.model.clone(),
@@ -206,6 +258,33 @@ impl ModelVersion {
             outputs,
             parameters: Default::default(),
         })
+    }
+
+    /// This version's configuration as Triton's clients read it.
+    pub fn serving_config(&self, device: crate::config::Device) -> ServingConfig {
+        let batched = self.metadata.max_batch_size > 0;
+        let dims = |specs: &[TensorSpec]| {
+            specs
+                .iter()
+                .map(|s| {
+                    let d = if batched { &s.shape[1..] } else { &s.shape[..] };
+                    (s.name.clone(), s.dtype, d.to_vec())
+                })
+                .collect()
+        };
+        ServingConfig {
+            name: self.model.to_string(),
+            platform: self.metadata.platform,
+            backend: "onnxruntime",
+            max_batch_size: self.metadata.max_batch_size,
+            inputs: dims(&self.metadata.inputs),
+            outputs: dims(&self.metadata.outputs),
+            instances: self.instances,
+            gpu: match device {
+                crate::config::Device::Cuda(n) => Some(n),
+                crate::config::Device::Cpu => None,
+            },
+        }
     }
 
     /// Requests waiting for a worker.

@@ -2,12 +2,13 @@
 //! requests read it without a lock while loads and unloads replace it whole.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::ModelVersion;
+use super::{ModelVersion, ServingConfig};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -79,11 +80,157 @@ pub struct ModelTable {
 pub struct Models {
     table: ArcSwap<ModelTable>,
     loaded: AtomicBool,
+    /// The repository explicit loads read from; none means loads are refused.
+    repository: Option<PathBuf>,
+    /// Serialises writers (load, unload), which build a new table from the current
+    /// one; readers never take it.
+    writer: Mutex<()>,
+}
+
+/// One row of the repository index: a model version and its state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexEntry {
+    pub name: String,
+    /// `None` for a model that has no version to show.
+    pub version: Option<u64>,
+    pub ready: bool,
+    pub reason: String,
 }
 
 impl Models {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A table whose models can be (re)loaded from `root` on request.
+    pub fn with_repository(root: PathBuf) -> Self {
+        Models {
+            repository: Some(root),
+            ..Self::default()
+        }
+    }
+
+    /// The Triton-shaped configuration of a version (the default one when `None`).
+    pub fn serving_config(&self, name: &str, version: Option<u64>) -> Result<ServingConfig> {
+        let model = self.model(name)?;
+        let mv = self.resolve(name, version)?;
+        let device = model.config.device().unwrap_or(crate::config::Device::Cpu);
+        Ok(mv.serving_config(device))
+    }
+
+    /// The ready versions that statistics are asked of: all models when `name` is
+    /// empty, one model, or one version; sorted by name and version.
+    pub fn versions_for_stats(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Vec<Arc<ModelVersion>>> {
+        let table = self.snapshot();
+        let mut names: Vec<&String> = if name.is_empty() {
+            table.models.keys().collect()
+        } else {
+            self.model(name)?;
+            vec![table
+                .models
+                .get_key_value(name)
+                .map(|(k, _)| k)
+                .expect("checked")]
+        };
+        names.sort();
+        let mut out = Vec::new();
+        for n in names {
+            for (v, state) in &table.models[n].versions {
+                if version.is_some_and(|want| want != *v) {
+                    continue;
+                }
+                if let VersionState::Ready(mv) = state {
+                    out.push(mv.clone());
+                }
+            }
+        }
+        if let (Some(v), true) = (version, out.is_empty()) {
+            return Err(Error::not_found(format!(
+                "model '{name}' has no ready version {v}"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Every model and version with its state, sorted by name and version.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let table = self.snapshot();
+        let mut names: Vec<&String> = table.models.keys().collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let m = &table.models[name];
+            if m.versions.is_empty() {
+                out.push(IndexEntry {
+                    name: name.clone(),
+                    version: None,
+                    ready: false,
+                    reason: m.unavailable_reason().unwrap_or_default(),
+                });
+            }
+            for (v, s) in &m.versions {
+                let (ready, reason) = match s {
+                    VersionState::Ready(_) => (true, String::new()),
+                    VersionState::Failed(r) => (false, r.clone()),
+                };
+                out.push(IndexEntry {
+                    name: name.clone(),
+                    version: Some(*v),
+                    ready,
+                    reason,
+                });
+            }
+        }
+        if ready_only {
+            out.retain(|e| e.ready);
+        }
+        out
+    }
+
+    /// (Re)loads one model from the repository and publishes it; versions that
+    /// were serving keep serving until the new table is published, and requests
+    /// already queued on them finish. Blocking: call it off the async runtime.
+    pub fn load_model(&self, name: &str) -> Result<()> {
+        let root = self
+            .repository
+            .as_ref()
+            .ok_or_else(|| Error::Unavailable("this server has no model repository".into()))?;
+        let dir = crate::repository::find(root, name)?;
+        let model = crate::repository::load_model(&dir);
+        let failure = model.unavailable_reason();
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = ModelTable::clone(&self.snapshot());
+        table.models.insert(name.to_string(), Arc::new(model));
+        self.publish(table);
+        match failure {
+            None => Ok(()),
+            Some(r) => Err(Error::load(format!("model '{name}' failed to load: {r}"))),
+        }
+    }
+
+    /// Takes a model out of service. It stays listed, as unavailable, so its
+    /// state is visible; in-flight requests finish on the versions they hold.
+    pub fn unload_model(&self, name: &str) -> Result<()> {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = ModelTable::clone(&self.snapshot());
+        let old = table
+            .models
+            .get(name)
+            .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
+        let unloaded = Model {
+            name: old.name.clone(),
+            config: old.config.clone(),
+            versions: BTreeMap::new(),
+            error: Some("unloaded by request".to_string()),
+        };
+        table.models.insert(name.to_string(), Arc::new(unloaded));
+        self.publish(table);
+        tracing::info!(model = name, "unloaded");
+        Ok(())
     }
 
     /// The current table; cheap, lock-free, and stable for as long as it is held.

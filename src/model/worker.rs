@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 
+use std::sync::Arc;
+
+use super::Stats;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -19,6 +22,7 @@ pub struct Job {
     pub inputs: Vec<Tensor>,
     pub outputs: Vec<String>,
     pub reply: oneshot::Sender<Result<Vec<Tensor>>>,
+    pub enqueued: Instant,
 }
 
 /// The queue and worker threads of one model version. Dropping it closes the
@@ -26,7 +30,7 @@ pub struct Job {
 pub struct Workers {
     tx: Sender<Job>,
     capacity: usize,
-    _threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Workers {
@@ -37,21 +41,23 @@ impl Workers {
         instances: Vec<Box<dyn Backend>>,
         capacity: usize,
         idle_spin: Duration,
+        stats: Arc<Stats>,
     ) -> Result<Self> {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let mut threads = Vec::with_capacity(instances.len());
         for (i, backend) in instances.into_iter().enumerate() {
             let rx = rx.clone();
+            let stats = stats.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("{label}#{i}"))
-                .spawn(move || run(backend, rx, idle_spin))
+                .spawn(move || run(backend, rx, idle_spin, &stats))
                 .map_err(|e| Error::load(format!("cannot start worker thread: {e}")))?;
             threads.push(handle);
         }
         Ok(Workers {
             tx,
             capacity,
-            _threads: threads,
+            threads,
         })
     }
 
@@ -71,6 +77,10 @@ impl Workers {
 
     pub fn queue_depth(&self) -> usize {
         self.tx.len()
+    }
+
+    pub fn instances(&self) -> usize {
+        self.threads.len()
     }
 }
 
@@ -93,16 +103,32 @@ fn next_job(rx: &Receiver<Job>, spin: Duration) -> Option<Job> {
     }
 }
 
-fn run(mut backend: Box<dyn Backend>, rx: Receiver<Job>, idle_spin: Duration) {
+fn run(mut backend: Box<dyn Backend>, rx: Receiver<Job>, idle_spin: Duration, stats: &Stats) {
     while let Some(job) = next_job(&rx, idle_spin) {
         // The client went away while queued: skip the compute.
         if job.reply.is_closed() {
             continue;
         }
+        let started = Instant::now();
+        stats.queue.record(started - job.enqueued);
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             backend.infer(&job.inputs, &job.outputs)
         }))
         .unwrap_or_else(|_| Err(Error::Internal("the backend panicked".into())));
+        stats.compute_infer.record(started.elapsed());
+        stats
+            .execution_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if result.is_ok() {
+            let rows = job
+                .inputs
+                .first()
+                .and_then(|t| t.shape.first())
+                .map_or(1, |&d| d.max(0) as u64);
+            stats
+                .inference_count
+                .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+        }
         let _ = job.reply.send(result);
     }
 }
@@ -110,7 +136,7 @@ fn run(mut backend: Box<dyn Backend>, rx: Receiver<Job>, idle_spin: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Barrier};
+    use std::sync::Barrier;
 
     /// Blocks inside `infer` until the test lets it go, so the queue can be filled.
     struct Gate(Arc<Barrier>);
@@ -129,6 +155,7 @@ mod tests {
                 inputs: vec![],
                 outputs: vec![],
                 reply,
+                enqueued: Instant::now(),
             },
             rx,
         )
@@ -142,6 +169,7 @@ mod tests {
             vec![Box::new(Gate(gate.clone()))],
             1,
             Duration::from_micros(50),
+            Arc::default(),
         )
         .unwrap();
         let (j1, r1) = job();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::backend;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{Model, ModelTable, ModelVersion, VersionState, Workers};
+use crate::model::{Model, ModelTable, ModelVersion, Stats, VersionState, Workers};
 
 /// One model folder as found on disk.
 #[derive(Debug, Clone)]
@@ -75,6 +75,25 @@ pub fn scan(root: &Path) -> Result<Vec<ModelDir>> {
     Ok(models)
 }
 
+/// The folder of one model, for an explicit load. Only names that are model
+/// names are looked up, so no request can reach outside the repository.
+pub fn find(root: &Path, name: &str) -> Result<ModelDir> {
+    if !valid_name(name) {
+        return Err(Error::invalid(format!(
+            "'{name}' is not a valid model name"
+        )));
+    }
+    scan(root)?
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "the repository {} has no model '{name}'",
+                root.display()
+            ))
+        })
+}
+
 /// Loads every version of one model folder. Failures are recorded in the model, never fatal.
 pub fn load_model(dir: &ModelDir) -> Model {
     let name: Arc<str> = Arc::from(dir.name.as_str());
@@ -129,13 +148,21 @@ fn load_version(
     config: &ModelConfig,
 ) -> Result<ModelVersion> {
     let loaded = backend::load(path, config)?;
+    let stats = Arc::new(Stats::default());
     let workers = Workers::spawn(
         &format!("{name}/{v}"),
         loaded.instances,
         config.max_queue_size(),
         config.idle_spin(),
+        stats.clone(),
     )?;
-    Ok(ModelVersion::new(name.clone(), v, loaded.metadata, workers))
+    Ok(ModelVersion::new(
+        name.clone(),
+        v,
+        loaded.metadata,
+        workers,
+        stats,
+    ))
 }
 
 /// Scans and loads a whole repository into a new table.

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct Server {
     child: Child,
     pub base: String,
+    /// `http://ADDR` of the gRPC listener.
+    pub grpc: String,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -31,7 +33,7 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
         cmd.args(["serve", "--models"])
             .arg(models)
-            .args(["--http", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -45,24 +47,32 @@ impl Server {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(i) = line.find("HTTP listening addr=") {
-                        let addr = line[i + "HTTP listening addr=".len()..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap()
-                            .to_string();
-                        let _ = tx.send(addr);
+                    for proto in ["HTTP", "gRPC"] {
+                        let key = format!("{proto} listening addr=");
+                        if let Some(i) = line.find(&key) {
+                            let addr = line[i + key.len()..].split_whitespace().next().unwrap();
+                            let _ = tx.send((proto, addr.to_string()));
+                        }
                     }
                     log.lock().unwrap().push(line);
                 }
             });
         }
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+        let (mut http, mut grpc) = (None, None);
+        while http.is_none() || grpc.is_none() {
+            let (proto, addr) = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+            if proto == "HTTP" {
+                http = Some(addr);
+            } else {
+                grpc = Some(addr);
+            }
+        }
         let server = Server {
             child,
-            base: format!("http://{addr}"),
+            base: format!("http://{}", http.unwrap()),
+            grpc: format!("http://{}", grpc.unwrap()),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(60);

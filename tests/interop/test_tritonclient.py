@@ -21,7 +21,7 @@ ADDR = []
 @pytest.fixture(scope="module")
 def server():
     proc = subprocess.Popen(
-        [BIN, "serve", "--models", str(ROOT / "models"), "--http", "127.0.0.1:0"],
+        [BIN, "serve", "--models", str(ROOT / "models"), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -1,0 +1,52 @@
+//! Per-version counters (Triton's statistics extension): atomics, so recording takes no lock.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A count and the nanoseconds spent in it.
+#[derive(Debug, Default)]
+pub struct Tally {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl Tally {
+    pub fn record(&self, d: Duration) {
+        self.count.fetch_add(1, Relaxed);
+        self.ns
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// `(count, ns)`.
+    pub fn get(&self) -> (u64, u64) {
+        (self.count.load(Relaxed), self.ns.load(Relaxed))
+    }
+}
+
+/// What one model version has done since it was loaded.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests answered, end to end inside the server.
+    pub success: Tally,
+    /// Requests that failed after they were validated and queued.
+    pub fail: Tally,
+    /// Time from enqueue to a worker taking the request.
+    pub queue: Tally,
+    /// Time in the backend's run.
+    pub compute_infer: Tally,
+    /// Rows inferred (a request of shape [n, ...] counts n when batching).
+    pub inference_count: AtomicU64,
+    /// Backend runs.
+    pub execution_count: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last answer; 0 for never.
+    pub last_inference_ms: AtomicU64,
+}
+
+impl Stats {
+    pub fn mark_last_inference(&self) {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_inference_ms.store(ms, Relaxed);
+    }
+}
