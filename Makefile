@@ -9,6 +9,7 @@ MODELS      ?= models
 HTTP        ?= 0.0.0.0:8000
 CARGO       ?= cargo
 TEST_VENV   := .venv-test
+PA_VENV     := .venv-pa
 MODELS_VENV := .venv-models
 
 .PHONY: all build serve test ort rust-test interop-test models lint fmt clean
@@ -40,8 +41,14 @@ $(TEST_VENV)/.done: tests/interop/requirements.txt
 	$(TEST_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
-interop-test: $(TEST_VENV)/.done rust-test
-	SWITCHYARD_BIN=$(abspath target/debug/switchyard) $(TEST_VENV)/bin/python -m pytest -q tests/interop
+$(PA_VENV)/.done: scripts/setup-perf-analyzer.sh
+	PYTHON=$(PYTHON) scripts/setup-perf-analyzer.sh $(abspath $(PA_VENV))
+	touch $@
+
+interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done rust-test
+	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
+	PERF_ANALYZER=$(abspath $(PA_VENV))/bin/perf_analyzer_run \
+	$(TEST_VENV)/bin/python -m pytest -q tests/interop
 
 ## Regenerate the sample models and expected outputs (deterministic).
 $(MODELS_VENV)/.done: models/requirements.txt
@@ -61,4 +68,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf $(CACHE) $(TEST_VENV) $(MODELS_VENV)
+	rm -rf $(CACHE) $(TEST_VENV) $(MODELS_VENV) $(PA_VENV)

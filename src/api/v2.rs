@@ -621,7 +621,9 @@ pub fn encode_stats(versions: &[std::sync::Arc<crate::model::ModelVersion>]) -> 
                     "success": tally(&s.success),
                     "fail": tally(&s.fail),
                     "queue": tally(&s.queue),
+                    "compute_input": {"count": s.compute_infer.get().0, "ns": 0},
                     "compute_infer": tally(&s.compute_infer),
+                    "compute_output": {"count": s.compute_infer.get().0, "ns": 0},
                 },
                 "batch_stats": [],
             })

@@ -32,7 +32,9 @@ pub struct Stats {
     pub fail: Tally,
     /// Time from enqueue to a worker taking the request.
     pub queue: Tally,
-    /// Time in the backend's run.
+    /// Time in the backend's run, input and output conversion included (so the
+    /// compute_input and compute_output tallies count the runs with 0 ns: Triton's
+    /// clients require the three counts to agree).
     pub compute_infer: Tally,
     /// Rows inferred (a request of shape [n, ...] counts n when batching).
     pub inference_count: AtomicU64,

@@ -340,7 +340,15 @@ impl GrpcInferenceService for InferenceService {
                         success: tally(&s.success),
                         fail: tally(&s.fail),
                         queue: tally(&s.queue),
+                        compute_input: Some(pb::StatisticDuration {
+                            count: s.compute_infer.get().0,
+                            ns: 0,
+                        }),
                         compute_infer: tally(&s.compute_infer),
+                        compute_output: Some(pb::StatisticDuration {
+                            count: s.compute_infer.get().0,
+                            ns: 0,
+                        }),
                         ..Default::default()
                     }),
                     batch_stats: vec![],

@@ -1,0 +1,61 @@
+"""Triton's perf_analyzer (from the tritonclient 2.51.0 wheel) drives switchyard for a
+few seconds over HTTP and gRPC: it reads the model configuration first, then must
+finish with no errors."""
+
+import os
+import pathlib
+import re
+import subprocess
+import threading
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchyard"))
+PERF_ANALYZER = os.environ.get("PERF_ANALYZER", str(ROOT / ".venv-pa" / "bin" / "perf_analyzer_run"))
+
+
+@pytest.fixture(scope="module")
+def addrs():
+    proc = subprocess.Popen(
+        [BIN, "serve", "--models", str(ROOT / "models"), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    found, lines = {}, []
+    deadline = time.time() + 60
+    while len(found) < 2 and time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"(HTTP|gRPC) listening addr=(\S+)", line)
+        if m:
+            found[m.group(1)] = m.group(2)
+    assert len(found) == 2, "server did not start:\n" + "".join(lines)
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    time.sleep(0.5)
+    yield found
+    proc.terminate()
+    proc.wait(timeout=15)
+
+
+@pytest.mark.parametrize("protocol, model", [("http", "iris"), ("grpc", "iris"), ("http", "mlp"), ("grpc", "mlp")])
+def test_perf_analyzer_runs_clean(addrs, protocol, model):
+    url = addrs["HTTP" if protocol == "http" else "gRPC"]
+    out = subprocess.run(
+        [PERF_ANALYZER, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", "1:4:3",
+         "--measurement-interval", "1000", "--max-trials", "5",
+         # Interop, not a benchmark: any stable-enough window will do on a noisy machine.
+         "--stability-percentage", "999"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    rows = re.findall(r"Concurrency: (\d+), throughput: ([\d.]+) infer/sec", text)
+    assert [c for c, _ in rows] == ["1", "4"], text
+    assert all(float(t) > 0 for _, t in rows), text
+    assert "error" not in text.lower(), text
