@@ -58,6 +58,9 @@ struct ServeArgs {
         hide_env_values = true
     )]
     admin_token: Option<String>,
+    /// The model `POST /invocations` (MLflow scoring) serves; default: the only one.
+    #[arg(long, value_name = "NAME", env = "SWITCHYARD_DEFAULT_MODEL")]
+    default_model: Option<String>,
     /// Largest request body (HTTP) or message (gRPC) accepted; larger ones get
     /// 413 / RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "BYTES", default_value_t = switchyard::api::http::DEFAULT_MAX_BODY_BYTES)]
@@ -125,6 +128,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let config = HttpConfig {
             max_body_bytes: args.max_body_bytes,
+            default_model: args.default_model,
         };
         let admin = AdminAuth::new(args.admin_token);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

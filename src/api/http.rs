@@ -24,12 +24,15 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 #[derive(Clone)]
 pub struct HttpConfig {
     pub max_body_bytes: usize,
+    /// The model `POST /invocations` scores (MLflow's single-model endpoint).
+    pub default_model: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            default_model: None,
         }
     }
 }
@@ -136,13 +139,24 @@ enum Route<'a> {
     RepositoryIndex,
     RepositoryLoad(&'a str),
     RepositoryUnload(&'a str),
+    V1List,
+    V1Model(&'a str),
+    V1Predict(&'a str),
+    /// MLflow scoring; `None` is the default model (`POST /invocations`).
+    Invocations(Option<&'a str>),
+    /// MLflow's `/ping` and `/health`.
+    Ping,
 }
 
 impl Route<'_> {
     /// The methods a route takes, as the `Allow` header lists them.
     fn allow(&self) -> &'static str {
         match self {
-            Route::Infer(..) | Route::RepositoryLoad(_) | Route::RepositoryUnload(_) => "POST",
+            Route::Infer(..)
+            | Route::RepositoryLoad(_)
+            | Route::RepositoryUnload(_)
+            | Route::V1Predict(_)
+            | Route::Invocations(_) => "POST",
             // Triton's clients POST the index; a browser or curl GETs it.
             Route::RepositoryIndex => "GET, HEAD, POST",
             _ => "GET, HEAD",
@@ -170,6 +184,14 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
         ["v2", "repository", "index"] => Route::RepositoryIndex,
         ["v2", "repository", "models", m, "load"] => Route::RepositoryLoad(m),
         ["v2", "repository", "models", m, "unload"] => Route::RepositoryUnload(m),
+        ["v1", "models"] => Route::V1List,
+        ["v1", "models", m] => match m.strip_suffix(":predict") {
+            Some(m) => Route::V1Predict(m),
+            None => Route::V1Model(m),
+        },
+        ["invocations"] => Route::Invocations(None),
+        ["models", m, "invocations"] => Route::Invocations(Some(m)),
+        ["ping"] | ["health"] => Route::Ping,
         _ => return None,
     })
 }
@@ -255,6 +277,72 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             }
             Ok(empty(StatusCode::OK))
         }
+        Route::V1List => {
+            let mut names: Vec<String> = models
+                .snapshot()
+                .models
+                .values()
+                .filter(|m| m.default_version().is_some())
+                .map(|m| m.name.to_string())
+                .collect();
+            names.sort();
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_vec(&serde_json::json!({ "models": names })).expect("plain data"),
+            ))
+        }
+        Route::V1Model(m) => {
+            let model = models.model(m)?;
+            let ready = model.default_version().is_some();
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_vec(&serde_json::json!({ "name": m, "ready": ready }))
+                    .expect("plain data"),
+            ))
+        }
+        Route::V1Predict(m) => {
+            let mv = models.resolve(m, None)?;
+            let body = read_body(req, state.config.max_body_bytes).await?;
+            let (request, layout) = super::v1::decode_predict(&body, &mv.metadata, m, None)?;
+            let response = mv.infer(request).await?;
+            Ok(json(
+                StatusCode::OK,
+                super::v1::encode_predict(&response, layout)?,
+            ))
+        }
+        Route::Invocations(m) => {
+            let name = match m {
+                Some(m) => m.to_string(),
+                None => default_model(state)?,
+            };
+            let mv = models.resolve(&name, None)?;
+            let content_type = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = read_body(req, state.config.max_body_bytes).await?;
+            let (request, shape) =
+                super::mlflow::decode(&body, content_type.as_deref(), &mv.metadata, &name, None)?;
+            let response = mv.infer(request).await?;
+            Ok(json(
+                StatusCode::OK,
+                super::mlflow::encode(&response, shape)?,
+            ))
+        }
+        Route::Ping => {
+            if models.is_loaded() {
+                // What `mlflow models serve` answers.
+                let mut r = Response::new(Full::new(Bytes::from_static(b"\n")));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Ok(r)
+            } else {
+                Err(Error::Unavailable("models are still loading".into()))
+            }
+        }
         Route::Infer(m, v) => {
             let version = parse_version(m, v)?;
             // Resolved before the body is read: an unknown model is a 404 at once. If
@@ -282,6 +370,22 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             }
             Ok(resp)
         }
+    }
+}
+
+/// The model `POST /invocations` scores: `--default-model`, or the only one.
+fn default_model(state: &State) -> Result<String> {
+    if let Some(m) = &state.config.default_model {
+        return Ok(m.clone());
+    }
+    let table = state.models.snapshot();
+    match table.models.keys().collect::<Vec<_>>().as_slice() {
+        [only] => Ok((*only).clone()),
+        names => Err(Error::not_found(format!(
+            "POST /invocations scores the default model, and there is none: start with \
+             --default-model NAME or post to /models/NAME/invocations ({} models loaded)",
+            names.len()
+        ))),
     }
 }
 

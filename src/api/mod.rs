@@ -4,7 +4,10 @@ pub mod auth;
 pub mod compression;
 pub mod grpc;
 pub mod http;
+pub mod json;
+pub mod mlflow;
 mod server;
+pub mod v1;
 pub mod v2;
 
 pub use auth::AdminAuth;

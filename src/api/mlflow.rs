@@ -1,0 +1,297 @@
+//! The MLflow scoring codec (`/invocations`), shaped as `mlflow models serve` shapes
+//! an ONNX model's answers: DataFrames in (`dataframe_split`, `dataframe_records`,
+//! CSV) give records out; tensors in (`instances`, `inputs`) give named tensors out.
+
+use serde_json::{json, Map, Value};
+
+use super::json::{flat_values, tensor_from_value, tensor_to_value};
+use super::v1::{tensors_from_columns, tensors_from_rows};
+use crate::error::{Error, Result};
+use crate::infer::{InferRequest, InferResponse};
+use crate::model::ModelMetadata;
+use crate::tensor::Tensor;
+
+/// What the request gave, which decides the shape of the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Frame,
+    Tensors,
+}
+
+/// A DataFrame as columns and rows of JSON scalars.
+struct Frame {
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+}
+
+fn frame_from_split(v: Value) -> Result<Frame> {
+    let Value::Object(mut o) = v else {
+        return Err(Error::invalid(
+            "'dataframe_split' must be an object with 'columns' and 'data'",
+        ));
+    };
+    let rows = match o.remove("data") {
+        Some(Value::Array(rows)) => rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Value::Array(cells) => Ok(cells),
+                _ => Err(Error::invalid(format!(
+                    "dataframe_split.data[{i}] is not a list"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        _ => {
+            return Err(Error::invalid(
+                "dataframe_split needs 'data', a list of rows",
+            ))
+        }
+    };
+    let width = rows.first().map_or(0, Vec::len);
+    let columns = match o.remove("columns") {
+        Some(Value::Array(c)) => c
+            .into_iter()
+            .map(|c| match c {
+                Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .collect(),
+        None => (0..width).map(|i| i.to_string()).collect(),
+        Some(_) => return Err(Error::invalid("dataframe_split.columns must be a list")),
+    };
+    Ok(Frame { columns, rows })
+}
+
+fn frame_from_records(v: Value) -> Result<Frame> {
+    let Value::Array(records) = v else {
+        return Err(Error::invalid(
+            "'dataframe_records' must be a list of objects",
+        ));
+    };
+    let mut columns: Vec<String> = Vec::new();
+    let mut objects = Vec::with_capacity(records.len());
+    for (i, r) in records.into_iter().enumerate() {
+        let Value::Object(o) = r else {
+            return Err(Error::invalid(format!(
+                "dataframe_records[{i}] is not an object"
+            )));
+        };
+        for k in o.keys() {
+            if !columns.contains(k) {
+                columns.push(k.clone());
+            }
+        }
+        objects.push(o);
+    }
+    let rows = objects
+        .into_iter()
+        .map(|mut o| {
+            columns
+                .iter()
+                .map(|c| o.remove(c).unwrap_or(Value::Null))
+                .collect()
+        })
+        .collect();
+    Ok(Frame { columns, rows })
+}
+
+/// CSV with a header row; a field is a number when it reads as one, else a string.
+fn frame_from_csv(body: &[u8]) -> Result<Frame> {
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(body);
+    let columns = r
+        .headers()
+        .map_err(|e| Error::invalid(format!("malformed CSV: {e}")))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let mut rows = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| Error::invalid(format!("malformed CSV: {e}")))?;
+        rows.push(
+            rec.iter()
+                .map(|f| {
+                    let f = f.trim();
+                    if let Ok(i) = f.parse::<i64>() {
+                        json!(i)
+                    } else if let Ok(x) = f.parse::<f64>() {
+                        json!(x)
+                    } else if f.eq_ignore_ascii_case("true") || f.eq_ignore_ascii_case("false") {
+                        json!(f.eq_ignore_ascii_case("true"))
+                    } else {
+                        json!(f)
+                    }
+                })
+                .collect(),
+        );
+    }
+    Ok(Frame { columns, rows })
+}
+
+/// As MLflow's ONNX flavour feeds a DataFrame: one input takes the whole matrix of
+/// values (or its one column, for a 1-D input); several inputs take one column each,
+/// by name.
+fn tensors_from_frame(f: Frame, meta: &ModelMetadata) -> Result<Vec<Tensor>> {
+    if let [only] = meta.inputs.as_slice() {
+        let value = if only.shape.len() == 1 && f.columns.len() == 1 {
+            Value::Array(f.rows.into_iter().map(|mut r| r.remove(0)).collect())
+        } else {
+            Value::Array(f.rows.into_iter().map(Value::Array).collect())
+        };
+        return Ok(vec![tensor_from_value(&only.name, only.dtype, &value)?]);
+    }
+    meta.inputs
+        .iter()
+        .map(|spec| {
+            let i = f
+                .columns
+                .iter()
+                .position(|c| c == &spec.name)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "the DataFrame has no column '{}'; this model's inputs are the columns {}",
+                        spec.name,
+                        meta.inputs
+                            .iter()
+                            .map(|s| format!("'{}'", s.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+            let column = f
+                .rows
+                .iter()
+                .map(|r| r.get(i).cloned().unwrap_or(Value::Null))
+                .collect();
+            tensor_from_value(&spec.name, spec.dtype, &Value::Array(column))
+        })
+        .collect()
+}
+
+/// Decodes an `/invocations` body (`application/json` or `text/csv`).
+pub fn decode(
+    body: &[u8],
+    content_type: Option<&str>,
+    meta: &ModelMetadata,
+    model: &str,
+    version: Option<u64>,
+) -> Result<(InferRequest, Shape)> {
+    let media = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase());
+    let (inputs, shape) = if media.as_deref() == Some("text/csv") {
+        (
+            tensors_from_frame(frame_from_csv(body)?, meta)?,
+            Shape::Frame,
+        )
+    } else {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| Error::invalid(format!("malformed JSON request: {e}")))?;
+        let Value::Object(mut o) = v else {
+            return Err(Error::invalid(
+                "the request must be an object with one of dataframe_split, dataframe_records, instances, inputs",
+            ));
+        };
+        let keys = [
+            "dataframe_split",
+            "dataframe_records",
+            "instances",
+            "inputs",
+        ];
+        let given: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| o.contains_key(*k))
+            .collect();
+        match given.as_slice() {
+            ["dataframe_split"] => (
+                tensors_from_frame(
+                    frame_from_split(o.remove("dataframe_split").unwrap())?,
+                    meta,
+                )?,
+                Shape::Frame,
+            ),
+            ["dataframe_records"] => (
+                tensors_from_frame(
+                    frame_from_records(o.remove("dataframe_records").unwrap())?,
+                    meta,
+                )?,
+                Shape::Frame,
+            ),
+            ["instances"] => match o.remove("instances").unwrap() {
+                Value::Array(rows) => (tensors_from_rows(&rows, meta)?, Shape::Tensors),
+                _ => return Err(Error::invalid("'instances' must be a list")),
+            },
+            ["inputs"] => (tensors_from_columns(&o["inputs"], meta)?, Shape::Tensors),
+            [] => {
+                return Err(Error::invalid(format!(
+                    "the request has none of {}",
+                    keys.join(", ")
+                )))
+            }
+            _ => {
+                return Err(Error::invalid(format!(
+                    "give only one of {}",
+                    given.join(", ")
+                )))
+            }
+        }
+    };
+    for t in &inputs {
+        t.validate_size()?;
+    }
+    Ok((
+        InferRequest {
+            model: model.to_string(),
+            version,
+            inputs,
+            ..Default::default()
+        },
+        shape,
+    ))
+}
+
+/// Encodes `{"predictions": ...}`: records of the flattened outputs for a DataFrame
+/// (MLflow's ONNX flavour flattens each output to one column), or every output by
+/// name for tensors.
+pub fn encode(resp: &InferResponse, shape: Shape) -> Result<Vec<u8>> {
+    let predictions = match shape {
+        Shape::Tensors => Value::Object(
+            resp.outputs
+                .iter()
+                .map(|t| (t.name.clone(), tensor_to_value(t)))
+                .collect::<Map<_, _>>(),
+        ),
+        Shape::Frame => {
+            let columns: Vec<Vec<Value>> = resp.outputs.iter().map(flat_values).collect();
+            let n = columns.first().map_or(0, Vec::len);
+            if columns.iter().any(|c| c.len() != n) {
+                return Err(Error::invalid(format!(
+                    "the outputs {} flatten to different lengths, so they do not fit one \
+                     DataFrame (MLflow fails the same way); send 'instances' or 'inputs' to get \
+                     each output whole",
+                    resp.outputs
+                        .iter()
+                        .map(|t| format!("'{}' {:?}", t.name, t.shape))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Value::Array(
+                (0..n)
+                    .map(|i| {
+                        Value::Object(
+                            resp.outputs
+                                .iter()
+                                .zip(&columns)
+                                .map(|(t, c)| (t.name.clone(), c[i].clone()))
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+    };
+    Ok(serde_json::to_vec(&json!({ "predictions": predictions })).expect("plain data"))
+}

@@ -1,0 +1,161 @@
+//! The KServe V1 / TF Serving codec: `{"instances": [...]}` rows or `{"inputs": ...}`
+//! columns in, `{"predictions": [...]}` or `{"outputs": ...}` out.
+
+use serde_json::{json, Map, Value};
+
+use super::json::{rows_of, tensor_from_value, tensor_to_value};
+use crate::error::{Error, Result};
+use crate::infer::{InferRequest, InferResponse};
+use crate::model::ModelMetadata;
+use crate::tensor::Tensor;
+
+/// Which of TF Serving's two request layouts a request used; the answer uses the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `instances`: one entry per row; answered with `predictions`, one per row.
+    Rows,
+    /// `inputs`: whole tensors; answered with `outputs`.
+    Columns,
+}
+
+/// Tensors from rows: with one input, each instance is a row of it; with several,
+/// each instance is an object that names every input.
+pub fn tensors_from_rows(rows: &[Value], meta: &ModelMetadata) -> Result<Vec<Tensor>> {
+    if let [only] = meta.inputs.as_slice() {
+        let single_named = rows
+            .iter()
+            .all(|r| r.as_object().is_some_and(|o| o.contains_key(&only.name)));
+        if !single_named || rows.is_empty() {
+            return Ok(vec![tensor_from_value(
+                &only.name,
+                only.dtype,
+                &Value::Array(rows.to_vec()),
+            )?]);
+        }
+    }
+    meta.inputs
+        .iter()
+        .map(|spec| {
+            let column = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    r.as_object().and_then(|o| o.get(&spec.name)).cloned().ok_or_else(|| {
+                        Error::invalid(format!(
+                            "instance {i} has no '{}'; with several inputs each instance is an object naming every input",
+                            spec.name
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            tensor_from_value(&spec.name, spec.dtype, &Value::Array(column))
+        })
+        .collect()
+}
+
+/// Tensors from columns: the value of the only input, or an object naming each input.
+pub fn tensors_from_columns(inputs: &Value, meta: &ModelMetadata) -> Result<Vec<Tensor>> {
+    match (inputs, meta.inputs.as_slice()) {
+        (Value::Object(o), specs) if specs.iter().all(|s| o.contains_key(&s.name)) => specs
+            .iter()
+            .map(|s| tensor_from_value(&s.name, s.dtype, &o[&s.name]))
+            .collect(),
+        (Value::Object(_), [_, _, ..]) | (Value::Object(_), []) => Err(Error::invalid(format!(
+            "'inputs' must name every input: {}",
+            meta.inputs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        (v, [only]) => Ok(vec![tensor_from_value(&only.name, only.dtype, v)?]),
+        (_, _) => Err(Error::invalid(
+            "this model has several inputs: 'inputs' must be an object naming each",
+        )),
+    }
+}
+
+/// Decodes a `:predict` body against the model's inputs.
+pub fn decode_predict(
+    body: &[u8],
+    meta: &ModelMetadata,
+    model: &str,
+    version: Option<u64>,
+) -> Result<(InferRequest, Layout)> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid(format!("malformed JSON request: {e}")))?;
+    let Value::Object(mut o) = v else {
+        return Err(Error::invalid(
+            "the request must be a JSON object with 'instances' or 'inputs'",
+        ));
+    };
+    let (inputs, layout) = match (o.remove("instances"), o.remove("inputs")) {
+        (Some(Value::Array(rows)), None) => (tensors_from_rows(&rows, meta)?, Layout::Rows),
+        (Some(_), None) => return Err(Error::invalid("'instances' must be a list")),
+        (None, Some(cols)) => (tensors_from_columns(&cols, meta)?, Layout::Columns),
+        (Some(_), Some(_)) => return Err(Error::invalid("give 'instances' or 'inputs', not both")),
+        (None, None) => {
+            return Err(Error::invalid(
+                "the request has neither 'instances' nor 'inputs'",
+            ))
+        }
+    };
+    for t in &inputs {
+        t.validate_size()?;
+    }
+    Ok((
+        InferRequest {
+            model: model.to_string(),
+            version,
+            inputs,
+            ..Default::default()
+        },
+        layout,
+    ))
+}
+
+/// Per-row predictions: a row of the only output, or an object of every output's row.
+pub fn predictions_by_row(outputs: &[Tensor]) -> Result<Vec<Value>> {
+    if let [only] = outputs {
+        return rows_of(only);
+    }
+    let columns = outputs.iter().map(rows_of).collect::<Result<Vec<_>>>()?;
+    let n = columns.first().map_or(0, Vec::len);
+    if columns.iter().any(|c| c.len() != n) {
+        return Err(Error::invalid(
+            "the outputs have different numbers of rows; use the 'inputs' form to get whole tensors",
+        ));
+    }
+    Ok((0..n)
+        .map(|i| {
+            Value::Object(
+                outputs
+                    .iter()
+                    .zip(&columns)
+                    .map(|(t, c)| (t.name.clone(), c[i].clone()))
+                    .collect::<Map<_, _>>(),
+            )
+        })
+        .collect())
+}
+
+/// Whole output tensors: the only one's value, or an object naming each.
+pub fn outputs_by_name(outputs: &[Tensor]) -> Value {
+    if let [only] = outputs {
+        return tensor_to_value(only);
+    }
+    Value::Object(
+        outputs
+            .iter()
+            .map(|t| (t.name.clone(), tensor_to_value(t)))
+            .collect(),
+    )
+}
+
+pub fn encode_predict(resp: &InferResponse, layout: Layout) -> Result<Vec<u8>> {
+    let body = match layout {
+        Layout::Rows => json!({ "predictions": predictions_by_row(&resp.outputs)? }),
+        Layout::Columns => json!({ "outputs": outputs_by_name(&resp.outputs) }),
+    };
+    Ok(serde_json::to_vec(&body).expect("plain data"))
+}
