@@ -10,6 +10,7 @@ HTTP        ?= 0.0.0.0:8000
 CARGO       ?= cargo
 TEST_VENV   := .venv-test
 PA_VENV     := .venv-pa
+MLFLOW_VENV := .venv-mlflow
 MODELS_VENV := .venv-models
 
 .PHONY: all build serve test ort rust-test interop-test models lint fmt clean
@@ -45,10 +46,19 @@ $(PA_VENV)/.done: scripts/setup-perf-analyzer.sh
 	PYTHON=$(PYTHON) scripts/setup-perf-analyzer.sh $(abspath $(PA_VENV))
 	touch $@
 
-interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done rust-test
+$(MLFLOW_VENV)/.done: tests/mlflow/requirements.txt
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+## Real clients from PyPI against the real server: tritonclient (http, grpc),
+## perf_analyzer, and `mlflow models serve` for scoring parity.
+interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done rust-test
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	PERF_ANALYZER=$(abspath $(PA_VENV))/bin/perf_analyzer_run \
 	$(TEST_VENV)/bin/python -m pytest -q tests/interop
+	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
+	$(MLFLOW_VENV)/bin/python -m pytest -q tests/mlflow
 
 ## Regenerate the sample models and expected outputs (deterministic).
 $(MODELS_VENV)/.done: models/requirements.txt
@@ -68,4 +78,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf $(CACHE) $(TEST_VENV) $(MODELS_VENV) $(PA_VENV)
+	rm -rf $(CACHE) $(TEST_VENV) $(MODELS_VENV) $(PA_VENV) $(MLFLOW_VENV)
