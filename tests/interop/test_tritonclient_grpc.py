@@ -286,3 +286,14 @@ def test_deadline(server):
     req.inputs.add(name="input", datatype="FP32", shape=[1, 4])
     req.raw_input_contents.append(np.zeros((1, 4), np.float32).tobytes())
     assert stub.ModelInfer(req, timeout=10).outputs
+
+
+def test_compressed_requests(server):
+    _, addr = server
+    for algo in [grpc.Compression.Gzip, grpc.Compression.Deflate]:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(addr, compression=algo))
+        req = service_pb2.ModelInferRequest(model_name="iris")
+        req.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+        req.raw_input_contents.append(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32).tobytes())
+        resp = stub.ModelInfer(req)
+        assert np.frombuffer(resp.raw_output_contents[0], dtype=np.int64).tolist() == [0]
