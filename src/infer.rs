@@ -20,6 +20,25 @@ pub struct InferRequest {
     pub parameters: Parameters,
 }
 
+impl InferRequest {
+    /// A request of whole input tensors, all outputs wanted; sizes are checked here.
+    pub fn of_inputs(
+        model: &str,
+        version: Option<u64>,
+        inputs: Vec<Tensor>,
+    ) -> crate::Result<Self> {
+        for t in &inputs {
+            t.validate_size()?;
+        }
+        Ok(InferRequest {
+            model: model.to_string(),
+            version,
+            inputs,
+            ..Default::default()
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RequestedOutput {
     pub name: String,

@@ -141,6 +141,23 @@ pub fn element_count(shape: &[i64]) -> Option<usize> {
 }
 
 impl Tensor {
+    /// A tensor whose data has been checked against its shape.
+    pub fn new(
+        name: String,
+        dtype: DataType,
+        shape: Vec<i64>,
+        data: Bytes,
+    ) -> Result<Tensor, Error> {
+        let t = Tensor {
+            name,
+            dtype,
+            shape,
+            data,
+        };
+        t.validate_size()?;
+        Ok(t)
+    }
+
     /// Checks that `data` holds exactly the elements `shape` promises.
     pub fn validate_size(&self) -> Result<(), Error> {
         let n = element_count(&self.shape).ok_or_else(|| {

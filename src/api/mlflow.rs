@@ -238,18 +238,7 @@ pub fn decode(
             }
         }
     };
-    for t in &inputs {
-        t.validate_size()?;
-    }
-    Ok((
-        InferRequest {
-            model: model.to_string(),
-            version,
-            inputs,
-            ..Default::default()
-        },
-        shape,
-    ))
+    Ok((InferRequest::of_inputs(model, version, inputs)?, shape))
 }
 
 /// Encodes `{"predictions": ...}`: records of the flattened outputs for a DataFrame

@@ -100,18 +100,7 @@ pub fn decode_predict(
             ))
         }
     };
-    for t in &inputs {
-        t.validate_size()?;
-    }
-    Ok((
-        InferRequest {
-            model: model.to_string(),
-            version,
-            inputs,
-            ..Default::default()
-        },
-        layout,
-    ))
+    Ok((InferRequest::of_inputs(model, version, inputs)?, layout))
 }
 
 /// Per-row predictions: a row of the only output, or an object of every output's row.

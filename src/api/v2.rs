@@ -162,14 +162,7 @@ pub fn decode_request(
                 data
             }
         };
-        let t = Tensor {
-            name: input.name,
-            dtype,
-            shape: input.shape,
-            data,
-        };
-        t.validate_size()?;
-        inputs.push(t);
+        inputs.push(Tensor::new(input.name, dtype, input.shape, data)?);
     }
     if offset != binary.len() {
         return Err(Error::invalid(format!(

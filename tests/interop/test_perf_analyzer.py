@@ -6,39 +6,17 @@ import os
 import pathlib
 import re
 import subprocess
-import threading
-import time
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchyard"))
 PERF_ANALYZER = os.environ.get("PERF_ANALYZER", str(ROOT / ".venv-pa" / "bin" / "perf_analyzer_run"))
 
 
 @pytest.fixture(scope="module")
-def addrs():
-    proc = subprocess.Popen(
-        [BIN, "serve", "--models", str(ROOT / "models"), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    found, lines = {}, []
-    deadline = time.time() + 60
-    while len(found) < 2 and time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"(HTTP|gRPC) listening addr=(\S+)", line)
-        if m:
-            found[m.group(1)] = m.group(2)
-    assert len(found) == 2, "server did not start:\n" + "".join(lines)
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    time.sleep(0.5)
-    yield found
-    proc.terminate()
-    proc.wait(timeout=15)
+def addrs(switchyard):
+    s = switchyard()
+    return {"HTTP": s.http, "gRPC": s.grpc}
 
 
 @pytest.mark.parametrize("protocol, model", [("http", "iris"), ("grpc", "iris"), ("http", "mlp"), ("grpc", "mlp")])

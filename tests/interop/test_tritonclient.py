@@ -1,12 +1,7 @@
 """The real tritonclient.http (from PyPI) against a real switchyard process: metadata and JSON infer."""
 
 import json
-import os
 import pathlib
-import re
-import subprocess
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -14,40 +9,16 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchyard"))
 ADDR = []
 
 
 @pytest.fixture(scope="module")
-def server():
-    proc = subprocess.Popen(
-        [BIN, "serve", "--models", str(ROOT / "models"), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    addr = None
-    lines = []
-    deadline = time.time() + 60
-    while addr is None and time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"HTTP listening addr=(\S+)", line)
-        if m:
-            addr = m.group(1)
-    assert addr, "server did not start:\n" + "".join(lines)
-    ADDR[:] = [addr]
-    # Keep draining the log so the server never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    client = httpclient.InferenceServerClient(url=addr)
-    while not client.is_server_ready():
-        assert time.time() < deadline, "server not ready"
-        time.sleep(0.05)
+def server(switchyard):
+    s = switchyard()
+    ADDR[:] = [s.http]
+    client = httpclient.InferenceServerClient(url=s.http)
     yield client
     client.close()
-    proc.terminate()
-    proc.wait(timeout=15)
 
 
 def expected():

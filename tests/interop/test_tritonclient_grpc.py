@@ -1,13 +1,8 @@
 """The real tritonclient.grpc (and its generated stubs) against a real switchyard process."""
 
 import json
-import os
 import pathlib
 import queue
-import re
-import subprocess
-import threading
-import time
 from functools import partial
 
 import grpc
@@ -18,48 +13,19 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchyard"))
 MAX_BODY = 1 << 20
 
 
-def start(*extra):
-    proc = subprocess.Popen(
-        [BIN, "serve", "--models", str(ROOT / "models"), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
-         "--max-body-bytes", str(MAX_BODY), *extra],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    addrs, lines = {}, []
-    deadline = time.time() + 60
-    while len(addrs) < 2 and time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"(HTTP|gRPC) listening addr=(\S+)", line)
-        if m:
-            addrs[m.group(1)] = m.group(2)
-    assert len(addrs) == 2, "server did not start:\n" + "".join(lines)
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    client = grpcclient.InferenceServerClient(url=addrs["gRPC"])
-    while True:
-        try:
-            if client.is_server_ready():
-                break
-        except InferenceServerException:
-            pass
-        assert time.time() < deadline, "server not ready"
-        time.sleep(0.05)
-    return proc, client, addrs["gRPC"]
+def start(switchyard, *extra):
+    s = switchyard("--max-body-bytes", str(MAX_BODY), *extra)
+    return s, grpcclient.InferenceServerClient(url=s.grpc), s.grpc
 
 
 @pytest.fixture(scope="module")
-def server():
-    proc, client, addr = start()
+def server(switchyard):
+    _, client, addr = start(switchyard)
     yield client, addr
     client.close()
-    proc.terminate()
-    proc.wait(timeout=15)
 
 
 def expected():
@@ -215,8 +181,8 @@ def test_load_and_unload_from_loopback(server):
     assert "INVALID_ARGUMENT" in str(e.value.status())
 
 
-def test_admin_token_is_required_when_set():
-    proc, client, addr = start("--admin-token", "s3cret")
+def test_admin_token_is_required_when_set(switchyard):
+    proc, client, addr = start(switchyard, "--admin-token", "s3cret")
     try:
         with pytest.raises(InferenceServerException) as e:
             client.unload_model("iris")
@@ -227,8 +193,7 @@ def test_admin_token_is_required_when_set():
         assert not client.is_model_ready("iris")
     finally:
         client.close()
-        proc.terminate()
-        proc.wait(timeout=15)
+        proc.stop()
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,9 @@ models (saved with mlflow.onnx) and to switchyard give equal predictions."""
 import json
 import os
 import pathlib
-import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -17,7 +15,6 @@ import pytest
 import requests
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchyard"))
 
 
 def free_port():
@@ -40,7 +37,7 @@ def wait_ready(url, proc, what, timeout=120):
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, switchyard):
     import mlflow.onnx
 
     procs, urls = [], {}
@@ -63,22 +60,10 @@ def servers(tmp_path_factory):
         )
         procs.append(p)
         urls[name] = f"http://127.0.0.1:{port}"
-    sy = subprocess.Popen(
-        [BIN, "serve", "--models", str(ROOT / "models"), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, text=True,
-    )
-    procs.append(sy)
-    addr = None
-    while addr is None:
-        line = sy.stderr.readline()
-        assert line, "switchyard did not start"
-        m = re.search(r"HTTP listening addr=(\S+)", line)
-        addr = m.group(1) if m else None
-    threading.Thread(target=lambda: [None for _ in sy.stderr], daemon=True).start()
-    wait_ready(f"http://{addr}/v2/health/ready", sy, "switchyard")
+    sy = switchyard()
     for name, url in urls.items():
         wait_ready(f"{url}/ping", procs[["mlp", "iris"].index(name)], f"mlflow models serve ({name})")
-    yield urls, f"http://{addr}"
+    yield urls, f"http://{sy.http}"
     for p in procs:
         p.terminate()
     for p in procs:

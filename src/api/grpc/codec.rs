@@ -70,14 +70,7 @@ pub fn decode_request(req: pb::ModelInferRequest) -> Result<(InferRequest, bool)
                 )))
             }
         };
-        let t = Tensor {
-            name: input.name,
-            dtype,
-            shape: input.shape,
-            data,
-        };
-        t.validate_size()?;
-        inputs.push(t);
+        inputs.push(Tensor::new(input.name, dtype, input.shape, data)?);
     }
     let mut outputs = Vec::with_capacity(req.outputs.len());
     for o in req.outputs {

@@ -1,0 +1,68 @@
+"""Starts real switchyard processes for the Python interop tests (stdlib only: each
+test suite runs in its own virtualenv)."""
+
+import os
+import pathlib
+import re
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BIN = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchyard"))
+
+
+class Switchyard:
+    """One `switchyard serve` on ephemeral ports: `http` and `grpc` are HOST:PORT."""
+
+    def __init__(self, *extra, models=ROOT / "models"):
+        self.proc = subprocess.Popen(
+            [BIN, "serve", "--models", str(models), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *extra],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        found, lines = {}, []
+        deadline = time.time() + 60
+        while len(found) < 2 and time.time() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"(HTTP|gRPC) listening addr=(\S+)", line)
+            if m:
+                found[m.group(1)] = m.group(2)
+        assert len(found) == 2, "switchyard did not start:\n" + "".join(lines)
+        self.http, self.grpc = found["HTTP"], found["gRPC"]
+        # Keep draining the log so the server never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.http}/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "switchyard not ready"
+            time.sleep(0.05)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def switchyard():
+    """A factory: `switchyard(*flags)` starts a server, stopped with the module."""
+    started = []
+
+    def start(*extra, **kw):
+        s = Switchyard(*extra, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
