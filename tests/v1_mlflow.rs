@@ -7,6 +7,13 @@ use serde_json::{json, Value};
 
 const ROWS: [[f64; 4]; 2] = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]];
 
+/// One value for each input of the `identity` model.
+fn identity_row() -> Value {
+    json!({"x_bool": true, "x_uint8": 1, "x_uint16": 2, "x_uint32": 3, "x_uint64": 4, "x_int8": -5,
+           "x_int16": 6, "x_int32": 7, "x_int64": -8, "x_fp16": 0.5, "x_fp32": 0.1, "x_fp64": 0.2,
+           "x_bf16": 1.5, "x_bytes": "z"})
+}
+
 #[test]
 fn kserve_v1_rows_and_columns() {
     let s = Server::start(&sample_models(), &[]);
@@ -34,10 +41,7 @@ fn kserve_v1_rows_and_columns() {
     // Several inputs: one object per instance; a single-output model answers rows.
     let (code, m) = s.post(
         "/v1/models/identity:predict",
-        &json!({"instances": [
-            {"x_bool": true, "x_uint8": 1, "x_uint16": 2, "x_uint32": 3, "x_uint64": 4, "x_int8": -5,
-             "x_int16": 6, "x_int32": 7, "x_int64": -8, "x_fp16": 0.5, "x_fp32": 0.1, "x_fp64": 0.2,
-             "x_bf16": 1.5, "x_bytes": "z"}]}),
+        &json!({ "instances": [identity_row()] }),
     );
     assert_eq!(code, 200, "{m}");
     assert_eq!(m["predictions"][0]["y_int8"], -5);
@@ -129,10 +133,7 @@ fn mlflow_scoring_formats() {
     // Several inputs take their columns by name.
     let (code, mixed) = s.post(
         "/models/identity/invocations",
-        &json!({"dataframe_records": [
-            {"x_bool": true, "x_uint8": 1, "x_uint16": 2, "x_uint32": 3, "x_uint64": 4, "x_int8": -5,
-             "x_int16": 6, "x_int32": 7, "x_int64": -8, "x_fp16": 0.5, "x_fp32": 0.1, "x_fp64": 0.2,
-             "x_bf16": 1.5, "x_bytes": "z"}]}),
+        &json!({ "dataframe_records": [identity_row()] }),
     );
     assert_eq!(code, 200, "{mixed}");
     assert_eq!(mixed["predictions"][0]["y_bytes"], "z");
