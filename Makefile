@@ -11,6 +11,7 @@ CARGO       ?= cargo
 TEST_VENV   := .venv-test
 PA_VENV     := .venv-pa
 MLFLOW_VENV := .venv-mlflow
+KSERVE_VENV := .venv-kserve
 MODELS_VENV := .venv-models
 
 .PHONY: all build serve test ort rust-test interop-test models lint fmt clean
@@ -51,12 +52,19 @@ $(MLFLOW_VENV)/.done: tests/mlflow/requirements.txt
 	$(MLFLOW_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
+$(KSERVE_VENV)/.done: tests/kserve/requirements.txt
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
 ## Real clients from PyPI against the real server: tritonclient (http, grpc),
-## perf_analyzer, and `mlflow models serve` for scoring parity.
-interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done rust-test
+## perf_analyzer, KServe's SDK, and `mlflow models serve` for scoring parity.
+interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done $(KSERVE_VENV)/.done rust-test
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	PERF_ANALYZER=$(abspath $(PA_VENV))/bin/perf_analyzer_run \
 	$(TEST_VENV)/bin/python -m pytest -q tests/interop
+	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
+	$(KSERVE_VENV)/bin/python -m pytest -q tests/kserve
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	$(MLFLOW_VENV)/bin/python -m pytest -q tests/mlflow
 
@@ -78,4 +86,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf $(CACHE) $(TEST_VENV) $(MODELS_VENV) $(PA_VENV) $(MLFLOW_VENV)
+	rm -rf $(CACHE) $(TEST_VENV) $(MODELS_VENV) $(PA_VENV) $(MLFLOW_VENV) $(KSERVE_VENV)

@@ -100,6 +100,10 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     r
 }
 
+fn small_json(v: serde_json::Value) -> Response<Body> {
+    json(StatusCode::OK, serde_json::to_vec(&v).expect("plain data"))
+}
+
 fn empty(status: StatusCode) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = status;
@@ -219,10 +223,12 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             }))
             .expect("plain data"),
         )),
-        Route::Live => Ok(empty(StatusCode::OK)),
+        // The status is what Triton's clients read; the body is what the Open
+        // Inference Protocol specifies and KServe's clients read.
+        Route::Live => Ok(small_json(serde_json::json!({ "live": true }))),
         Route::Ready => {
             if models.is_loaded() {
-                Ok(empty(StatusCode::OK))
+                Ok(small_json(serde_json::json!({ "ready": true })))
             } else {
                 Err(Error::Unavailable("models are still loading".into()))
             }
@@ -238,7 +244,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
         Route::ModelReady(m, v) => {
             let version = parse_version(m, v)?;
             models.resolve(m, version)?;
-            Ok(empty(StatusCode::OK))
+            Ok(small_json(serde_json::json!({ "name": m, "ready": true })))
         }
         Route::ModelConfig(m, v) => {
             let config = models.serving_config(m, parse_version(m, v)?)?;
