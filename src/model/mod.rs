@@ -192,6 +192,51 @@ pub struct ModelVersion {
     pub instances: usize,
     pub stats: Arc<Stats>,
     workers: Workers,
+    /// Requests between submit and answer, to tell a lone request from a crowd.
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The longest a lone request polls for its answer before its task sleeps.
+const MAX_REPLY_POLL: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Awaits a worker's answer. A lone request (nothing else in flight on its
+/// version) first polls for it for `poll`, yielding to the runtime between polls:
+/// a small model answers within microseconds, and waking a sleeping I/O thread
+/// costs more than that on a virtual machine (mlp_small over gRPC at concurrency
+/// 1: p50 82 → 58 µs). Under load the task just sleeps until woken.
+async fn await_reply(
+    mut rx: tokio::sync::oneshot::Receiver<Result<Vec<Tensor>>>,
+    poll: Option<std::time::Duration>,
+) -> std::result::Result<Result<Vec<Tensor>>, ()> {
+    if let Some(poll) = poll {
+        let until = std::time::Instant::now() + poll;
+        while std::time::Instant::now() < until {
+            match rx.try_recv() {
+                Ok(r) => return Ok(r),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                    tokio::task::yield_now().await
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => return Err(()),
+            }
+        }
+    }
+    rx.await.map_err(|_| ())
 }
 
 impl ModelVersion {
@@ -209,6 +254,7 @@ impl ModelVersion {
             instances: workers.instances(),
             stats,
             workers,
+            in_flight: Default::default(),
         }
     }
 
@@ -226,6 +272,7 @@ impl ModelVersion {
             req.outputs.iter().map(|o| o.name.clone()).collect()
         };
         let start = std::time::Instant::now();
+        let _in_flight = InFlight::enter(&self.in_flight);
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.workers.submit(
             Job {
@@ -237,12 +284,15 @@ impl ModelVersion {
             &self.model,
             self.version,
         )?;
-        let result = rx.await.unwrap_or_else(|_| {
-            Err(Error::Internal(format!(
-                "model '{}' version {} stopped before answering",
-                self.model, self.version
-            )))
-        });
+        let alone = self.in_flight.load(std::sync::atomic::Ordering::Relaxed) <= 1;
+        let result = await_reply(rx, alone.then(|| self.reply_poll()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Internal(format!(
+                    "model '{}' version {} stopped before answering",
+                    self.model, self.version
+                )))
+            });
         match &result {
             Ok(_) => {
                 self.stats.success.record(start.elapsed());
@@ -258,6 +308,14 @@ impl ModelVersion {
             outputs,
             parameters: Default::default(),
         })
+    }
+
+    /// How long a lone request polls for its answer: twice this version's mean
+    /// compute time plus 20 µs, within [`MAX_REPLY_POLL`].
+    fn reply_poll(&self) -> std::time::Duration {
+        let (runs, ns) = self.stats.compute_infer.get();
+        let mean = std::time::Duration::from_nanos(ns.checked_div(runs).unwrap_or(0));
+        (mean * 2 + std::time::Duration::from_micros(20)).min(MAX_REPLY_POLL)
     }
 
     /// This version's configuration as Triton's clients read it.
