@@ -44,6 +44,9 @@ pub struct ModelConfig {
 pub struct BatchingConfig {
     /// Requests waiting per version beyond which new ones are refused with 429.
     pub max_queue_size: Option<usize>,
+    /// How long a worker holding a partial batch waits for more rows (default 0:
+    /// it runs what is queued at once, so an idle server adds no delay).
+    pub max_queue_delay_microseconds: Option<u64>,
 }
 
 /// Where a model runs.
@@ -134,6 +137,10 @@ impl ModelConfig {
             self.idle_spin_microseconds
                 .unwrap_or(DEFAULT_IDLE_SPIN_MICROSECONDS),
         )
+    }
+
+    pub fn max_queue_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.batching.max_queue_delay_microseconds.unwrap_or(0))
     }
 
     pub fn max_queue_size(&self) -> usize {

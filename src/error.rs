@@ -6,7 +6,7 @@ use http::StatusCode;
 ///
 /// Each variant says whose fault it is, so each protocol maps it in one place:
 /// client mistakes are 4xx, conditions of the server are 5xx.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request is malformed or does not match the model (names the field).
     #[error("{0}")]

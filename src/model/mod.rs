@@ -1,12 +1,13 @@
 //! Loaded model versions: their metadata, input validation, worker queues, and the table that names them.
 
+mod batch;
 mod stats;
 mod table;
 mod worker;
 
 pub use stats::{Stats, Tally};
 pub use table::{IndexEntry, Model, ModelTable, Models, VersionState};
-pub use worker::{Job, Workers};
+pub use worker::{BatchPolicy, Job, Workers};
 
 use std::sync::Arc;
 

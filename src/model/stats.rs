@@ -24,7 +24,7 @@ impl Tally {
 }
 
 /// What one model version has done since it was loaded.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Requests answered, end to end inside the server.
     pub success: Tally,
@@ -42,13 +42,49 @@ pub struct Stats {
     pub execution_count: AtomicU64,
     /// Milliseconds since the Unix epoch of the last answer; 0 for never.
     pub last_inference_ms: AtomicU64,
+    /// Runs by batch size (rows), 1..=BATCH_BUCKETS.
+    batch_sizes: [AtomicU64; BATCH_BUCKETS],
 }
 
+/// Batch sizes counted one by one; larger batches count in the last.
+pub const BATCH_BUCKETS: usize = 256;
+
 impl Stats {
+    /// Counts one run of `rows` rows in the batch-size histogram.
+    pub fn record_batch(&self, rows: usize) {
+        let i = rows.clamp(1, BATCH_BUCKETS) - 1;
+        self.batch_sizes[i].fetch_add(1, Relaxed);
+    }
+
+    /// `(batch size, runs)` for every size that ran; the last bucket holds larger ones.
+    pub fn batch_sizes(&self) -> Vec<(usize, u64)> {
+        self.batch_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i + 1, n.load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     pub fn mark_last_inference(&self) {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         self.last_inference_ms.store(ms, Relaxed);
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            success: Tally::default(),
+            fail: Tally::default(),
+            queue: Tally::default(),
+            compute_infer: Tally::default(),
+            inference_count: AtomicU64::new(0),
+            execution_count: AtomicU64::new(0),
+            last_inference_ms: AtomicU64::new(0),
+            batch_sizes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 }

@@ -1,7 +1,12 @@
-//! The bounded queue of one model version and the worker threads that drain it.
+//! The bounded queue of one model version and the worker threads that drain it,
+//! batching what is queued.
 //!
-//! This is where the dynamic batcher plugs in: today a worker takes one job at a
-//! time; the queue, the reply channels and the drop-at-dequeue rule stay.
+//! A free worker takes the next job and, for a batching model, everything else
+//! already queued that fits (up to `max_batch_size` rows, same dims past the batch
+//! dim, same outputs): an idle server adds no delay, and requests that arrive
+//! while the workers are busy form the next batch. With `max_queue_delay` it also
+//! waits that long for a fuller batch. Jobs whose client went away are dropped
+//! here, before compute.
 
 use std::panic::AssertUnwindSafe;
 use std::thread::JoinHandle;
@@ -12,7 +17,7 @@ use tokio::sync::oneshot;
 
 use std::sync::Arc;
 
-use super::Stats;
+use super::{batch, Stats};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -23,6 +28,21 @@ pub struct Job {
     pub outputs: Vec<String>,
     pub reply: oneshot::Sender<Result<Vec<Tensor>>>,
     pub enqueued: Instant,
+}
+
+impl Job {
+    fn rows(&self) -> usize {
+        batch::rows_of(&self.inputs)
+    }
+}
+
+/// How a version's workers form batches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchPolicy {
+    /// Rows per run at most; 0: the model has no batch dim, one request per run.
+    pub max_batch_size: usize,
+    /// How long a worker holding a partial batch waits for more; zero: not at all.
+    pub max_queue_delay: Duration,
 }
 
 /// The queue and worker threads of one model version. Dropping it closes the
@@ -41,6 +61,7 @@ impl Workers {
         instances: Vec<Box<dyn Backend>>,
         capacity: usize,
         idle_spin: Duration,
+        policy: BatchPolicy,
         stats: Arc<Stats>,
     ) -> Result<Self> {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
@@ -50,7 +71,7 @@ impl Workers {
             let stats = stats.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("{label}#{i}"))
-                .spawn(move || run(backend, rx, idle_spin, &stats))
+                .spawn(move || run(backend, rx, idle_spin, policy, &stats))
                 .map_err(|e| Error::load(format!("cannot start worker thread: {e}")))?;
             threads.push(handle);
         }
@@ -103,33 +124,108 @@ fn next_job(rx: &Receiver<Job>, spin: Duration) -> Option<Job> {
     }
 }
 
-fn run(mut backend: Box<dyn Backend>, rx: Receiver<Job>, idle_spin: Duration, stats: &Stats) {
-    while let Some(job) = next_job(&rx, idle_spin) {
+fn run(
+    mut backend: Box<dyn Backend>,
+    rx: Receiver<Job>,
+    idle_spin: Duration,
+    policy: BatchPolicy,
+    stats: &Stats,
+) {
+    // A job taken from the queue that did not fit the batch starts the next one.
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match next_job(&rx, idle_spin) {
+                Some(j) => j,
+                None => return,
+            },
+        };
         // The client went away while queued: skip the compute.
-        if job.reply.is_closed() {
+        if first.reply.is_closed() {
             continue;
         }
-        let started = Instant::now();
-        stats.queue.record(started - job.enqueued);
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            backend.infer(&job.inputs, &job.outputs)
-        }))
-        .unwrap_or_else(|_| Err(Error::Internal("the backend panicked".into())));
-        stats.compute_infer.record(started.elapsed());
-        stats
-            .execution_count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if result.is_ok() {
-            let rows = job
-                .inputs
-                .first()
-                .and_then(|t| t.shape.first())
-                .map_or(1, |&d| d.max(0) as u64);
-            stats
-                .inference_count
-                .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+        let mut batch = vec![first];
+        if policy.max_batch_size > 0 {
+            carry = fill(&mut batch, &rx, policy);
         }
-        let _ = job.reply.send(result);
+        execute(backend.as_mut(), batch, stats);
+    }
+}
+
+/// Adds queued jobs to `batch` while they fit; returns one taken that did not.
+fn fill(batch: &mut Vec<Job>, rx: &Receiver<Job>, policy: BatchPolicy) -> Option<Job> {
+    let mut rows = batch[0].rows();
+    let deadline = Instant::now() + policy.max_queue_delay;
+    while rows < policy.max_batch_size {
+        let next = match rx.try_recv() {
+            Ok(j) => j,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return None;
+                }
+                match rx.recv_timeout(deadline - now) {
+                    Ok(j) => j,
+                    Err(_) => return None,
+                }
+            }
+        };
+        if next.reply.is_closed() {
+            continue;
+        }
+        let first = &batch[0];
+        if rows + next.rows() > policy.max_batch_size
+            || !batch::compatible(
+                (&first.inputs, &first.outputs),
+                (&next.inputs, &next.outputs),
+            )
+        {
+            return Some(next);
+        }
+        rows += next.rows();
+        batch.push(next);
+    }
+    None
+}
+
+/// Runs one batch and answers every job in it.
+fn execute(backend: &mut dyn Backend, batch: Vec<Job>, stats: &Stats) {
+    let started = Instant::now();
+    for j in &batch {
+        stats.queue.record(started - j.enqueued);
+    }
+    let rows: Vec<usize> = batch.iter().map(Job::rows).collect();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        if let [only] = batch.as_slice() {
+            return backend.infer(&only.inputs, &only.outputs).map(|o| vec![o]);
+        }
+        let inputs: Vec<&[Tensor]> = batch.iter().map(|j| j.inputs.as_slice()).collect();
+        let outputs = backend.infer(&batch::concat(&inputs), &batch[0].outputs)?;
+        batch::split(outputs, &rows)
+    }))
+    .unwrap_or_else(|_| Err(Error::Internal("the backend panicked".into())));
+    stats.compute_infer.record(started.elapsed());
+    stats
+        .execution_count
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    stats.record_batch(rows.iter().sum());
+    match result {
+        Ok(per_job) => {
+            stats.inference_count.fetch_add(
+                rows.iter().sum::<usize>() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            for (job, out) in batch.into_iter().zip(per_job) {
+                let _ = job.reply.send(Ok(out));
+            }
+        }
+        Err(e) => {
+            for job in batch {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 
@@ -161,6 +257,90 @@ mod tests {
         )
     }
 
+    /// Echoes its inputs as outputs; blocks on the gate; records each run's rows.
+    struct Echo(Arc<Barrier>, Arc<std::sync::Mutex<Vec<i64>>>);
+
+    impl Backend for Echo {
+        fn infer(&mut self, inputs: &[Tensor], _outputs: &[String]) -> Result<Vec<Tensor>> {
+            self.0.wait();
+            self.1.lock().unwrap().push(inputs[0].shape[0]);
+            Ok(inputs.to_vec())
+        }
+    }
+
+    fn rows_job(start: i64, rows: i64, cols: i64) -> (Job, oneshot::Receiver<Result<Vec<Tensor>>>) {
+        let (reply, rx) = oneshot::channel();
+        let data: Vec<u8> = (0..rows * cols)
+            .flat_map(|i| (start + i).to_le_bytes())
+            .collect();
+        let t = Tensor {
+            name: "x".into(),
+            dtype: crate::tensor::DataType::I64,
+            shape: vec![rows, cols],
+            data: data.into(),
+        };
+        let job = Job {
+            inputs: vec![t],
+            outputs: vec!["x".into()],
+            reply,
+            enqueued: Instant::now(),
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn queued_jobs_form_the_next_batch_within_its_limits() {
+        let gate = Arc::new(Barrier::new(2));
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let policy = BatchPolicy {
+            max_batch_size: 4,
+            max_queue_delay: Duration::ZERO,
+        };
+        let w = Workers::spawn(
+            "b",
+            vec![Box::new(Echo(gate.clone(), runs.clone()))],
+            16,
+            Duration::ZERO,
+            policy,
+            Arc::default(),
+        )
+        .unwrap();
+        let (j0, r0) = rows_job(0, 1, 2);
+        w.submit(j0, "m", 1).unwrap();
+        while w.queue_depth() > 0 {
+            std::thread::yield_now();
+        }
+        // While the worker is busy: 1 + 2 rows fit together; 2 more would make 5;
+        // a job with other trailing dims cannot join; a cancelled one is dropped.
+        let (j1, r1) = rows_job(100, 1, 2);
+        let (j2, r2) = rows_job(200, 2, 2);
+        let (j3, r3) = rows_job(300, 2, 2);
+        let (j4, r4) = rows_job(400, 1, 3);
+        let (j5, r5) = rows_job(500, 1, 2);
+        drop(r5);
+        for j in [j1, j2, j3, j4, j5] {
+            w.submit(j, "m", 1).unwrap();
+        }
+        for _ in 0..4 {
+            gate.wait();
+        }
+        for (rx, start, rows, cols) in [
+            (r0, 0, 1, 2),
+            (r1, 100, 1, 2),
+            (r2, 200, 2, 2),
+            (r3, 300, 2, 2),
+            (r4, 400, 1, 3),
+        ] {
+            let out = rx.blocking_recv().unwrap().unwrap();
+            let want: Vec<u8> = (0..rows * cols)
+                .flat_map(|i: i64| (start + i).to_le_bytes())
+                .collect();
+            assert_eq!(out[0].shape, vec![rows, cols]);
+            assert_eq!(&out[0].data[..], &want[..], "job starting at {start}");
+        }
+        assert_eq!(*runs.lock().unwrap(), vec![1, 3, 2, 1]);
+    }
+
     #[test]
     fn full_queue_is_refused_and_queued_jobs_are_answered() {
         let gate = Arc::new(Barrier::new(2));
@@ -169,6 +349,7 @@ mod tests {
             vec![Box::new(Gate(gate.clone()))],
             1,
             Duration::from_micros(50),
+            BatchPolicy::default(),
             Arc::default(),
         )
         .unwrap();

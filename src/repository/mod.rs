@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::backend;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{Model, ModelTable, ModelVersion, Stats, VersionState, Workers};
+use crate::model::{BatchPolicy, Model, ModelTable, ModelVersion, Stats, VersionState, Workers};
 
 /// One model folder as found on disk.
 #[derive(Debug, Clone)]
@@ -154,6 +154,10 @@ fn load_version(
         loaded.instances,
         config.max_queue_size(),
         config.idle_spin(),
+        BatchPolicy {
+            max_batch_size: loaded.metadata.max_batch_size as usize,
+            max_queue_delay: config.max_queue_delay(),
+        },
         stats.clone(),
     )?;
     Ok(ModelVersion::new(
