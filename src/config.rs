@@ -47,6 +47,9 @@ pub struct BatchingConfig {
     /// How long a worker holding a partial batch waits for more rows (default 0:
     /// it runs what is queued at once, so an idle server adds no delay).
     pub max_queue_delay_microseconds: Option<u64>,
+    /// Queue timeout of requests that bring none (Triton's `parameters.timeout`,
+    /// gRPC's `grpc-timeout`); 0 or unset: none.
+    pub default_timeout_microseconds: Option<u64>,
 }
 
 /// Where a model runs.
@@ -141,6 +144,13 @@ impl ModelConfig {
 
     pub fn max_queue_delay(&self) -> std::time::Duration {
         std::time::Duration::from_micros(self.batching.max_queue_delay_microseconds.unwrap_or(0))
+    }
+
+    pub fn default_timeout(&self) -> Option<std::time::Duration> {
+        self.batching
+            .default_timeout_microseconds
+            .filter(|&us| us > 0)
+            .map(std::time::Duration::from_micros)
     }
 
     pub fn max_queue_size(&self) -> usize {

@@ -18,6 +18,9 @@ pub struct InferRequest {
     /// Outputs to return; empty means all of them.
     pub outputs: Vec<RequestedOutput>,
     pub parameters: Parameters,
+    /// When the protocol gave one (gRPC's `grpc-timeout`): past it, a request still
+    /// queued is answered DEADLINE_EXCEEDED instead of computed.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl InferRequest {

@@ -198,6 +198,7 @@ pub fn decode_request(
             inputs,
             outputs,
             parameters,
+            deadline: None,
         },
         format,
     ))

@@ -195,6 +195,8 @@ pub struct ModelVersion {
     workers: Workers,
     /// Requests between submit and answer, to tell a lone request from a crowd.
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Queue timeout of requests that bring none (`default_timeout_microseconds`).
+    default_timeout: Option<std::time::Duration>,
 }
 
 /// Counts a request in flight for as long as it lives.
@@ -256,13 +258,21 @@ impl ModelVersion {
             stats,
             workers,
             in_flight: Default::default(),
+            default_timeout: None,
         }
+    }
+
+    /// Sets the queue timeout of requests that bring none.
+    pub fn with_default_timeout(mut self, t: Option<std::time::Duration>) -> Self {
+        self.default_timeout = t;
+        self
     }
 
     /// Validates, queues and awaits one request. Never blocks the async runtime:
     /// the run happens on this version's worker threads.
     pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
         self.metadata.validate(&req)?;
+        let deadline = self.deadline(&req)?;
         let outputs: Vec<String> = if req.outputs.is_empty() {
             self.metadata
                 .outputs
@@ -281,6 +291,7 @@ impl ModelVersion {
                 outputs,
                 reply,
                 enqueued: start,
+                deadline,
             },
             &self.model,
             self.version,
@@ -309,6 +320,26 @@ impl ModelVersion {
             outputs,
             parameters: Default::default(),
         })
+    }
+
+    /// The earliest of the protocol's deadline, Triton's `parameters.timeout` (µs)
+    /// and the model's `default_timeout_microseconds`.
+    fn deadline(&self, req: &InferRequest) -> Result<Option<std::time::Instant>> {
+        let now = std::time::Instant::now();
+        let param = match req.parameters.get("timeout") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(0) => None,
+                Some(us) => Some(now + std::time::Duration::from_micros(us)),
+                None => {
+                    return Err(Error::invalid(format!(
+                        "parameter 'timeout' is in microseconds, a non-negative integer; got {v}"
+                    )))
+                }
+            },
+        };
+        let default = self.default_timeout.map(|d| now + d);
+        Ok([req.deadline, param, default].into_iter().flatten().min())
     }
 
     /// How long a lone request polls for its answer: twice this version's mean

@@ -28,9 +28,28 @@ pub struct Job {
     pub outputs: Vec<String>,
     pub reply: oneshot::Sender<Result<Vec<Tensor>>>,
     pub enqueued: Instant,
+    /// Past this, the job is answered DEADLINE_EXCEEDED instead of computed.
+    pub deadline: Option<Instant>,
 }
 
 impl Job {
+    /// Whether the job should still be computed; answers it if not.
+    fn live(self) -> Option<Job> {
+        if self.reply.is_closed() {
+            return None;
+        }
+        match self.deadline {
+            Some(d) if Instant::now() > d => {
+                let waited = self.enqueued.elapsed();
+                let _ = self.reply.send(Err(Error::DeadlineExceeded(format!(
+                    "the request's deadline passed after {waited:?} in the queue; it was not computed"
+                ))));
+                None
+            }
+            _ => Some(self),
+        }
+    }
+
     fn rows(&self) -> usize {
         batch::rows_of(&self.inputs)
     }
@@ -141,10 +160,10 @@ fn run(
                 None => return,
             },
         };
-        // The client went away while queued: skip the compute.
-        if first.reply.is_closed() {
+        // The client went away or the deadline passed while queued: no compute.
+        let Some(first) = first.live() else {
             continue;
-        }
+        };
         let mut batch = vec![first];
         if policy.max_batch_size > 0 {
             carry = fill(&mut batch, &rx, policy);
@@ -172,9 +191,9 @@ fn fill(batch: &mut Vec<Job>, rx: &Receiver<Job>, policy: BatchPolicy) -> Option
                 }
             }
         };
-        if next.reply.is_closed() {
+        let Some(next) = next.live() else {
             continue;
-        }
+        };
         let first = &batch[0];
         if rows + next.rows() > policy.max_batch_size
             || !batch::compatible(
@@ -252,6 +271,7 @@ mod tests {
                 outputs: vec![],
                 reply,
                 enqueued: Instant::now(),
+                deadline: None,
             },
             rx,
         )
@@ -284,6 +304,7 @@ mod tests {
             outputs: vec!["x".into()],
             reply,
             enqueued: Instant::now(),
+            deadline: None,
         };
         (job, rx)
     }

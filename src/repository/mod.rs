@@ -160,13 +160,10 @@ fn load_version(
         },
         stats.clone(),
     )?;
-    Ok(ModelVersion::new(
-        name.clone(),
-        v,
-        loaded.metadata,
-        workers,
-        stats,
-    ))
+    Ok(
+        ModelVersion::new(name.clone(), v, loaded.metadata, workers, stats)
+            .with_default_timeout(config.default_timeout()),
+    )
 }
 
 /// Scans and loads a whole repository into a new table.

@@ -88,6 +88,7 @@ pub fn decode_request(req: pb::ModelInferRequest) -> Result<(InferRequest, bool)
             inputs,
             outputs,
             parameters: params(&req.parameters, "request")?,
+            deadline: None,
         },
         raw,
     ))

@@ -72,7 +72,8 @@ impl InferenceService {
         req: pb::ModelInferRequest,
         timeout: Option<Duration>,
     ) -> Result<pb::ModelInferResponse> {
-        let (request, raw) = codec::decode_request(req)?;
+        let (mut request, raw) = codec::decode_request(req)?;
+        request.deadline = timeout.map(|d| std::time::Instant::now() + d);
         let mv = models.resolve(&request.model, request.version)?;
         let fut = mv.infer(request);
         let response = match timeout {
