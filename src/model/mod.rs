@@ -1,6 +1,6 @@
 //! Loaded model versions: their metadata, input validation, worker queues, and the table that names them.
 
-mod batch;
+pub mod batch;
 mod stats;
 mod table;
 mod worker;
