@@ -14,7 +14,7 @@ MLFLOW_VENV := .venv-mlflow
 KSERVE_VENV := .venv-kserve
 MODELS_VENV := .venv-models
 
-.PHONY: all build serve test ort rust-test interop-test models lint fmt clean
+.PHONY: all build serve test ort rust-test interop-test models lint fmt clean loadtest
 
 all: build
 
@@ -25,8 +25,12 @@ $(ORT_LIB):
 
 ## target/release/switchyard, with libonnxruntime.so beside it: runs from anywhere.
 build: $(ORT_LIB)
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --bin switchyard
 	cp $(ORT_LIB) target/release/libonnxruntime.so
+
+## target/release/switchyard-loadtest, the load generator (loadtest/).
+loadtest:
+	$(CARGO) build --release --locked -p switchyard-loadtest
 
 serve: build
 	./target/release/switchyard serve --models $(MODELS) --http $(HTTP)
@@ -34,9 +38,9 @@ serve: build
 test: rust-test interop-test
 
 rust-test: $(ORT_LIB)
-	$(CARGO) build --locked --all-targets
+	$(CARGO) build --locked --workspace --all-targets
 	cp $(ORT_LIB) target/debug/libonnxruntime.so
-	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(CARGO) test --locked
+	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(CARGO) test --locked --workspace
 
 $(TEST_VENV)/.done: tests/interop/requirements.txt
 	$(PYTHON) -m venv $(TEST_VENV)
@@ -79,7 +83,7 @@ models: $(MODELS_VENV)/.done
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 fmt:
 	$(CARGO) fmt
