@@ -342,12 +342,16 @@ impl ModelVersion {
         Ok([req.deadline, param, default].into_iter().flatten().min())
     }
 
-    /// How long a lone request polls for its answer: twice this version's mean
-    /// compute time plus 20 µs, within [`MAX_REPLY_POLL`].
+    /// How long a lone request polls for its answer: twice the latest run's compute
+    /// time plus 20 µs, within [`MAX_REPLY_POLL`]. The latest run, not the mean: a
+    /// lone request runs alone, and the mean is skewed by the batches of busy times.
     fn reply_poll(&self) -> std::time::Duration {
-        let (runs, ns) = self.stats.compute_infer.get();
-        let mean = std::time::Duration::from_nanos(ns.checked_div(runs).unwrap_or(0));
-        (mean * 2 + std::time::Duration::from_micros(20)).min(MAX_REPLY_POLL)
+        let last = self
+            .stats
+            .last_compute_ns
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (std::time::Duration::from_nanos(last) * 2 + std::time::Duration::from_micros(20))
+            .min(MAX_REPLY_POLL)
     }
 
     /// This version's configuration as Triton's clients read it.

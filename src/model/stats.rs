@@ -44,6 +44,8 @@ pub struct Stats {
     pub last_inference_ms: AtomicU64,
     /// Runs by batch size (rows), 1..=BATCH_BUCKETS.
     batch_sizes: [AtomicU64; BATCH_BUCKETS],
+    /// Nanoseconds of the latest run: what a lone request can expect to wait.
+    pub last_compute_ns: AtomicU64,
 }
 
 /// Batch sizes counted one by one; larger batches count in the last.
@@ -85,6 +87,7 @@ impl Default for Stats {
             execution_count: AtomicU64::new(0),
             last_inference_ms: AtomicU64::new(0),
             batch_sizes: std::array::from_fn(|_| AtomicU64::new(0)),
+            last_compute_ns: AtomicU64::new(0),
         }
     }
 }

@@ -225,7 +225,12 @@ fn execute(backend: &mut dyn Backend, batch: Vec<Job>, stats: &Stats) {
         batch::split(outputs, &rows)
     }))
     .unwrap_or_else(|_| Err(Error::Internal("the backend panicked".into())));
-    stats.compute_infer.record(started.elapsed());
+    let took = started.elapsed();
+    stats.compute_infer.record(took);
+    stats.last_compute_ns.store(
+        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     stats
         .execution_count
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
