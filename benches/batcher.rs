@@ -41,6 +41,7 @@ fn round_trip(c: &mut Criterion) {
             BatchPolicy {
                 max_batch_size: 64,
                 max_queue_delay: Duration::ZERO,
+                priority_levels: 0,
             },
             Arc::default(),
         )
@@ -56,7 +57,7 @@ fn round_trip(c: &mut Criterion) {
                     enqueued: Instant::now(),
                     deadline: None,
                 };
-                w.submit(job, "m", 1).unwrap();
+                w.submit(job, 0, "m", 1).unwrap();
                 rx.blocking_recv().unwrap().unwrap()
             })
         });
@@ -73,7 +74,7 @@ fn round_trip(c: &mut Criterion) {
                             enqueued: Instant::now(),
                             deadline: None,
                         };
-                        w.submit(job, "m", 1).unwrap();
+                        w.submit(job, 0, "m", 1).unwrap();
                         rx
                     })
                     .collect();

@@ -50,6 +50,11 @@ pub struct BatchingConfig {
     /// Queue timeout of requests that bring none (Triton's `parameters.timeout`,
     /// gRPC's `grpc-timeout`); 0 or unset: none.
     pub default_timeout_microseconds: Option<u64>,
+    /// Queues by priority, 1 the highest (Triton's `priority_levels`); a request's
+    /// `parameters.priority` picks one. Unset: one queue.
+    pub priority_levels: Option<usize>,
+    /// The level of requests that give no priority (default: the lowest).
+    pub default_priority_level: Option<usize>,
 }
 
 /// Where a model runs.
@@ -117,6 +122,16 @@ impl ModelConfig {
                 "config.toml: batching.max_queue_size must be at least 1",
             ));
         }
+        if let (Some(levels), Some(d)) = (
+            self.batching.priority_levels,
+            self.batching.default_priority_level,
+        ) {
+            if d == 0 || d > levels {
+                return Err(Error::load(format!(
+                    "config.toml: batching.default_priority_level must be 1..={levels}"
+                )));
+            }
+        }
         self.device()?;
         Ok(())
     }
@@ -151,6 +166,14 @@ impl ModelConfig {
             .default_timeout_microseconds
             .filter(|&us| us > 0)
             .map(std::time::Duration::from_micros)
+    }
+
+    /// `(levels, default level)`; `(0, 0)` without priorities.
+    pub fn priorities(&self) -> (usize, usize) {
+        match self.batching.priority_levels.filter(|&l| l > 0) {
+            None => (0, 0),
+            Some(l) => (l, self.batching.default_priority_level.unwrap_or(l)),
+        }
     }
 
     pub fn max_queue_size(&self) -> usize {

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{copy_dir, sample_models, scratch, Server};
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn mlp_row() -> serde_json::Value {
     json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": vec![0.25; 16]}]})
@@ -80,7 +80,8 @@ fn config_keys_are_applied() {
     copy_dir(&sample_models().join("mlp/1"), &repo.join("small/1"));
     std::fs::write(
         repo.join("small/config.toml"),
-        "max_batch_size = 2\ninstances = 3\nintra_op_threads = 1\ndevice = \"cpu\"\n",
+        "max_batch_size = 2\ninstances = 3\nintra_op_threads = 1\ndevice = \"cpu\"\n\
+         [batching]\npriority_levels = 2\ndefault_priority_level = 2\nmax_queue_delay_microseconds = 100\n",
     )
     .unwrap();
     copy_dir(&sample_models().join("mlp/1"), &repo.join("unbatched/1"));
@@ -95,6 +96,20 @@ fn config_keys_are_applied() {
         .as_str()
         .unwrap()
         .contains("max_batch_size of 2"));
+    let prio = |p: Value| {
+        let mut body = mlp_row();
+        body["parameters"] = json!({ "priority": p });
+        s.post("/v2/models/small/infer", &body)
+    };
+    assert_eq!(prio(json!(1)).0, 200);
+    assert_eq!(prio(json!(0)).0, 200, "0 is the default level");
+    let (code, e) = prio(json!(3));
+    assert_eq!(code, 400);
+    assert!(
+        e["error"].as_str().unwrap().contains("2 priority levels"),
+        "{e}"
+    );
+    assert_eq!(prio(json!("high")).0, 400);
     let (_, meta) = s.get("/v2/models/unbatched");
     assert_eq!(meta["max_batch_size"], 0);
     let (code, resp) = s.post("/v2/models/unbatched/infer", &three);

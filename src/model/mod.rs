@@ -197,6 +197,9 @@ pub struct ModelVersion {
     in_flight: std::sync::atomic::AtomicUsize,
     /// Queue timeout of requests that bring none (`default_timeout_microseconds`).
     default_timeout: Option<std::time::Duration>,
+    /// Triton's `priority_levels` (0: none) and the level of requests that give none.
+    priority_levels: usize,
+    default_priority: usize,
 }
 
 /// Counts a request in flight for as long as it lives.
@@ -259,7 +262,44 @@ impl ModelVersion {
             workers,
             in_flight: Default::default(),
             default_timeout: None,
+            priority_levels: 0,
+            default_priority: 0,
         }
+    }
+
+    /// Sets Triton's `priority_levels` and `default_priority_level` (1 is the highest).
+    pub fn with_priorities(mut self, levels: usize, default: usize) -> Self {
+        self.priority_levels = levels;
+        self.default_priority = default;
+        self
+    }
+
+    /// The queue index (0 = highest) of a request, from `parameters.priority`
+    /// (1 = highest; 0 or none: the default level).
+    fn priority(&self, req: &InferRequest) -> Result<usize> {
+        let level = match req.parameters.get("priority") {
+            None => 0,
+            Some(v) => v.as_u64().ok_or_else(|| {
+                Error::invalid(format!(
+                    "parameter 'priority' is a level from 1 (highest), a non-negative integer; got {v}"
+                ))
+            })? as usize,
+        };
+        let level = if level == 0 {
+            self.default_priority
+        } else {
+            level
+        };
+        if self.priority_levels == 0 {
+            return Ok(0);
+        }
+        if level > self.priority_levels {
+            return Err(Error::invalid(format!(
+                "parameter 'priority' is {level}, but model '{}' has {} priority levels",
+                self.model, self.priority_levels
+            )));
+        }
+        Ok(level.max(1) - 1)
     }
 
     /// Sets the queue timeout of requests that bring none.
@@ -285,6 +325,7 @@ impl ModelVersion {
         let start = std::time::Instant::now();
         let _in_flight = InFlight::enter(&self.in_flight);
         let (reply, rx) = tokio::sync::oneshot::channel();
+        let level = self.priority(&req)?;
         self.workers.submit(
             Job {
                 inputs: req.inputs,
@@ -293,6 +334,7 @@ impl ModelVersion {
                 enqueued: start,
                 deadline,
             },
+            level,
             &self.model,
             self.version,
         )?;

@@ -157,12 +157,14 @@ fn load_version(
         BatchPolicy {
             max_batch_size: loaded.metadata.max_batch_size as usize,
             max_queue_delay: config.max_queue_delay(),
+            priority_levels: config.priorities().0,
         },
         stats.clone(),
     )?;
     Ok(
         ModelVersion::new(name.clone(), v, loaded.metadata, workers, stats)
-            .with_default_timeout(config.default_timeout()),
+            .with_default_timeout(config.default_timeout())
+            .with_priorities(config.priorities().0, config.priorities().1),
     )
 }
 
