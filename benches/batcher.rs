@@ -30,6 +30,20 @@ fn row(cols: usize) -> Vec<Tensor> {
     }]
 }
 
+/// Queues one request; the receiver gets its answer.
+fn submit(w: &Workers, inputs: &[Tensor]) -> tokio::sync::oneshot::Receiver<Result<Vec<Tensor>>> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let job = Job {
+        inputs: inputs.to_vec(),
+        outputs: vec!["input".into()],
+        reply,
+        enqueued: Instant::now(),
+        deadline: None,
+    };
+    w.submit(job, 0, "m", 1).unwrap();
+    rx
+}
+
 fn round_trip(c: &mut Criterion) {
     let mut g = c.benchmark_group("batcher");
     for (name, spin) in [("idle_spin_100us", 100), ("idle_spin_0", 0)] {
@@ -48,36 +62,12 @@ fn round_trip(c: &mut Criterion) {
         .unwrap();
         let inputs = row(256);
         g.bench_function(format!("round_trip_one/{name}"), |b| {
-            b.iter(|| {
-                let (reply, rx) = tokio::sync::oneshot::channel();
-                let job = Job {
-                    inputs: inputs.clone(),
-                    outputs: vec!["input".into()],
-                    reply,
-                    enqueued: Instant::now(),
-                    deadline: None,
-                };
-                w.submit(job, 0, "m", 1).unwrap();
-                rx.blocking_recv().unwrap().unwrap()
-            })
+            b.iter(|| submit(&w, &inputs).blocking_recv().unwrap().unwrap())
         });
         g.throughput(Throughput::Elements(64));
         g.bench_function(format!("round_trip_64_queued/{name}"), |b| {
             b.iter(|| {
-                let rxs: Vec<_> = (0..64)
-                    .map(|_| {
-                        let (reply, rx) = tokio::sync::oneshot::channel();
-                        let job = Job {
-                            inputs: inputs.clone(),
-                            outputs: vec!["input".into()],
-                            reply,
-                            enqueued: Instant::now(),
-                            deadline: None,
-                        };
-                        w.submit(job, 0, "m", 1).unwrap();
-                        rx
-                    })
-                    .collect();
+                let rxs: Vec<_> = (0..64).map(|_| submit(&w, &inputs)).collect();
                 for rx in rxs {
                     rx.blocking_recv().unwrap().unwrap();
                 }
