@@ -82,11 +82,11 @@ models: $(MODELS_VENV)/.done
 	$(MODELS_VENV)/bin/python models/make_models.py
 
 lint:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 fmt:
-	$(CARGO) fmt
+	$(CARGO) fmt --all
 
 clean:
 	$(CARGO) clean
