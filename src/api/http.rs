@@ -74,8 +74,10 @@ pub async fn serve_http(
 }
 
 async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    // Kept for the log line of a failure; cloning a Uri shares its buffer.
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let uri = req.uri().clone();
+    let path = uri.path();
     match route(state, req, peer).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -201,14 +203,15 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
 }
 
 async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>> {
-    let path = req.uri().path().to_string();
+    let uri = req.uri().clone();
+    let path = uri.path();
     let route =
-        parse_route(&path).ok_or_else(|| Error::not_found(format!("no such path: {path}")))?;
+        parse_route(path).ok_or_else(|| Error::not_found(format!("no such path: {path}")))?;
     let allow = route.allow();
     if !allow.split(", ").any(|m| m == req.method().as_str()) {
         return Err(Error::MethodNotAllowed {
             method: req.method().to_string(),
-            path,
+            path: path.to_string(),
             allow,
         });
     }

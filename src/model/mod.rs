@@ -189,8 +189,6 @@ pub struct ModelVersion {
     pub model: Arc<str>,
     pub version: u64,
     pub metadata: ModelMetadata,
-    /// Instances (worker threads) serving it.
-    pub instances: usize,
     pub stats: Arc<Stats>,
     workers: Workers,
     /// Requests between submit and answer, to tell a lone request from a crowd.
@@ -257,7 +255,6 @@ impl ModelVersion {
             model,
             version,
             metadata,
-            instances: workers.instances(),
             stats,
             workers,
             in_flight: Default::default(),
@@ -415,7 +412,7 @@ impl ModelVersion {
             max_batch_size: self.metadata.max_batch_size,
             inputs: dims(&self.metadata.inputs),
             outputs: dims(&self.metadata.outputs),
-            instances: self.instances,
+            instances: self.workers.instances(),
             gpu: match device {
                 crate::config::Device::Cuda(n) => Some(n),
                 crate::config::Device::Cpu => None,

@@ -42,32 +42,11 @@ pub struct Stats {
     pub execution_count: AtomicU64,
     /// Milliseconds since the Unix epoch of the last answer; 0 for never.
     pub last_inference_ms: AtomicU64,
-    /// Runs by batch size (rows), 1..=BATCH_BUCKETS.
-    batch_sizes: [AtomicU64; BATCH_BUCKETS],
     /// Nanoseconds of the latest run: what a lone request can expect to wait.
     pub last_compute_ns: AtomicU64,
 }
 
-/// Batch sizes counted one by one; larger batches count in the last.
-pub const BATCH_BUCKETS: usize = 256;
-
 impl Stats {
-    /// Counts one run of `rows` rows in the batch-size histogram.
-    pub fn record_batch(&self, rows: usize) {
-        let i = rows.clamp(1, BATCH_BUCKETS) - 1;
-        self.batch_sizes[i].fetch_add(1, Relaxed);
-    }
-
-    /// `(batch size, runs)` for every size that ran; the last bucket holds larger ones.
-    pub fn batch_sizes(&self) -> Vec<(usize, u64)> {
-        self.batch_sizes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (i + 1, n.load(Relaxed)))
-            .filter(|(_, n)| *n > 0)
-            .collect()
-    }
-
     pub fn mark_last_inference(&self) {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -86,7 +65,6 @@ impl Default for Stats {
             inference_count: AtomicU64::new(0),
             execution_count: AtomicU64::new(0),
             last_inference_ms: AtomicU64::new(0),
-            batch_sizes: std::array::from_fn(|_| AtomicU64::new(0)),
             last_compute_ns: AtomicU64::new(0),
         }
     }

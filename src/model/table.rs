@@ -126,16 +126,14 @@ impl Models {
         version: Option<u64>,
     ) -> Result<Vec<Arc<ModelVersion>>> {
         let table = self.snapshot();
-        let mut names: Vec<&String> = if name.is_empty() {
-            table.models.keys().collect()
-        } else {
-            self.model(name)?;
-            vec![table
-                .models
-                .get_key_value(name)
-                .map(|(k, _)| k)
-                .expect("checked")]
-        };
+        let mut names: Vec<&String> = table
+            .models
+            .keys()
+            .filter(|k| name.is_empty() || k.as_str() == name)
+            .collect();
+        if names.is_empty() && !name.is_empty() {
+            return Err(Error::not_found(format!("unknown model '{name}'")));
+        }
         names.sort();
         let mut out = Vec::new();
         for n in names {

@@ -172,15 +172,15 @@ impl Queues {
             for q in &self.0 {
                 sel.recv(q);
             }
-            // Readiness only: the job is then taken highest priority first.
-            let ready = match deadline {
-                None => sel.ready(),
-                Some(d) => match sel.ready_deadline(d) {
-                    Ok(i) => i,
-                    Err(_) => return None,
-                },
-            };
-            let _ = ready;
+            // Wait for readiness only: the job is then taken highest priority first.
+            match deadline {
+                None => {
+                    sel.ready();
+                }
+                Some(d) => {
+                    sel.ready_deadline(d).ok()?;
+                }
+            }
         }
     }
 }
@@ -288,7 +288,6 @@ fn execute(backend: &mut dyn Backend, batch: Vec<Job>, stats: &Stats) {
     stats
         .execution_count
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    stats.record_batch(rows.iter().sum());
     match result {
         Ok(per_job) => {
             stats.inference_count.fetch_add(

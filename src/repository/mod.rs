@@ -27,6 +27,34 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// One model folder: its version folders, named by positive integers (others are
+/// skipped with a warning).
+fn model_dir(name: String, path: PathBuf) -> ModelDir {
+    let mut versions = BTreeMap::new();
+    if let Ok(vs) = std::fs::read_dir(&path) {
+        for v in vs.flatten() {
+            let vname = v.file_name().to_string_lossy().into_owned();
+            if !v.path().is_dir() || vname.starts_with('.') {
+                continue;
+            }
+            match vname.parse::<u64>() {
+                Ok(n) if n > 0 && !vname.starts_with('0') => {
+                    versions.insert(n, v.path());
+                }
+                _ => tracing::warn!(
+                    folder = %v.path().display(),
+                    "skipped: a version folder is named by a positive integer"
+                ),
+            }
+        }
+    }
+    ModelDir {
+        name,
+        path,
+        versions,
+    }
+}
+
 /// Lists `DIR/<model>/<version>/`; a version is a positive integer folder name.
 /// Hidden entries, files and oddly named folders are skipped with a warning.
 pub fn scan(root: &Path) -> Result<Vec<ModelDir>> {
@@ -47,29 +75,7 @@ pub fn scan(root: &Path) -> Result<Vec<ModelDir>> {
             tracing::warn!(folder = %path.display(), "skipped: a model name may hold only letters, digits, '_', '-' and '.'");
             continue;
         }
-        let mut versions = BTreeMap::new();
-        if let Ok(vs) = std::fs::read_dir(&path) {
-            for v in vs.flatten() {
-                let vname = v.file_name().to_string_lossy().into_owned();
-                if !v.path().is_dir() || vname.starts_with('.') {
-                    continue;
-                }
-                match vname.parse::<u64>() {
-                    Ok(n) if n > 0 && !vname.starts_with('0') => {
-                        versions.insert(n, v.path());
-                    }
-                    _ => tracing::warn!(
-                        folder = %v.path().display(),
-                        "skipped: a version folder is named by a positive integer"
-                    ),
-                }
-            }
-        }
-        models.push(ModelDir {
-            name,
-            path,
-            versions,
-        });
+        models.push(model_dir(name, path));
     }
     models.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(models)
@@ -83,15 +89,14 @@ pub fn find(root: &Path, name: &str) -> Result<ModelDir> {
             "'{name}' is not a valid model name"
         )));
     }
-    scan(root)?
-        .into_iter()
-        .find(|d| d.name == name)
-        .ok_or_else(|| {
-            Error::not_found(format!(
-                "the repository {} has no model '{name}'",
-                root.display()
-            ))
-        })
+    let path = root.join(name);
+    if !path.is_dir() {
+        return Err(Error::not_found(format!(
+            "the repository {} has no model '{name}'",
+            root.display()
+        )));
+    }
+    Ok(model_dir(name.to_string(), path))
 }
 
 /// Loads every version of one model folder. Failures are recorded in the model, never fatal.

@@ -270,11 +270,6 @@ impl GrpcInferenceService for InferenceService {
         let r = req.into_inner();
         let version = parse_version(&r.name, &r.version)?;
         let c = self.models.serving_config(&r.name, version)?;
-        let io = |v: &[(String, DataType, Vec<i64>)]| {
-            v.iter()
-                .map(|(n, d, dims)| (n.clone(), config_type(*d), dims.clone()))
-                .collect::<Vec<_>>()
-        };
         let config = pb::ModelConfig {
             name: c.name,
             platform: c.platform.into(),
@@ -285,19 +280,21 @@ impl GrpcInferenceService for InferenceService {
                     pb::model_version_policy::All {},
                 )),
             }),
-            input: io(&c.inputs)
+            input: c
+                .inputs
                 .into_iter()
-                .map(|(name, data_type, dims)| pb::ModelInput {
+                .map(|(name, d, dims)| pb::ModelInput {
                     name,
-                    data_type,
+                    data_type: config_type(d),
                     dims,
                 })
                 .collect(),
-            output: io(&c.outputs)
+            output: c
+                .outputs
                 .into_iter()
-                .map(|(name, data_type, dims)| pb::ModelOutput {
+                .map(|(name, d, dims)| pb::ModelOutput {
                     name,
-                    data_type,
+                    data_type: config_type(d),
                     dims,
                 })
                 .collect(),
