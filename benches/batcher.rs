@@ -56,6 +56,7 @@ fn round_trip(c: &mut Criterion) {
                 max_batch_size: 64,
                 max_queue_delay: Duration::ZERO,
                 priority_levels: 0,
+                preferred: vec![],
             },
             Arc::default(),
         )

@@ -55,6 +55,11 @@ pub struct BatchingConfig {
     pub priority_levels: Option<usize>,
     /// The level of requests that give no priority (default: the lowest).
     pub default_priority_level: Option<usize>,
+    /// Batch sizes (rows) the model runs best at (Triton's `preferred_batch_size`):
+    /// a worker sends the largest of them it can form from what is queued, and
+    /// stops waiting (`max_queue_delay_microseconds`) once it holds one.
+    #[serde(default)]
+    pub preferred_batch_size: Vec<usize>,
 }
 
 /// Where a model runs.
@@ -131,6 +136,11 @@ impl ModelConfig {
                     "config.toml: batching.default_priority_level must be 1..={levels}"
                 )));
             }
+        }
+        if self.batching.preferred_batch_size.contains(&0) {
+            return Err(Error::load(
+                "config.toml: batching.preferred_batch_size entries must be at least 1",
+            ));
         }
         self.device()?;
         Ok(())

@@ -25,8 +25,13 @@ fn model_config_and_statistics() {
         json!({"name": "label", "data_type": "TYPE_INT64", "dims": []})
     );
     assert_eq!(c["instance_group"][0]["kind"], "KIND_CPU");
+    assert_eq!(
+        c["dynamic_batching"],
+        json!({"preferred_batch_size": [], "max_queue_delay_microseconds": 0})
+    );
     let (_, mixed) = s.get("/v2/models/mixed/versions/1/config");
     assert_eq!(mixed["max_batch_size"], 0);
+    assert!(mixed.get("dynamic_batching").is_none(), "{mixed}");
     assert_eq!(
         mixed["input"][0]["dims"],
         json!([-1, 3]),
@@ -37,6 +42,8 @@ fn model_config_and_statistics() {
     for _ in 0..3 {
         assert_eq!(s.post("/v2/models/mlp/versions/1/infer", &mlp_row()).0, 200);
     }
+    let three = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 16], "data": vec![0.5; 48]}]});
+    assert_eq!(s.post("/v2/models/mlp/versions/1/infer", &three).0, 200);
     let (code, st) = s.get("/v2/models/mlp/versions/1/stats");
     assert_eq!(code, 200);
     let m = &st["model_stats"][0];
@@ -44,8 +51,23 @@ fn model_config_and_statistics() {
         (m["name"].clone(), m["version"].clone()),
         (json!("mlp"), json!("1"))
     );
-    assert_eq!(m["inference_stats"]["success"]["count"], 3);
-    assert_eq!(m["execution_count"], 3);
+    assert_eq!(m["inference_stats"]["success"]["count"], 4);
+    assert_eq!(m["execution_count"], 4);
+    assert_eq!(m["inference_count"], 6, "rows");
+    // One request at a time: runs of 1 row three times, then one of 3 rows.
+    let sizes: Vec<(u64, u64)> = m["batch_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            assert_eq!(b["compute_input"]["count"], b["compute_infer"]["count"]);
+            (
+                b["batch_size"].as_u64().unwrap(),
+                b["compute_infer"]["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(sizes, vec![(1, 3), (3, 1)], "{m}");
     assert!(
         m["inference_stats"]["compute_infer"]["ns"]
             .as_u64()

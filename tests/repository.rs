@@ -28,6 +28,13 @@ fn a_failing_model_is_reported_and_the_others_serve() {
     // Batching asked of a graph without a batch dimension.
     copy_dir(&sample_models().join("mixed/1"), &repo.join("nobatch/1"));
     std::fs::write(repo.join("nobatch/config.toml"), "max_batch_size = 8\n").unwrap();
+    // A preferred batch size past max_batch_size.
+    copy_dir(&sample_models().join("mlp/1"), &repo.join("pref/1"));
+    std::fs::write(
+        repo.join("pref/config.toml"),
+        "max_batch_size = 4\n[batching]\npreferred_batch_size = [2, 8]\n",
+    )
+    .unwrap();
     // One broken version beside a good one: the good one serves.
     copy_dir(&sample_models().join("mlp/1"), &repo.join("half/1"));
     std::fs::create_dir_all(repo.join("half/2")).unwrap();
@@ -45,6 +52,7 @@ fn a_failing_model_is_reported_and_the_others_serve() {
         ("typo", "max_batch"),
         ("gpu", "--features cuda"),
         ("nobatch", "max_batch_size = 0"),
+        ("pref", "preferred_batch_size 8"),
         ("empty", "no version folder"),
     ] {
         let (code, err) = s.get(&format!("/v2/models/{model}/ready"));
@@ -81,7 +89,8 @@ fn config_keys_are_applied() {
     std::fs::write(
         repo.join("small/config.toml"),
         "max_batch_size = 2\ninstances = 3\nintra_op_threads = 1\ndevice = \"cpu\"\n\
-         [batching]\npriority_levels = 2\ndefault_priority_level = 2\nmax_queue_delay_microseconds = 100\n",
+         [batching]\npriority_levels = 2\ndefault_priority_level = 2\nmax_queue_delay_microseconds = 100\n\
+         preferred_batch_size = [2]\n",
     )
     .unwrap();
     copy_dir(&sample_models().join("mlp/1"), &repo.join("unbatched/1"));
@@ -89,6 +98,11 @@ fn config_keys_are_applied() {
     let s = Server::start(&repo, &[]);
     let (_, meta) = s.get("/v2/models/small");
     assert_eq!(meta["max_batch_size"], 2);
+    let (_, config) = s.get("/v2/models/small/config");
+    assert_eq!(
+        config["dynamic_batching"],
+        json!({"preferred_batch_size": [2], "max_queue_delay_microseconds": 100})
+    );
     let three = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 16], "data": vec![0.25; 48]}]});
     let (code, err) = s.post("/v2/models/small/infer", &three);
     assert_eq!(code, 400);

@@ -375,7 +375,7 @@ pub fn encode_model_config(c: &ServingConfig) -> Vec<u8> {
             serde_json::json!({"name": format!("{}_0", c.name), "kind": "KIND_CPU", "count": c.instances})
         }
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "name": c.name,
         "platform": c.platform,
         "backend": c.backend,
@@ -385,6 +385,12 @@ pub fn encode_model_config(c: &ServingConfig) -> Vec<u8> {
         "output": io(&c.outputs),
         "instance_group": [group],
     });
+    if let Some((preferred, delay)) = &c.dynamic_batching {
+        body["dynamic_batching"] = serde_json::json!({
+            "preferred_batch_size": preferred,
+            "max_queue_delay_microseconds": delay,
+        });
+    }
     serde_json::to_vec(&body).expect("plain data")
 }
 
@@ -413,7 +419,12 @@ pub fn encode_stats(versions: &[std::sync::Arc<crate::model::ModelVersion>]) -> 
                     "compute_infer": tally(&s.compute_infer),
                     "compute_output": {"count": s.compute_infer.get().0, "ns": 0},
                 },
-                "batch_stats": [],
+                "batch_stats": s.batch_sizes().map(|(size, count, ns)| serde_json::json!({
+                    "batch_size": size,
+                    "compute_input": {"count": count, "ns": 0},
+                    "compute_infer": {"count": count, "ns": ns},
+                    "compute_output": {"count": count, "ns": 0},
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -182,6 +182,8 @@ pub struct ServingConfig {
     pub instances: usize,
     /// The GPU it runs on, if any.
     pub gpu: Option<u32>,
+    /// `(preferred batch sizes, max queue delay µs)` when batching is on.
+    pub dynamic_batching: Option<(Vec<usize>, u64)>,
 }
 
 /// One servable version of a model: its metadata and the workers that run it.
@@ -394,7 +396,7 @@ impl ModelVersion {
     }
 
     /// This version's configuration as Triton's clients read it.
-    pub fn serving_config(&self, device: crate::config::Device) -> ServingConfig {
+    pub fn serving_config(&self, config: &crate::config::ModelConfig) -> ServingConfig {
         let batched = self.metadata.max_batch_size > 0;
         let dims = |specs: &[TensorSpec]| {
             specs
@@ -413,10 +415,16 @@ impl ModelVersion {
             inputs: dims(&self.metadata.inputs),
             outputs: dims(&self.metadata.outputs),
             instances: self.workers.instances(),
-            gpu: match device {
-                crate::config::Device::Cuda(n) => Some(n),
-                crate::config::Device::Cpu => None,
+            gpu: match config.device() {
+                Ok(crate::config::Device::Cuda(n)) => Some(n),
+                _ => None,
             },
+            dynamic_batching: batched.then(|| {
+                (
+                    config.batching.preferred_batch_size.clone(),
+                    config.max_queue_delay().as_micros() as u64,
+                )
+            }),
         }
     }
 

@@ -44,9 +44,51 @@ pub struct Stats {
     pub last_inference_ms: AtomicU64,
     /// Nanoseconds of the latest run: what a lone request can expect to wait.
     pub last_compute_ns: AtomicU64,
+    /// Runs and their compute time by batch size in rows (index 0 unused; a model
+    /// without batching counts its runs as size 1, as Triton does).
+    batches: Box<[Tally]>,
 }
 
 impl Stats {
+    /// Counters for a version that runs at most `max_batch_size` rows at once.
+    pub fn new(max_batch_size: usize) -> Stats {
+        Stats {
+            success: Tally::default(),
+            fail: Tally::default(),
+            queue: Tally::default(),
+            compute_infer: Tally::default(),
+            inference_count: AtomicU64::new(0),
+            execution_count: AtomicU64::new(0),
+            last_inference_ms: AtomicU64::new(0),
+            last_compute_ns: AtomicU64::new(0),
+            batches: (0..=max_batch_size.max(1))
+                .map(|_| Tally::default())
+                .collect(),
+        }
+    }
+
+    /// Records one backend run of `rows` rows.
+    pub fn record_run(&self, rows: usize, took: Duration) {
+        self.compute_infer.record(took);
+        self.last_compute_ns
+            .store(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.execution_count.fetch_add(1, Relaxed);
+        let i = rows.clamp(1, self.batches.len() - 1);
+        self.batches[i].record(took);
+    }
+
+    /// `(batch size, runs, ns)` of every size that ran, smallest first.
+    pub fn batch_sizes(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+        self.batches
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter_map(|(size, t)| {
+                let (count, ns) = t.get();
+                (count > 0).then_some((size, count, ns))
+            })
+    }
+
     pub fn mark_last_inference(&self) {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -57,15 +99,6 @@ impl Stats {
 
 impl Default for Stats {
     fn default() -> Self {
-        Stats {
-            success: Tally::default(),
-            fail: Tally::default(),
-            queue: Tally::default(),
-            compute_infer: Tally::default(),
-            inference_count: AtomicU64::new(0),
-            execution_count: AtomicU64::new(0),
-            last_inference_ms: AtomicU64::new(0),
-            last_compute_ns: AtomicU64::new(0),
-        }
+        Stats::new(0)
     }
 }

@@ -114,8 +114,7 @@ impl Models {
     pub fn serving_config(&self, name: &str, version: Option<u64>) -> Result<ServingConfig> {
         let model = self.model(name)?;
         let mv = self.resolve(name, version)?;
-        let device = model.config.device().unwrap_or(crate::config::Device::Cpu);
-        Ok(mv.serving_config(device))
+        Ok(mv.serving_config(&model.config))
     }
 
     /// The ready versions that statistics are asked of: all models when `name` is

@@ -5,9 +5,11 @@
 //! already queued that fits (up to `max_batch_size` rows, same dims past the batch
 //! dim, same outputs): an idle server adds no delay, and requests that arrive
 //! while the workers are busy form the next batch. With `max_queue_delay` it also
-//! waits that long for a fuller batch. Jobs whose client went away are dropped
-//! here, before compute.
+//! waits that long for a fuller batch; with preferred batch sizes it sends the
+//! largest of them it can form. Jobs whose client went away are dropped here,
+//! before compute.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,7 +58,7 @@ impl Job {
 }
 
 /// How a version's workers form batches.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BatchPolicy {
     /// Rows per run at most; 0: the model has no batch dim, one request per run.
     pub max_batch_size: usize,
@@ -64,6 +66,14 @@ pub struct BatchPolicy {
     pub max_queue_delay: Duration,
     /// Queues by priority (Triton's `priority_levels`); 0 or 1: one queue.
     pub priority_levels: usize,
+    /// Batch sizes (rows) to prefer; empty: any size up to `max_batch_size`.
+    pub preferred: Vec<usize>,
+}
+
+impl BatchPolicy {
+    fn preferred(&self, rows: usize) -> bool {
+        self.preferred.contains(&rows)
+    }
 }
 
 /// The queue and worker threads of one model version. Dropping it closes the
@@ -95,9 +105,10 @@ impl Workers {
         for (i, backend) in instances.into_iter().enumerate() {
             let rx = rx.clone();
             let stats = stats.clone();
+            let policy = policy.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("{label}#{i}"))
-                .spawn(move || run(backend, rx, idle_spin, policy, &stats))
+                .spawn(move || run(backend, rx, idle_spin, &policy, &stats))
                 .map_err(|e| Error::load(format!("cannot start worker thread: {e}")))?;
             threads.push(handle);
         }
@@ -204,13 +215,14 @@ fn run(
     mut backend: Box<dyn Backend>,
     rx: Queues,
     idle_spin: Duration,
-    policy: BatchPolicy,
+    policy: &BatchPolicy,
     stats: &Stats,
 ) {
-    // A job taken from the queue that did not fit the batch starts the next one.
-    let mut carry: Option<Job> = None;
+    // Jobs taken from the queue that did not fit a batch: they start the next ones,
+    // in their order.
+    let mut carry: VecDeque<Job> = VecDeque::new();
     loop {
-        let first = match carry.take() {
+        let first = match carry.pop_front() {
             Some(j) => j,
             None => match next_job(&rx, idle_spin) {
                 Some(j) => j,
@@ -223,48 +235,81 @@ fn run(
         };
         let mut batch = vec![first];
         if policy.max_batch_size > 0 {
-            carry = fill(&mut batch, &rx, policy);
+            fill(&mut batch, &mut carry, &rx, policy);
         }
-        execute(backend.as_mut(), batch, stats);
+        execute(backend.as_mut(), batch, policy, stats);
     }
 }
 
-/// Adds queued jobs to `batch` while they fit; returns one taken that did not.
-fn fill(batch: &mut Vec<Job>, rx: &Queues, policy: BatchPolicy) -> Option<Job> {
+/// Whether `next` can join `batch`, which holds `rows` rows.
+fn fits(batch: &[Job], rows: usize, next: &Job, policy: &BatchPolicy) -> bool {
+    let first = &batch[0];
+    rows + next.rows() <= policy.max_batch_size
+        && batch::compatible(
+            (&first.inputs, &first.outputs),
+            (&next.inputs, &next.outputs),
+        )
+}
+
+/// Adds carried, then queued jobs to `batch` while they fit; jobs taken that do
+/// not fit go to `carry`.
+fn fill(batch: &mut Vec<Job>, carry: &mut VecDeque<Job>, rx: &Queues, policy: &BatchPolicy) {
     let mut rows = batch[0].rows();
+    for _ in 0..carry.len() {
+        let Some(next) = carry.pop_front().and_then(Job::live) else {
+            continue;
+        };
+        if fits(batch, rows, &next, policy) {
+            rows += next.rows();
+            batch.push(next);
+        } else {
+            carry.push_back(next);
+        }
+    }
+    // Jobs in the batch when it last held a preferred size.
+    let mut at_preferred = policy.preferred(rows).then_some(batch.len());
     let deadline = Instant::now() + policy.max_queue_delay;
     while rows < policy.max_batch_size {
         let next = match rx.try_recv() {
             Ok(j) => j,
-            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => break,
             Err(crossbeam_channel::TryRecvError::Empty) => {
+                // A preferred size ends the wait for a fuller batch.
                 let now = Instant::now();
-                if now >= deadline {
-                    return None;
+                if policy.preferred(rows) || now >= deadline {
+                    break;
                 }
-                rx.recv(Some(deadline - now))?
+                match rx.recv(Some(deadline - now)) {
+                    Some(j) => j,
+                    None => break,
+                }
             }
         };
         let Some(next) = next.live() else {
             continue;
         };
-        let first = &batch[0];
-        if rows + next.rows() > policy.max_batch_size
-            || !batch::compatible(
-                (&first.inputs, &first.outputs),
-                (&next.inputs, &next.outputs),
-            )
-        {
-            return Some(next);
+        if !fits(batch, rows, &next, policy) {
+            carry.push_back(next);
+            break;
         }
         rows += next.rows();
         batch.push(next);
+        if policy.preferred(rows) {
+            at_preferred = Some(batch.len());
+        }
     }
-    None
+    // As Triton: send the largest preferred size formed; the rest starts the next batch.
+    if !policy.preferred.is_empty() && !policy.preferred(rows) {
+        if let Some(n) = at_preferred {
+            for j in batch.drain(n..).rev() {
+                carry.push_front(j);
+            }
+        }
+    }
 }
 
 /// Runs one batch and answers every job in it.
-fn execute(backend: &mut dyn Backend, batch: Vec<Job>, stats: &Stats) {
+fn execute(backend: &mut dyn Backend, batch: Vec<Job>, policy: &BatchPolicy, stats: &Stats) {
     let started = Instant::now();
     for j in &batch {
         stats.queue.record(started - j.enqueued);
@@ -279,21 +324,17 @@ fn execute(backend: &mut dyn Backend, batch: Vec<Job>, stats: &Stats) {
         batch::split(outputs, &rows)
     }))
     .unwrap_or_else(|_| Err(Error::Internal("the backend panicked".into())));
-    let took = started.elapsed();
-    stats.compute_infer.record(took);
-    stats.last_compute_ns.store(
-        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    stats
-        .execution_count
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let total_rows = if policy.max_batch_size > 0 {
+        rows.iter().sum()
+    } else {
+        1
+    };
+    stats.record_run(total_rows, started.elapsed());
     match result {
         Ok(per_job) => {
-            stats.inference_count.fetch_add(
-                rows.iter().sum::<usize>() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            stats
+                .inference_count
+                .fetch_add(total_rows as u64, std::sync::atomic::Ordering::Relaxed);
             for (job, out) in batch.into_iter().zip(per_job) {
                 let _ = job.reply.send(Ok(out));
             }
@@ -375,6 +416,7 @@ mod tests {
             max_batch_size: 4,
             max_queue_delay: Duration::ZERO,
             priority_levels: 0,
+            preferred: vec![],
         };
         let w = Workers::spawn(
             "b",
@@ -421,6 +463,85 @@ mod tests {
         assert_eq!(*runs.lock().unwrap(), vec![1, 3, 2, 1]);
     }
 
+    /// Echoes its inputs and records each run's rows; its first run waits for the gate.
+    struct HoldFirst(Option<Arc<Barrier>>, Arc<std::sync::Mutex<Vec<i64>>>);
+
+    impl Backend for HoldFirst {
+        fn infer(&mut self, inputs: &[Tensor], _outputs: &[String]) -> Result<Vec<Tensor>> {
+            if let Some(gate) = self.0.take() {
+                gate.wait();
+            }
+            self.1.lock().unwrap().push(inputs[0].shape[0]);
+            Ok(inputs.to_vec())
+        }
+    }
+
+    /// Queues jobs of `sizes` rows behind a busy worker (running `busy` rows) and
+    /// returns the rows of each run, the busy one first.
+    fn runs_of(policy: BatchPolicy, busy: i64, sizes: &[i64]) -> Vec<i64> {
+        let gate = Arc::new(Barrier::new(2));
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = Workers::spawn(
+            "pref",
+            vec![Box::new(HoldFirst(Some(gate.clone()), runs.clone()))],
+            16,
+            Duration::ZERO,
+            policy,
+            Arc::default(),
+        )
+        .unwrap();
+        let (j0, r0) = rows_job(0, busy, 1);
+        w.submit(j0, 0, "m", 1).unwrap();
+        while w.queue_depth() > 0 {
+            std::thread::yield_now();
+        }
+        let mut replies = vec![r0];
+        for &n in sizes {
+            let (j, r) = rows_job(0, n, 1);
+            w.submit(j, 0, "m", 1).unwrap();
+            replies.push(r);
+        }
+        gate.wait();
+        for r in replies {
+            r.blocking_recv().unwrap().unwrap();
+        }
+        let v = runs.lock().unwrap().clone();
+        v
+    }
+
+    #[test]
+    fn the_largest_preferred_batch_size_formed_is_sent() {
+        let policy = |preferred: Vec<usize>| BatchPolicy {
+            max_batch_size: 8,
+            max_queue_delay: Duration::ZERO,
+            priority_levels: 0,
+            preferred,
+        };
+        // 5 rows queued: without preferred sizes they run together; with [2, 4]
+        // the worker sends 4 and the fifth row starts the next batch.
+        assert_eq!(runs_of(policy(vec![]), 1, &[1, 1, 1, 1, 1]), vec![1, 5]);
+        assert_eq!(
+            runs_of(policy(vec![2, 4]), 1, &[1, 1, 1, 1, 1]),
+            vec![1, 4, 1]
+        );
+        // Jobs of several rows: 2 + 3 = 5 is not preferred, 2 is.
+        assert_eq!(runs_of(policy(vec![2, 4]), 1, &[2, 3]), vec![1, 2, 3]);
+        // No preferred size can be formed: what is queued goes.
+        assert_eq!(runs_of(policy(vec![4]), 1, &[3]), vec![1, 3]);
+    }
+
+    #[test]
+    fn a_preferred_batch_size_ends_the_wait_for_more() {
+        let policy = BatchPolicy {
+            max_batch_size: 8,
+            max_queue_delay: Duration::from_secs(30),
+            priority_levels: 0,
+            preferred: vec![2],
+        };
+        // Without the preferred size, the worker would hold each batch for 30 s.
+        assert_eq!(runs_of(policy, 2, &[1, 1]), vec![2, 2]);
+    }
+
     #[test]
     fn higher_priority_queues_are_served_first() {
         let gate = Arc::new(Barrier::new(2));
@@ -429,6 +550,7 @@ mod tests {
             max_batch_size: 0,
             max_queue_delay: Duration::ZERO,
             priority_levels: 2,
+            preferred: vec![],
         };
         let w = Workers::spawn(
             "p",

@@ -153,16 +153,24 @@ fn load_version(
     config: &ModelConfig,
 ) -> Result<ModelVersion> {
     let loaded = backend::load(path, config)?;
-    let stats = Arc::new(Stats::default());
+    let max_batch_size = loaded.metadata.max_batch_size as usize;
+    let preferred = config.batching.preferred_batch_size.clone();
+    if let Some(&p) = preferred.iter().find(|&&p| p > max_batch_size) {
+        return Err(Error::load(format!(
+            "config.toml: batching.preferred_batch_size {p} is larger than max_batch_size {max_batch_size}"
+        )));
+    }
+    let stats = Arc::new(Stats::new(max_batch_size));
     let workers = Workers::spawn(
         &format!("{name}/{v}"),
         loaded.instances,
         config.max_queue_size(),
         config.idle_spin(),
         BatchPolicy {
-            max_batch_size: loaded.metadata.max_batch_size as usize,
+            max_batch_size,
             max_queue_delay: config.max_queue_delay(),
             priority_levels: config.priorities().0,
+            preferred,
         },
         stats.clone(),
     )?;

@@ -57,6 +57,7 @@ def test_model_config_is_tritons_shape(server):
     c = client.get_model_config("iris", as_json=True)["config"]
     assert c["name"] == "iris" and c["platform"] == "onnxruntime_onnx"
     assert c["max_batch_size"] == 64
+    assert "dynamic_batching" in c, c
     assert c["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["4"]}]
     assert [o["data_type"] for o in c["output"]] == ["TYPE_INT64", "TYPE_FP32"]
     mixed = client.get_model_config("mixed", as_json=True)["config"]
@@ -165,6 +166,8 @@ def test_repository_index_and_statistics(server):
     stats = client.get_inference_statistics("mlp", "1", as_json=True)["model_stats"]
     assert len(stats) == 1 and int(stats[0]["inference_count"]) >= 1
     assert int(stats[0]["inference_stats"]["success"]["count"]) >= 1
+    sizes = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats[0]["batch_stats"]}
+    assert sizes.get(1, 0) >= 1, stats[0]["batch_stats"]
 
 
 def test_load_and_unload_from_loopback(server):

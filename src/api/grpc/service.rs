@@ -308,7 +308,12 @@ impl GrpcInferenceService for InferenceService {
                     pb::model_instance_group::Kind::Cpu as i32
                 },
             }],
-            scheduling_choice: None,
+            scheduling_choice: c.dynamic_batching.map(|(preferred, delay)| {
+                pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
+                    preferred_batch_size: preferred.into_iter().map(|p| p as i32).collect(),
+                    max_queue_delay_microseconds: delay,
+                })
+            }),
         };
         Ok(Response::new(pb::ModelConfigResponse {
             config: Some(config),
@@ -349,7 +354,18 @@ impl GrpcInferenceService for InferenceService {
                         }),
                         ..Default::default()
                     }),
-                    batch_stats: vec![],
+                    batch_stats: s
+                        .batch_sizes()
+                        .map(|(size, count, ns)| {
+                            let d = |ns| Some(pb::StatisticDuration { count, ns });
+                            pb::InferBatchStatistics {
+                                batch_size: size as u64,
+                                compute_input: d(0),
+                                compute_infer: d(ns),
+                                compute_output: d(0),
+                            }
+                        })
+                        .collect(),
                 }
             })
             .collect();
