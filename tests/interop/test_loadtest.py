@@ -20,6 +20,7 @@ def server(switchyard):
 @pytest.mark.parametrize(
     "protocol, extra",
     [("http", []), ("http-binary", ["--concurrency", "4"]), ("grpc", ["--concurrency", "4"]),
+     ("grpc", ["--concurrency", "8", "--connections", "2", "--threads", "2"]),
      ("http", ["--rate", "200"]), ("grpc", ["--rate", "200", "--rows", "3"])],
 )
 def test_loadtest_runs_clean(server, protocol, extra):
@@ -34,6 +35,8 @@ def test_loadtest_runs_clean(server, protocol, extra):
     assert r["p50_us"] <= r["p99_us"] <= r["max_us"], r
     if "--rate" in extra:
         assert abs(r["infer_per_s"] - 200) < 20, r
+    if "--connections" in extra:
+        assert r["connections"] == 2, r
 
 
 def test_loadtest_reports_errors_by_status(server, tmp_path):
