@@ -377,10 +377,22 @@ mod tests {
     }
 
     /// Echoes its inputs as outputs; blocks on the gate; records each run's rows.
-    struct Echo(Arc<Barrier>, Arc<std::sync::Mutex<Vec<i64>>>);
+    /// Counts the runs that have started, so a test can wait until the worker is
+    /// inside one (an empty queue only says the worker took the job: it may still
+    /// be forming its batch).
+    type Entered = Arc<std::sync::atomic::AtomicUsize>;
+
+    fn wait_entered(entered: &Entered) {
+        while entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+    }
+
+    struct Echo(Arc<Barrier>, Arc<std::sync::Mutex<Vec<i64>>>, Entered);
 
     impl Backend for Echo {
         fn infer(&mut self, inputs: &[Tensor], _outputs: &[String]) -> Result<Vec<Tensor>> {
+            self.2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.0.wait();
             self.1.lock().unwrap().push(inputs[0].shape[0]);
             Ok(inputs.to_vec())
@@ -412,6 +424,7 @@ mod tests {
     fn queued_jobs_form_the_next_batch_within_its_limits() {
         let gate = Arc::new(Barrier::new(2));
         let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let entered = Entered::default();
         let policy = BatchPolicy {
             max_batch_size: 4,
             max_queue_delay: Duration::ZERO,
@@ -420,7 +433,7 @@ mod tests {
         };
         let w = Workers::spawn(
             "b",
-            vec![Box::new(Echo(gate.clone(), runs.clone()))],
+            vec![Box::new(Echo(gate.clone(), runs.clone(), entered.clone()))],
             16,
             Duration::ZERO,
             policy,
@@ -429,9 +442,7 @@ mod tests {
         .unwrap();
         let (j0, r0) = rows_job(0, 1, 2);
         w.submit(j0, 0, "m", 1).unwrap();
-        while w.queue_depth() > 0 {
-            std::thread::yield_now();
-        }
+        wait_entered(&entered);
         // While the worker is busy: 1 + 2 rows fit together; 2 more would make 5;
         // a job with other trailing dims cannot join; a cancelled one is dropped.
         let (j1, r1) = rows_job(100, 1, 2);
@@ -464,10 +475,15 @@ mod tests {
     }
 
     /// Echoes its inputs and records each run's rows; its first run waits for the gate.
-    struct HoldFirst(Option<Arc<Barrier>>, Arc<std::sync::Mutex<Vec<i64>>>);
+    struct HoldFirst(
+        Option<Arc<Barrier>>,
+        Arc<std::sync::Mutex<Vec<i64>>>,
+        Entered,
+    );
 
     impl Backend for HoldFirst {
         fn infer(&mut self, inputs: &[Tensor], _outputs: &[String]) -> Result<Vec<Tensor>> {
+            self.2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if let Some(gate) = self.0.take() {
                 gate.wait();
             }
@@ -481,9 +497,14 @@ mod tests {
     fn runs_of(policy: BatchPolicy, busy: i64, sizes: &[i64]) -> Vec<i64> {
         let gate = Arc::new(Barrier::new(2));
         let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let entered = Entered::default();
         let w = Workers::spawn(
             "pref",
-            vec![Box::new(HoldFirst(Some(gate.clone()), runs.clone()))],
+            vec![Box::new(HoldFirst(
+                Some(gate.clone()),
+                runs.clone(),
+                entered.clone(),
+            ))],
             16,
             Duration::ZERO,
             policy,
@@ -492,9 +513,7 @@ mod tests {
         .unwrap();
         let (j0, r0) = rows_job(0, busy, 1);
         w.submit(j0, 0, "m", 1).unwrap();
-        while w.queue_depth() > 0 {
-            std::thread::yield_now();
-        }
+        wait_entered(&entered);
         let mut replies = vec![r0];
         for &n in sizes {
             let (j, r) = rows_job(0, n, 1);
@@ -546,6 +565,7 @@ mod tests {
     fn higher_priority_queues_are_served_first() {
         let gate = Arc::new(Barrier::new(2));
         let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let entered = Entered::default();
         let policy = BatchPolicy {
             max_batch_size: 0,
             max_queue_delay: Duration::ZERO,
@@ -554,7 +574,7 @@ mod tests {
         };
         let w = Workers::spawn(
             "p",
-            vec![Box::new(Echo(gate.clone(), runs.clone()))],
+            vec![Box::new(Echo(gate.clone(), runs.clone(), entered.clone()))],
             4,
             Duration::ZERO,
             policy,
@@ -563,9 +583,7 @@ mod tests {
         .unwrap();
         let (busy, r0) = rows_job(0, 1, 1);
         w.submit(busy, 1, "m", 1).unwrap();
-        while w.queue_depth() > 0 {
-            std::thread::yield_now();
-        }
+        wait_entered(&entered);
         let (low, r_low) = rows_job(0, 2, 1);
         let (high, r_high) = rows_job(0, 3, 1);
         w.submit(low, 1, "m", 1).unwrap();
