@@ -37,6 +37,46 @@ pub struct ModelConfig {
     /// Queueing options (Triton's names).
     #[serde(default)]
     pub batching: BatchingConfig,
+    /// Which of the versions found are served (Triton's `version_policy`).
+    #[serde(default)]
+    pub version_policy: VersionPolicyConfig,
+}
+
+/// `[version_policy]`: at most one of the keys; none is `latest = 1`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VersionPolicyConfig {
+    /// The N highest versions.
+    pub latest: Option<usize>,
+    /// Every version.
+    pub all: Option<bool>,
+    /// These versions (those that exist).
+    pub specific: Option<Vec<u64>>,
+}
+
+/// Which versions of a model to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    Latest(usize),
+    All,
+    Specific(Vec<u64>),
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those available (ascending).
+    pub fn select(&self, available: &[u64]) -> Vec<u64> {
+        let mut v: Vec<u64> = match self {
+            VersionPolicy::All => available.to_vec(),
+            VersionPolicy::Latest(n) => available.iter().rev().take(*n).copied().collect(),
+            VersionPolicy::Specific(want) => available
+                .iter()
+                .filter(|v| want.contains(v))
+                .copied()
+                .collect(),
+        };
+        v.sort_unstable();
+        v
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -143,7 +183,36 @@ impl ModelConfig {
             ));
         }
         self.device()?;
+        self.version_policy()?;
         Ok(())
+    }
+
+    pub fn version_policy(&self) -> Result<VersionPolicy> {
+        let p = &self.version_policy;
+        let given = usize::from(p.latest.is_some())
+            + usize::from(p.all.is_some())
+            + usize::from(p.specific.is_some());
+        if given > 1 {
+            return Err(Error::load(
+                "config.toml: [version_policy] takes one of latest, all or specific",
+            ));
+        }
+        Ok(match (p.latest, p.all, &p.specific) {
+            (Some(0), _, _) => {
+                return Err(Error::load(
+                    "config.toml: version_policy.latest must be at least 1",
+                ))
+            }
+            (Some(n), _, _) => VersionPolicy::Latest(n),
+            (_, Some(true), _) => VersionPolicy::All,
+            (_, Some(false), _) => {
+                return Err(Error::load(
+                    "config.toml: version_policy.all can only be true (or use latest / specific)",
+                ))
+            }
+            (_, _, Some(list)) => VersionPolicy::Specific(list.clone()),
+            _ => VersionPolicy::Latest(1),
+        })
     }
 
     pub fn device(&self) -> Result<Device> {
@@ -196,6 +265,38 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_policies_select_versions() {
+        let policy = |t: &str| toml::from_str::<ModelConfig>(t).unwrap().version_policy();
+        let have = [1, 2, 5, 7];
+        assert_eq!(policy("").unwrap().select(&have), vec![7]);
+        assert_eq!(
+            policy("[version_policy]\nlatest = 2")
+                .unwrap()
+                .select(&have),
+            vec![5, 7]
+        );
+        assert_eq!(
+            policy("[version_policy]\nall = true")
+                .unwrap()
+                .select(&have),
+            vec![1, 2, 5, 7]
+        );
+        assert_eq!(
+            policy("[version_policy]\nspecific = [2, 3, 7]")
+                .unwrap()
+                .select(&have),
+            vec![2, 7]
+        );
+        for bad in [
+            "[version_policy]\nlatest = 0",
+            "[version_policy]\nall = false",
+            "[version_policy]\nlatest = 1\nall = true",
+        ] {
+            assert!(policy(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_keys_and_rejects_unknown_ones() {

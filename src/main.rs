@@ -65,6 +65,30 @@ struct ServeArgs {
     /// 413 / RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "BYTES", default_value_t = switchyard::api::http::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Who changes what is loaded: `poll` follows the repository (on change, and
+    /// rescanning every --poll-interval); `explicit` loads it at start and then
+    /// only on repository API calls; `none` loads it at start, never again.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "poll",
+        env = "SWITCHYARD_MODEL_CONTROL"
+    )]
+    model_control: repository::ControlMode,
+    /// How often the repository is rescanned (`poll`), e.g. 5s, 500ms, 1m. File
+    /// change events trigger a rescan sooner; this is the fallback.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration, env = "SWITCHYARD_POLL_INTERVAL")]
+    poll_interval: std::time::Duration,
+    /// Refuse to load a version that would take the server's memory (RSS) past
+    /// this, e.g. 2GiB, 512MB; a refused version is reported with the reason.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "SWITCHYARD_MEMORY_LIMIT")]
+    memory_limit: Option<u64>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("'{s}' is not a size such as 2GiB or 512MB: {e}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,12 +128,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} for gRPC", args.grpc))?;
         tracing::info!(addr = %grpc_listener.local_addr()?, "gRPC listening");
-        let models = Arc::new(Models::with_repository(args.models.clone()));
+        let models = Arc::new(Models::new());
+        let watcher = repository::Watcher::new(
+            Box::new(repository::FsSource::new(args.models.clone())),
+            models.clone(),
+            repository::Options {
+                mode: args.model_control,
+                poll_interval: args.poll_interval,
+                memory_limit: args.memory_limit,
+            },
+        );
+        models.set_control(watcher.clone());
         let loader = {
             let models = models.clone();
-            let dir = args.models.clone();
+            let mode = args.model_control;
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let table = repository::load_all(&dir)?;
+                watcher.scan(true)?;
+                let table = models.snapshot();
                 let ready = table
                     .models
                     .values()
@@ -118,11 +153,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 tracing::info!(
                     models = table.models.len(),
                     ready,
-                    repository = %dir.display(),
+                    source = %watcher.describe(),
+                    model_control = ?mode,
                     "repository loaded"
                 );
-                models.publish(table);
                 models.set_loaded();
+                if mode == repository::ControlMode::Poll {
+                    std::thread::Builder::new()
+                        .name("switchyard-watch".into())
+                        .spawn(move || watcher.run())
+                        .context("cannot start the repository watcher")?;
+                }
                 Ok(())
             })
         };

@@ -6,7 +6,7 @@ mod table;
 mod worker;
 
 pub use stats::{Stats, Tally};
-pub use table::{IndexEntry, Model, ModelTable, Models, VersionState};
+pub use table::{IndexEntry, Model, ModelControl, ModelTable, Models, VersionState};
 pub use worker::{BatchPolicy, Job, Workers};
 
 use std::sync::Arc;
@@ -361,6 +361,37 @@ impl ModelVersion {
             outputs,
             parameters: Default::default(),
         })
+    }
+
+    /// Runs one request and waits for the answer, from a thread that may block
+    /// (the watcher's warm-up). Counted in the run statistics, not as a served request.
+    pub fn infer_blocking(&self, req: InferRequest) -> Result<Vec<Tensor>> {
+        self.metadata.validate(&req)?;
+        let outputs = self
+            .metadata
+            .outputs
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.workers.submit(
+            Job {
+                inputs: req.inputs,
+                outputs,
+                reply,
+                enqueued: std::time::Instant::now(),
+                deadline: None,
+            },
+            0,
+            &self.model,
+            self.version,
+        )?;
+        rx.blocking_recv().map_err(|_| {
+            Error::Internal(format!(
+                "model '{}' version {} stopped before answering",
+                self.model, self.version
+            ))
+        })?
     }
 
     /// The earliest of the protocol's deadline, Triton's `parameters.timeout` (µs)

@@ -17,6 +17,11 @@ impl Tally {
             .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
+    fn reset(&self) {
+        self.count.store(0, Relaxed);
+        self.ns.store(0, Relaxed);
+    }
+
     /// `(count, ns)`.
     pub fn get(&self) -> (u64, u64) {
         (self.count.load(Relaxed), self.ns.load(Relaxed))
@@ -64,6 +69,23 @@ impl Stats {
             batches: (0..=max_batch_size.max(1))
                 .map(|_| Tally::default())
                 .collect(),
+        }
+    }
+
+    /// Forgets everything recorded: warm-up runs are not served requests.
+    pub fn reset(&self) {
+        for t in [&self.success, &self.fail, &self.queue, &self.compute_infer] {
+            t.reset();
+        }
+        for t in self.batches.iter() {
+            t.reset();
+        }
+        for a in [
+            &self.inference_count,
+            &self.execution_count,
+            &self.last_inference_ms,
+        ] {
+            a.store(0, Relaxed);
         }
     }
 

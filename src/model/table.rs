@@ -2,9 +2,8 @@
 //! requests read it without a lock while loads and unloads replace it whole.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
@@ -27,11 +26,32 @@ pub struct Model {
     pub versions: BTreeMap<u64, VersionState>,
     /// A problem with the model as a whole (bad config.toml, no versions).
     pub error: Option<String>,
+    /// The version the source names as the default (an MLflow alias), if any.
+    pub default: Option<u64>,
+    /// Versions that serve from earlier files while their newest files failed to
+    /// load: version → why.
+    pub failures: BTreeMap<u64, String>,
 }
 
 impl Model {
-    /// The version that answers when the request names none: the highest ready one.
+    /// A model that cannot serve, and why.
+    pub fn failed(name: Arc<str>, config: ModelConfig, error: String) -> Model {
+        Model {
+            name,
+            config,
+            versions: BTreeMap::new(),
+            error: Some(error),
+            default: None,
+            failures: BTreeMap::new(),
+        }
+    }
+
+    /// The version that answers when the request names none: the one the source
+    /// names if it is ready, else the highest ready one.
     pub fn default_version(&self) -> Option<&Arc<ModelVersion>> {
+        if let Some(VersionState::Ready(v)) = self.default.and_then(|d| self.versions.get(&d)) {
+            return Some(v);
+        }
         self.versions.values().rev().find_map(|v| match v {
             VersionState::Ready(v) => Some(v),
             VersionState::Failed(_) => None,
@@ -75,16 +95,26 @@ pub struct ModelTable {
     pub models: HashMap<String, Arc<Model>>,
 }
 
+/// Loads and unloads on request (the repository API); the watcher implements it.
+pub trait ModelControl: Send + Sync {
+    /// (Re)loads a model from its source. Blocking: call it off the async runtime.
+    fn load(&self, name: &str) -> Result<()>;
+    /// Takes a model out of service; queued requests finish first.
+    fn unload(&self, name: &str) -> Result<()>;
+}
+
 /// The live table plus the server's readiness, shared by every protocol front end.
 #[derive(Default)]
 pub struct Models {
     table: ArcSwap<ModelTable>,
     loaded: AtomicBool,
-    /// The repository explicit loads read from; none means loads are refused.
-    repository: Option<PathBuf>,
-    /// Serialises writers (load, unload), which build a new table from the current
-    /// one; readers never take it.
+    /// What serves explicit loads and unloads; unset: they are refused.
+    control: OnceLock<Arc<dyn ModelControl>>,
+    /// Serialises writers, which build a new table from the current one; readers
+    /// never take it.
     writer: Mutex<()>,
+    /// Versions that failed to load or warm up, since the start.
+    pub load_failures: AtomicU64,
 }
 
 /// One row of the repository index: a model version and its state.
@@ -102,12 +132,9 @@ impl Models {
         Self::default()
     }
 
-    /// A table whose models can be (re)loaded from `root` on request.
-    pub fn with_repository(root: PathBuf) -> Self {
-        Models {
-            repository: Some(root),
-            ..Self::default()
-        }
+    /// Hands explicit loads and unloads to `control` (once; later calls are ignored).
+    pub fn set_control(&self, control: Arc<dyn ModelControl>) {
+        let _ = self.control.set(control);
     }
 
     /// The Triton-shaped configuration of a version (the default one when `None`).
@@ -171,7 +198,12 @@ impl Models {
             }
             for (v, s) in &m.versions {
                 let (ready, reason) = match s {
-                    VersionState::Ready(_) => (true, String::new()),
+                    VersionState::Ready(_) => (
+                        true,
+                        m.failures.get(v).map_or_else(String::new, |e| {
+                            format!("serving earlier files; the newest failed to load: {e}")
+                        }),
+                    ),
                     VersionState::Failed(r) => (false, r.clone()),
                 };
                 out.push(IndexEntry {
@@ -188,46 +220,36 @@ impl Models {
         out
     }
 
-    /// (Re)loads one model from the repository and publishes it; versions that
-    /// were serving keep serving until the new table is published, and requests
-    /// already queued on them finish. Blocking: call it off the async runtime.
+    /// (Re)loads one model from its source (the repository API's load).
     pub fn load_model(&self, name: &str) -> Result<()> {
-        let root = self
-            .repository
-            .as_ref()
-            .ok_or_else(|| Error::Unavailable("this server has no model repository".into()))?;
-        let dir = crate::repository::find(root, name)?;
-        let model = crate::repository::load_model(&dir);
-        let failure = model.unavailable_reason();
-        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut table = ModelTable::clone(&self.snapshot());
-        table.models.insert(name.to_string(), Arc::new(model));
-        self.publish(table);
-        match failure {
-            None => Ok(()),
-            Some(r) => Err(Error::load(format!("model '{name}' failed to load: {r}"))),
-        }
+        self.control()?.load(name)
     }
 
-    /// Takes a model out of service. It stays listed, as unavailable, so its
-    /// state is visible; in-flight requests finish on the versions they hold.
+    /// Takes a model out of service (the repository API's unload). It stays
+    /// listed, as unavailable, so its state is visible; in-flight requests finish
+    /// on the versions they hold.
     pub fn unload_model(&self, name: &str) -> Result<()> {
+        self.control()?.unload(name)
+    }
+
+    fn control(&self) -> Result<&Arc<dyn ModelControl>> {
+        self.control
+            .get()
+            .ok_or_else(|| Error::Unavailable("this server loads no models on request".into()))
+    }
+
+    /// Replaces one model (`None` removes it) in a new table and publishes it;
+    /// returns the model it replaced. Versions dropped from the table keep serving
+    /// the requests that already hold them, then free their memory.
+    pub fn replace_model(&self, name: &str, model: Option<Model>) -> Option<Arc<Model>> {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut table = ModelTable::clone(&self.snapshot());
-        let old = table
-            .models
-            .get(name)
-            .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
-        let unloaded = Model {
-            name: old.name.clone(),
-            config: old.config.clone(),
-            versions: BTreeMap::new(),
-            error: Some("unloaded by request".to_string()),
+        let old = match model {
+            Some(m) => table.models.insert(name.to_string(), Arc::new(m)),
+            None => table.models.remove(name),
         };
-        table.models.insert(name.to_string(), Arc::new(unloaded));
         self.publish(table);
-        tracing::info!(model = name, "unloaded");
-        Ok(())
+        old
     }
 
     /// The current table; cheap, lock-free, and stable for as long as it is held.

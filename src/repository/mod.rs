@@ -1,4 +1,13 @@
-//! The model repository on disk: which models and versions it holds, and loading them into a table.
+//! Model repositories: the folder layout on disk, the sources that offer models
+//! (filesystem, MLflow), loading one version, and the watcher that keeps the
+//! model table in step with a source.
+
+pub mod source;
+mod warmup;
+pub mod watcher;
+
+pub use source::{FsSource, ModelListing, Source};
+pub use watcher::{ControlMode, Options, Watcher};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,7 +16,7 @@ use std::sync::Arc;
 use crate::backend;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{BatchPolicy, Model, ModelTable, ModelVersion, Stats, VersionState, Workers};
+use crate::model::{BatchPolicy, ModelVersion, Stats, Workers};
 
 /// One model folder as found on disk.
 #[derive(Debug, Clone)]
@@ -99,54 +108,8 @@ pub fn find(root: &Path, name: &str) -> Result<ModelDir> {
     Ok(model_dir(name.to_string(), path))
 }
 
-/// Loads every version of one model folder. Failures are recorded in the model, never fatal.
-pub fn load_model(dir: &ModelDir) -> Model {
-    let name: Arc<str> = Arc::from(dir.name.as_str());
-    let config = match ModelConfig::load(&dir.path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(model = %dir.name, error = %e, "model failed to load");
-            return Model {
-                name,
-                config: ModelConfig::default(),
-                versions: BTreeMap::new(),
-                error: Some(e.to_string()),
-            };
-        }
-    };
-    let mut versions = BTreeMap::new();
-    for (&v, path) in &dir.versions {
-        let state = match load_version(&name, v, path, &config) {
-            Ok(mv) => {
-                tracing::info!(model = %dir.name, version = v, max_batch_size = mv.metadata.max_batch_size, "loaded");
-                VersionState::Ready(Arc::new(mv))
-            }
-            Err(e) => {
-                tracing::error!(model = %dir.name, version = v, error = %e, "version failed to load");
-                VersionState::Failed(e.to_string())
-            }
-        };
-        versions.insert(v, state);
-    }
-    let error = dir.versions.is_empty().then(|| {
-        format!(
-            "{} holds no version folder (expected {}/1/model.onnx)",
-            dir.path.display(),
-            dir.path.display()
-        )
-    });
-    if let Some(e) = &error {
-        tracing::error!(model = %dir.name, "{e}");
-    }
-    Model {
-        name,
-        config,
-        versions,
-        error,
-    }
-}
-
-fn load_version(
+/// Loads one version from its folder and starts its workers (not yet warmed up).
+pub(crate) fn load_version(
     name: &Arc<str>,
     v: u64,
     path: &Path,
@@ -179,16 +142,6 @@ fn load_version(
             .with_default_timeout(config.default_timeout())
             .with_priorities(config.priorities().0, config.priorities().1),
     )
-}
-
-/// Scans and loads a whole repository into a new table.
-pub fn load_all(root: &Path) -> Result<ModelTable> {
-    let mut table = ModelTable::default();
-    for dir in scan(root)? {
-        let model = load_model(&dir);
-        table.models.insert(dir.name.clone(), Arc::new(model));
-    }
-    Ok(table)
 }
 
 #[cfg(test)]
