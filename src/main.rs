@@ -31,8 +31,23 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Model repository: DIR/<model>/<version>/model.onnx, optional DIR/<model>/config.toml.
-    #[arg(long, value_name = "DIR", env = "SWITCHYARD_MODELS")]
-    models: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "SWITCHYARD_MODELS",
+        required_unless_present = "mlflow_uri"
+    )]
+    models: Option<PathBuf>,
+    /// Follow the MLflow Model Registry of this tracking server (http://host:port).
+    #[arg(long, value_name = "URL", env = "SWITCHYARD_MLFLOW_URI")]
+    mlflow_uri: Option<String>,
+    /// A registered model to serve, NAME or NAME@ALIAS (the alias's version
+    /// serves); repeatable. None: every registered model tagged switchyard.serve=true.
+    #[arg(long, value_name = "NAME[@ALIAS]", requires = "mlflow_uri")]
+    mlflow_model: Vec<String>,
+    /// Where versions downloaded from MLflow are kept.
+    #[arg(long, value_name = "DIR", env = "SWITCHYARD_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
     /// HTTP listen address.
     #[arg(
         long,
@@ -106,12 +121,32 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if !args.models.is_dir() {
-        bail!(
-            "the model repository {} is not a directory (expected DIR/<model>/<version>/model.onnx)",
-            args.models.display()
-        );
+    let mut sources: Vec<Box<dyn repository::Source>> = Vec::new();
+    if let Some(dir) = &args.models {
+        if !dir.is_dir() {
+            bail!(
+                "the model repository {} is not a directory (expected DIR/<model>/<version>/model.onnx)",
+                dir.display()
+            );
+        }
+        sources.push(Box::new(repository::FsSource::new(dir.clone())));
     }
+    if let Some(uri) = &args.mlflow_uri {
+        let cache = args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("switchyard-cache"));
+        sources.push(Box::new(repository::MlflowSource::new(
+            uri,
+            repository::Follow::parse(&args.mlflow_model),
+            cache,
+        )?));
+    }
+    let source: Box<dyn repository::Source> = if sources.len() == 1 {
+        sources.pop().expect("one")
+    } else {
+        Box::new(repository::Combined::new(sources))
+    };
     // Fail at start, with the fix, rather than on the first model.
     backend::onnx::init()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -130,7 +165,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(addr = %grpc_listener.local_addr()?, "gRPC listening");
         let models = Arc::new(Models::new());
         let watcher = repository::Watcher::new(
-            Box::new(repository::FsSource::new(args.models.clone())),
+            source,
             models.clone(),
             repository::Options {
                 mode: args.model_control,
@@ -143,7 +178,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let models = models.clone();
             let mode = args.model_control;
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                watcher.scan(true)?;
+                if let Err(e) = watcher.scan(true) {
+                    // A registry that is down at start is retried every poll.
+                    tracing::error!(error = %e, source = %watcher.describe(), "cannot list models");
+                    if mode != repository::ControlMode::Poll {
+                        return Err(e.into());
+                    }
+                }
                 let table = models.snapshot();
                 let ready = table
                     .models

@@ -16,11 +16,13 @@ BIN = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchya
 
 
 class Switchyard:
-    """One `switchyard serve` on ephemeral ports: `http` and `grpc` are HOST:PORT."""
+    """One `switchyard serve` on ephemeral ports: `http` and `grpc` are HOST:PORT;
+    `models=None` serves no repository folder (an MLflow registry instead)."""
 
     def __init__(self, *extra, models=ROOT / "models"):
+        repo = ["--models", str(models)] if models is not None else []
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--models", str(models), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *extra],
+            [BIN, "serve", *repo, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *extra],
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -37,7 +39,8 @@ class Switchyard:
         assert len(found) == 2, "switchyard did not start:\n" + "".join(lines)
         self.http, self.grpc = found["HTTP"], found["gRPC"]
         # Keep draining the log so the server never blocks on a full pipe.
-        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        self.lines = lines
+        threading.Thread(target=lambda: [lines.append(x) for x in self.proc.stderr], daemon=True).start()
         while True:
             try:
                 with urllib.request.urlopen(f"http://{self.http}/v2/health/ready", timeout=1) as r:
@@ -47,6 +50,9 @@ class Switchyard:
                 pass
             assert time.time() < deadline, "switchyard not ready"
             time.sleep(0.05)
+
+    def log(self):
+        return "".join(self.lines)
 
     def stop(self):
         self.proc.terminate()

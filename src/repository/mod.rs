@@ -2,11 +2,13 @@
 //! (filesystem, MLflow), loading one version, and the watcher that keeps the
 //! model table in step with a source.
 
+pub mod mlflow;
 pub mod source;
 mod warmup;
 pub mod watcher;
 
-pub use source::{FsSource, ModelListing, Source};
+pub use mlflow::{Follow, MlflowSource};
+pub use source::{Combined, FsSource, ModelListing, Source};
 pub use watcher::{ControlMode, Options, Watcher};
 
 use std::collections::BTreeMap;
@@ -28,7 +30,7 @@ pub struct ModelDir {
 }
 
 /// Whether a folder name can be a model name: it becomes a URL path segment.
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
         && name

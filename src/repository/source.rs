@@ -23,6 +23,8 @@ pub struct ModelListing {
     /// The version the source names as the default (an MLflow alias); `None`:
     /// the highest version served.
     pub default: Option<u64>,
+    /// Why the source offers no version (a missing alias), for the model's state.
+    pub problem: Option<String>,
 }
 
 /// A model registry the watcher follows.
@@ -68,6 +70,7 @@ impl FsSource {
                 .map(|(&v, path)| (v, tree_fingerprint(path)))
                 .collect(),
             default: None,
+            problem: None,
         }
     }
 }
@@ -103,6 +106,78 @@ impl Source for FsSource {
 
     fn watch_paths(&self) -> Vec<PathBuf> {
         vec![self.root.clone()]
+    }
+}
+
+/// Several sources as one: their models side by side (a name offered by two goes
+/// to the first).
+pub struct Combined {
+    sources: Vec<Box<dyn Source>>,
+    /// Which source listed each model last, for `materialize`.
+    owner: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Combined {
+    pub fn new(sources: Vec<Box<dyn Source>>) -> Self {
+        Combined {
+            sources,
+            owner: Default::default(),
+        }
+    }
+
+    fn own(&self, name: &str, i: usize) {
+        self.owner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), i);
+    }
+}
+
+impl Source for Combined {
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self.sources.iter().map(|s| s.describe()).collect();
+        parts.join(" and ")
+    }
+
+    fn list(&self) -> Result<Vec<ModelListing>> {
+        let mut out: Vec<ModelListing> = Vec::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            for l in s.list()? {
+                if out.iter().any(|o| o.name == l.name) {
+                    tracing::warn!(model = %l.name, source = %s.describe(), "skipped: another source already offers a model of that name");
+                    continue;
+                }
+                self.own(&l.name, i);
+                out.push(l);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn list_one(&self, name: &str) -> Result<Option<ModelListing>> {
+        for (i, s) in self.sources.iter().enumerate() {
+            if let Some(l) = s.list_one(name)? {
+                self.own(name, i);
+                return Ok(Some(l));
+            }
+        }
+        Ok(None)
+    }
+
+    fn materialize(&self, model: &str, version: u64) -> Result<PathBuf> {
+        let i = self
+            .owner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .copied()
+            .ok_or_else(|| Error::not_found(format!("no source offers model '{model}'")))?;
+        self.sources[i].materialize(model, version)
+    }
+
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        self.sources.iter().flat_map(|s| s.watch_paths()).collect()
     }
 }
 

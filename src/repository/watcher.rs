@@ -97,7 +97,12 @@ impl Watcher {
         let names: HashSet<String> = listings.iter().map(|l| l.name.clone()).collect();
         for l in &listings {
             let stable = stable_versions(&mut st, l, first);
-            settling |= stable.len() < l.versions.len();
+            // A model with a version still changing waits for it: acting on part
+            // of the change could retire what serves before its successor counts.
+            if stable.len() < l.versions.len() {
+                settling = true;
+                continue;
+            }
             if !st.unloaded.contains(&l.name) {
                 self.apply(&mut st, l, &stable);
             }
@@ -342,7 +347,9 @@ impl Watcher {
             }
         }
         let error = versions.is_empty().then(|| {
-            if l.versions.is_empty() {
+            if let Some(p) = &l.problem {
+                p.clone()
+            } else if l.versions.is_empty() {
                 format!("no version folder (expected {}/1/model.onnx)", l.name)
             } else {
                 "no complete version to serve yet".to_string()
