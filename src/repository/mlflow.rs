@@ -211,6 +211,7 @@ impl MlflowSource {
             versions: BTreeMap::new(),
             default: None,
             problem: None,
+            complete: true,
         };
         let mut versions = self.versions(registered)?;
         if versions.is_empty() && self.registered(registered)?.is_none() {

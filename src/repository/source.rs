@@ -25,6 +25,9 @@ pub struct ModelListing {
     pub default: Option<u64>,
     /// Why the source offers no version (a missing alias), for the model's state.
     pub problem: Option<String>,
+    /// The source vouches that every version listed is complete (MLflow's READY),
+    /// so none waits for a second scan.
+    pub complete: bool,
 }
 
 /// A model registry the watcher follows.
@@ -71,6 +74,7 @@ impl FsSource {
                 .collect(),
             default: None,
             problem: None,
+            complete: false,
         }
     }
 }

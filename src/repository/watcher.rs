@@ -469,7 +469,7 @@ impl ModelControl for Watcher {
 }
 
 /// The versions of `l` whose files are the same as at the previous scan (all of
-/// them when `first`), and records this scan.
+/// them when `first` or when the source vouches for them), and records this scan.
 fn stable_versions(st: &mut State, l: &ModelListing, first: bool) -> BTreeMap<u64, u64> {
     let now = Instant::now();
     for (&v, &fp) in &l.versions {
@@ -478,7 +478,7 @@ fn stable_versions(st: &mut State, l: &ModelListing, first: bool) -> BTreeMap<u6
     let prev = st.seen.insert(l.name.clone(), l.versions.clone());
     l.versions
         .iter()
-        .filter(|(v, fp)| first || prev.as_ref().and_then(|p| p.get(v)) == Some(fp))
+        .filter(|(v, fp)| first || l.complete || prev.as_ref().and_then(|p| p.get(v)) == Some(fp))
         .map(|(&v, &fp)| (v, fp))
         .collect()
 }
