@@ -250,3 +250,30 @@ fn no_request_is_lost_while_versions_come_and_go() {
         "the load saw few of the versions: {versions:?}"
     );
 }
+
+#[test]
+fn warm_up_requests_come_from_the_warmup_folder_and_gate_the_version() {
+    let repo = scratch("hotswap-warmup");
+    let mlp = sample_models().join("mlp");
+    copy_dir(&mlp.join("1"), &repo.join("good/1"));
+    std::fs::create_dir_all(repo.join("good/1/warmup")).unwrap();
+    std::fs::write(repo.join("good/1/warmup/a.json"), mlp_row().to_string()).unwrap();
+    copy_dir(&mlp.join("1"), &repo.join("bad/1"));
+    std::fs::create_dir_all(repo.join("bad/1/warmup")).unwrap();
+    std::fs::write(
+        repo.join("bad/1/warmup/a.json"),
+        json!({"inputs": [{"name": "nope", "datatype": "FP32", "shape": [1, 16], "data": vec![0.0; 16]}]}).to_string(),
+    )
+    .unwrap();
+    let s = Server::start(&repo, &[]);
+    assert_eq!(answer(&s, "good").0, 200);
+    let (_, st) = s.get("/v2/models/good/stats");
+    assert_eq!(
+        st["model_stats"][0]["inference_count"], 1,
+        "warm-up runs are not counted as served: {st}"
+    );
+    let (code, err) = s.get("/v2/models/bad/ready");
+    assert_eq!(code, 503);
+    let e = err["error"].as_str().unwrap();
+    assert!(e.contains("warm-up file") && e.contains("nope"), "{e}");
+}

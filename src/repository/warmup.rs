@@ -16,23 +16,25 @@ use crate::tensor::Tensor;
 pub fn warm_up(mv: &ModelVersion, dir: &Path) -> Result<usize> {
     let requests = match from_folder(mv, &dir.join("warmup"))? {
         Some(r) => r,
-        None => vec![generated(&mv.model, &mv.metadata)?],
+        None => vec![(
+            "the generated warm-up request".to_string(),
+            generated(&mv.model, &mv.metadata)?,
+        )],
     };
-    for (i, req) in requests.iter().enumerate() {
+    for (what, req) in &requests {
         let outputs = mv
             .infer_blocking(req.clone())
-            .map_err(|e| Error::load(format!("warm-up request {}: {e}", i + 1)))?;
-        check_outputs(&mv.metadata, &outputs)
-            .map_err(|e| Error::load(format!("warm-up request {}: {e}", i + 1)))?;
+            .map_err(|e| Error::load(format!("{what}: {e}")))?;
+        check_outputs(&mv.metadata, &outputs).map_err(|e| Error::load(format!("{what}: {e}")))?;
     }
     // last_compute_ns stays: it is what the first lone request can expect.
     mv.stats.reset();
     Ok(requests.len())
 }
 
-/// `warmup/*.json`: V2 infer request bodies, run in name order; `None` without
-/// such a folder.
-fn from_folder(mv: &ModelVersion, folder: &Path) -> Result<Option<Vec<InferRequest>>> {
+/// `warmup/*.json`: V2 infer request bodies, run in name order, each with the
+/// name errors give it; `None` without such a folder.
+fn from_folder(mv: &ModelVersion, folder: &Path) -> Result<Option<Vec<(String, InferRequest)>>> {
     let Ok(rd) = std::fs::read_dir(folder) else {
         return Ok(None);
     };
@@ -49,7 +51,7 @@ fn from_folder(mv: &ModelVersion, folder: &Path) -> Result<Option<Vec<InferReque
         let (req, _) =
             crate::api::v2::decode_request(&Bytes::from(body), None, &mv.model, Some(mv.version))
                 .map_err(|e| Error::load(format!("warm-up file {}: {e}", f.display())))?;
-        out.push(req);
+        out.push((format!("warm-up file {}", f.display()), req));
     }
     Ok((!out.is_empty()).then_some(out))
 }
