@@ -40,6 +40,9 @@ pub struct ModelConfig {
     /// Which of the versions found are served (Triton's `version_policy`).
     #[serde(default)]
     pub version_policy: VersionPolicyConfig,
+    /// The initial traffic policy (weights, sticky_header, shadow); the admin
+    /// API's changes, kept in the state directory, take precedence.
+    pub traffic: Option<crate::model::TrafficSpec>,
 }
 
 /// `[version_policy]`: at most one of the keys; none is `latest = 1`.

@@ -48,6 +48,19 @@ struct ServeArgs {
     /// Where versions downloaded from MLflow are kept.
     #[arg(long, value_name = "DIR", env = "SWITCHYARD_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Where traffic policies set over the admin API are kept, so that a restart
+    /// keeps them and replicas sharing it converge. Default: DIR/.switchyard of
+    /// --models (shared by every replica of that repository), else the cache dir.
+    #[arg(long, value_name = "DIR", env = "SWITCHYARD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Bearer token the predict endpoints need (HTTP and gRPC); none: open.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SWITCHYARD_API_TOKEN",
+        hide_env_values = true
+    )]
+    api_token: Option<String>,
     /// HTTP listen address.
     #[arg(
         long,
@@ -131,11 +144,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         sources.push(Box::new(repository::FsSource::new(dir.clone())));
     }
+    let cache = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("switchyard-cache"));
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| match &args.models {
+            Some(dir) => dir.join(".switchyard"),
+            None => cache.join("state"),
+        });
     if let Some(uri) = &args.mlflow_uri {
-        let cache = args
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("switchyard-cache"));
         sources.push(Box::new(repository::MlflowSource::new(
             uri,
             repository::Follow::parse(&args.mlflow_model),
@@ -171,6 +191,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 mode: args.model_control,
                 poll_interval: args.poll_interval,
                 memory_limit: args.memory_limit,
+                state_dir: Some(state_dir),
             },
         );
         models.set_control(watcher.clone());
@@ -212,7 +233,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
             default_model: args.default_model,
         };
-        let admin = AdminAuth::new(args.admin_token);
+        let admin = AdminAuth::new(args.admin_token).with_api_token(args.api_token);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;

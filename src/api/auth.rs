@@ -1,5 +1,6 @@
-//! Who may call the admin endpoints: a bearer token compared in constant time, or,
-//! with no token configured, loopback peers only (as linkerd2-proxy does).
+//! Who may call what: the admin endpoints take a bearer token compared in constant
+//! time, or, with no token configured, loopback peers only (as linkerd2-proxy
+//! does); the predict endpoints are open unless `--api-token` sets one.
 
 use std::net::SocketAddr;
 
@@ -7,16 +8,45 @@ use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
 
-/// The admin credential policy.
+/// The credential policy of the admin and predict endpoints.
 #[derive(Clone, Default)]
 pub struct AdminAuth {
     token: Option<String>,
+    api_token: Option<String>,
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, rest) = authorization?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 impl AdminAuth {
     pub fn new(token: Option<String>) -> Self {
         AdminAuth {
             token: token.filter(|t| !t.is_empty()),
+            api_token: None,
+        }
+    }
+
+    /// Also requires `token` of the predict endpoints.
+    pub fn with_api_token(mut self, token: Option<String>) -> Self {
+        self.api_token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// Checks a predict call's `Authorization` header when `--api-token` is set.
+    pub fn check_api(&self, authorization: Option<&str>) -> Result<()> {
+        let Some(token) = &self.api_token else {
+            return Ok(());
+        };
+        let given = bearer(authorization).ok_or_else(|| {
+            Error::Unauthenticated("predict calls need 'Authorization: Bearer <token>'".into())
+        })?;
+        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            Ok(())
+        } else {
+            Err(Error::Unauthenticated("wrong API token".into()))
         }
     }
 
@@ -31,14 +61,9 @@ impl AdminAuth {
                 )),
             };
         };
-        let given = authorization
-            .and_then(|v| {
-                let (scheme, rest) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-            })
-            .ok_or_else(|| {
-                Error::Unauthenticated("admin calls need 'Authorization: Bearer <token>'".into())
-            })?;
+        let given = bearer(authorization).ok_or_else(|| {
+            Error::Unauthenticated("admin calls need 'Authorization: Bearer <token>'".into())
+        })?;
         if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
             Ok(())
         } else {

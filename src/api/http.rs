@@ -152,6 +152,8 @@ enum Route<'a> {
     Invocations(Option<&'a str>),
     /// MLflow's `/ping` and `/health`.
     Ping,
+    /// `GET|PUT /admin/models/{m}/traffic`.
+    Traffic(&'a str),
 }
 
 impl Route<'_> {
@@ -165,6 +167,7 @@ impl Route<'_> {
             | Route::Invocations(_) => "POST",
             // Triton's clients POST the index; a browser or curl GETs it.
             Route::RepositoryIndex => "GET, HEAD, POST",
+            Route::Traffic(_) => "GET, HEAD, PUT",
             _ => "GET, HEAD",
         }
     }
@@ -198,8 +201,45 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
         ["invocations"] => Route::Invocations(None),
         ["models", m, "invocations"] => Route::Invocations(Some(m)),
         ["ping"] | ["health"] => Route::Ping,
+        ["admin", "models", m, "traffic"] => Route::Traffic(m),
         _ => return None,
     })
+}
+
+/// The value of the header a model's traffic policy pins callers by, if any.
+fn sticky_key(models: &Models, model: &str, req: &Request<Incoming>) -> Option<Vec<u8>> {
+    let h = models.sticky_header(model)?;
+    req.headers().get(h.as_str()).map(|v| v.as_bytes().to_vec())
+}
+
+/// A model's traffic policy, the share each version gets, and the shadow's record.
+fn encode_traffic(model: &crate::model::Model) -> Vec<u8> {
+    let t = &model.traffic;
+    let total: u64 = t.spec.weights.values().sum();
+    let shares: serde_json::Map<String, serde_json::Value> = if total == 0 {
+        model
+            .default_version()
+            .map(|d| (d.version.to_string(), serde_json::json!(1.0)))
+            .into_iter()
+            .collect()
+    } else {
+        t.spec
+            .weights
+            .iter()
+            .map(|(v, w)| (v.clone(), serde_json::json!(*w as f64 / total as f64)))
+            .collect()
+    };
+    let mut body = serde_json::to_value(&t.spec).expect("plain data");
+    body["model"] = model.name.to_string().into();
+    body["shares"] = shares.into();
+    body["ready_versions"] = model
+        .ready_numbers()
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .into();
+    body["shadow_stats"] = model.shadow_stats.to_json();
+    serde_json::to_vec(&body).expect("plain data")
 }
 
 async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>> {
@@ -214,6 +254,16 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             path: path.to_string(),
             allow,
         });
+    }
+    if matches!(
+        route,
+        Route::Infer(..) | Route::V1Predict(_) | Route::Invocations(_)
+    ) {
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        state.admin.check_api(authorization)?;
     }
     let models = &state.models;
     match route {
@@ -286,6 +336,31 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             }
             Ok(empty(StatusCode::OK))
         }
+        Route::Traffic(m) => {
+            let authorization = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            state.admin.check(authorization, Some(peer))?;
+            let who = format!(
+                "{peer} ({})",
+                if authorization.is_some() {
+                    "bearer token"
+                } else {
+                    "loopback"
+                }
+            );
+            if req.method() == hyper::Method::PUT {
+                let body = read_body(req, state.config.max_body_bytes).await?;
+                let spec: crate::model::TrafficSpec = serde_json::from_slice(&body)
+                    .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))?;
+                let (models, name) = (state.models.clone(), m.to_string());
+                tokio::task::spawn_blocking(move || models.set_traffic(&name, spec, &who))
+                    .await
+                    .map_err(|e| Error::Internal(format!("policy change stopped: {e}")))??;
+            }
+            Ok(json(StatusCode::OK, encode_traffic(&*models.model(m)?)))
+        }
         Route::V1List => {
             let mut names: Vec<String> = models
                 .snapshot()
@@ -310,10 +385,12 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             ))
         }
         Route::V1Predict(m) => {
-            let mv = models.resolve(m, None)?;
+            let key = sticky_key(models, m, &req);
+            let routed = models.route(m, None, key.as_deref())?;
             let body = read_body(req, state.config.max_body_bytes).await?;
-            let (request, layout) = super::v1::decode_predict(&body, &mv.metadata, m, None)?;
-            let response = mv.infer(request).await?;
+            let (request, layout) =
+                super::v1::decode_predict(&body, &routed.primary.metadata, m, None)?;
+            let response = routed.infer(request).await?;
             Ok(json(
                 StatusCode::OK,
                 super::v1::encode_predict(&response, layout)?,
@@ -324,16 +401,22 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                 Some(m) => m.to_string(),
                 None => default_model(state)?,
             };
-            let mv = models.resolve(&name, None)?;
+            let key = sticky_key(models, &name, &req);
+            let routed = models.route(&name, None, key.as_deref())?;
             let content_type = req
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             let body = read_body(req, state.config.max_body_bytes).await?;
-            let (request, shape) =
-                super::mlflow::decode(&body, content_type.as_deref(), &mv.metadata, &name, None)?;
-            let response = mv.infer(request).await?;
+            let (request, shape) = super::mlflow::decode(
+                &body,
+                content_type.as_deref(),
+                &routed.primary.metadata,
+                &name,
+                None,
+            )?;
+            let response = routed.infer(request).await?;
             Ok(json(
                 StatusCode::OK,
                 super::mlflow::encode(&response, shape)?,
@@ -354,15 +437,22 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
         }
         Route::Infer(m, v) => {
             let version = parse_version(m, v)?;
-            // Resolved before the body is read: an unknown model is a 404 at once. If
-            // the table changes meanwhile, the request finishes on this version.
-            let mv = models.resolve(m, version)?;
+            // Checked before the body is read: an unknown model or version is
+            // answered at once.
+            if version.is_some() {
+                models.resolve(m, version)?;
+            } else {
+                models.model(m)?;
+            }
+            let header_key = sticky_key(models, m, &req);
             let json_len = header_usize(&req, INFERENCE_HEADER)?;
             let accept = compression::accepted(req.headers());
             let body = read_body(req, state.config.max_body_bytes).await?;
             let request = v2::decode_request(&body, json_len, m, version)?;
             let (request, format) = request;
-            let response = mv.infer(request).await?;
+            let key = crate::model::traffic::routing_key(&request.parameters).or(header_key);
+            let routed = models.route(m, version, key.as_deref())?;
+            let response = routed.infer(request).await?;
             let (body, json_len) = v2::encode_response(&response, &format);
             let (body, encoding) = compression::compress(body, accept);
             let mut resp = match json_len {

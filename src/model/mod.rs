@@ -3,10 +3,12 @@
 pub mod batch;
 mod stats;
 mod table;
+pub mod traffic;
 mod worker;
 
 pub use stats::{Stats, Tally};
-pub use table::{IndexEntry, Model, ModelControl, ModelTable, Models, VersionState};
+pub use table::{IndexEntry, Model, ModelControl, ModelTable, Models, Routed, VersionState};
+pub use traffic::{ShadowStats, Traffic, TrafficSpec};
 pub use worker::{BatchPolicy, Job, Workers};
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
+use super::traffic::{ShadowStats, Traffic, TrafficSpec};
 use super::{ModelVersion, ServingConfig};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -31,6 +32,10 @@ pub struct Model {
     /// Versions that serve from earlier files while their newest files failed to
     /// load: version → why.
     pub failures: BTreeMap<u64, String>,
+    /// How requests that name no version are split; kept across reloads.
+    pub traffic: Arc<Traffic>,
+    /// What the shadow version did; kept across reloads and policy changes.
+    pub shadow_stats: Arc<ShadowStats>,
 }
 
 impl Model {
@@ -43,7 +48,23 @@ impl Model {
             error: Some(error),
             default: None,
             failures: BTreeMap::new(),
+            traffic: Arc::default(),
+            shadow_stats: Arc::default(),
         }
+    }
+
+    /// Whether version `v` is ready.
+    pub fn is_ready(&self, v: u64) -> bool {
+        matches!(self.versions.get(&v), Some(VersionState::Ready(_)))
+    }
+
+    /// The ready version numbers, ascending.
+    pub fn ready_numbers(&self) -> Vec<u64> {
+        self.versions
+            .iter()
+            .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
+            .map(|(v, _)| *v)
+            .collect()
     }
 
     /// The version that answers when the request names none: the one the source
@@ -101,6 +122,39 @@ pub trait ModelControl: Send + Sync {
     fn load(&self, name: &str) -> Result<()>;
     /// Takes a model out of service; queued requests finish first.
     fn unload(&self, name: &str) -> Result<()>;
+    /// Validates, applies at once and keeps a model's traffic policy; `who` says
+    /// where the change came from, for the log.
+    fn set_traffic(&self, name: &str, spec: TrafficSpec, who: &str) -> Result<Arc<Traffic>>;
+}
+
+/// Where one request goes: the version that answers, and a shadow that gets a copy.
+pub struct Routed {
+    pub primary: Arc<ModelVersion>,
+    pub shadow: Option<(Arc<ModelVersion>, Arc<ShadowStats>)>,
+}
+
+impl Routed {
+    /// Runs the request on the primary and answers with it; a shadow copy runs
+    /// afterwards on its own task, measured and dropped, and can never fail it.
+    pub async fn infer(
+        self,
+        request: crate::infer::InferRequest,
+    ) -> Result<crate::infer::InferResponse> {
+        let Some((shadow, stats)) = self.shadow else {
+            return self.primary.infer(request).await;
+        };
+        let copy = request.clone();
+        let response = self.primary.infer(request).await;
+        if let Ok(r) = &response {
+            let primary = r.outputs.clone();
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let answer = shadow.infer(copy).await.map(|r| r.outputs);
+                stats.record(t.elapsed(), &primary, answer);
+            });
+        }
+        response
+    }
 }
 
 /// The live table plus the server's readiness, shared by every protocol front end.
@@ -277,6 +331,47 @@ impl Models {
             .get(name)
             .cloned()
             .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))
+    }
+
+    /// The header a model's requests are pinned to versions by, if its policy has one.
+    pub fn sticky_header(&self, name: &str) -> Option<String> {
+        self.snapshot()
+            .models
+            .get(name)
+            .and_then(|m| m.traffic.sticky_header.clone())
+    }
+
+    /// Where a request goes: the version it names; or, through the model's traffic
+    /// policy, a version by weight (pinned by `key` when there is one), else the
+    /// default version; plus a shadow copy when the policy draws one.
+    pub fn route(&self, name: &str, version: Option<u64>, key: Option<&[u8]>) -> Result<Routed> {
+        if version.is_some() {
+            return Ok(Routed {
+                primary: self.resolve(name, version)?,
+                shadow: None,
+            });
+        }
+        let model = self.model(name)?;
+        let t = &model.traffic;
+        let primary = match t.pick(key, |v| model.is_ready(v)) {
+            Some(v) => match model.versions.get(&v) {
+                Some(VersionState::Ready(mv)) => mv.clone(),
+                _ => self.resolve(name, None)?,
+            },
+            None => self.resolve(name, None)?,
+        };
+        let shadow = t.shadow_this().and_then(|v| match model.versions.get(&v) {
+            Some(VersionState::Ready(mv)) if mv.version != primary.version => {
+                Some((mv.clone(), model.shadow_stats.clone()))
+            }
+            _ => None,
+        });
+        Ok(Routed { primary, shadow })
+    }
+
+    /// Applies a traffic policy (the admin API's PUT).
+    pub fn set_traffic(&self, name: &str, spec: TrafficSpec, who: &str) -> Result<Arc<Traffic>> {
+        self.control()?.set_traffic(name, spec, who)
     }
 
     /// The version a request goes to: the one it names, or the model's default.

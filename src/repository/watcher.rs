@@ -4,13 +4,13 @@
 //! with one table swap, then retires the old ones, which drain and free.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{Model, ModelControl, ModelVersion, Models, VersionState};
+use crate::model::{Model, ModelControl, ModelVersion, Models, Traffic, TrafficSpec, VersionState};
 
 use super::source::{ModelListing, Source};
 
@@ -32,6 +32,8 @@ pub struct Options {
     pub poll_interval: Duration,
     /// Refuse a load that would take the process past this many bytes of RSS.
     pub memory_limit: Option<u64>,
+    /// Where traffic policies set over the admin API are kept; none: not kept.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// How soon a scan that saw a version still changing is repeated: a version
@@ -56,6 +58,10 @@ struct State {
     applied: HashMap<String, Applied>,
     /// Models unloaded by request: the watcher leaves them alone until a load.
     unloaded: HashSet<String>,
+    /// Fingerprint of the traffic policy each model was last given (state file or
+    /// config.toml), and of one that could not be applied (logged once).
+    traffic_applied: HashMap<String, u64>,
+    traffic_refused: HashMap<String, u64>,
 }
 
 #[derive(Default, Clone)]
@@ -105,6 +111,7 @@ impl Watcher {
             }
             if !st.unloaded.contains(&l.name) {
                 self.apply(&mut st, l, &stable);
+                self.sync_traffic(&mut st, &l.name);
             }
         }
         // Models whose folder went away.
@@ -362,6 +369,14 @@ impl Watcher {
             error,
             default: l.default,
             failures,
+            traffic: current
+                .as_ref()
+                .map(|m| m.traffic.clone())
+                .unwrap_or_default(),
+            shadow_stats: current
+                .as_ref()
+                .map(|m| m.shadow_stats.clone())
+                .unwrap_or_default(),
         };
         self.models.replace_model(&l.name, Some(model));
         for v in &retired {
@@ -375,6 +390,61 @@ impl Watcher {
         }
         for v in &retired {
             a.versions.remove(v);
+        }
+    }
+
+    /// `<state-dir>/traffic/<model>.json`.
+    fn traffic_file(&self, name: &str) -> Option<PathBuf> {
+        self.opts
+            .state_dir
+            .as_ref()
+            .map(|d| d.join("traffic").join(format!("{name}.json")))
+    }
+
+    /// Gives a model the traffic policy of its state file (written by this or
+    /// another replica sharing the state directory), else of its config.toml,
+    /// when that changed since it was last applied.
+    fn sync_traffic(&self, st: &mut State, name: &str) {
+        let Ok(model) = self.models.model(name) else {
+            return;
+        };
+        let from_file = self
+            .traffic_file(name)
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        let (text, origin) = match &from_file {
+            Some(t) => (t.clone(), "the state directory"),
+            None => (
+                serde_json::to_string(&model.config.traffic.clone().unwrap_or_default())
+                    .unwrap_or_default(),
+                "config.toml",
+            ),
+        };
+        let fp = fingerprint(&text);
+        if st.traffic_applied.get(name) == Some(&fp) {
+            return;
+        }
+        let applied = serde_json::from_str::<TrafficSpec>(&text)
+            .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))
+            .and_then(|spec| Traffic::new(spec, &model.ready_numbers()));
+        match applied {
+            Ok(t) => {
+                let spec = serde_json::to_string(&t.spec).unwrap_or_default();
+                self.models.replace_model(
+                    name,
+                    Some(Model {
+                        traffic: Arc::new(t),
+                        ..Model::clone(&model)
+                    }),
+                );
+                st.traffic_applied.insert(name.to_string(), fp);
+                st.traffic_refused.remove(name);
+                tracing::info!(model = name, policy = %spec, from = origin, "traffic policy applied");
+            }
+            Err(e) => {
+                if st.traffic_refused.insert(name.to_string(), fp) != Some(fp) {
+                    tracing::warn!(model = name, from = origin, error = %e, "traffic policy not applied (yet); retried every scan");
+                }
+            }
         }
     }
 
@@ -441,6 +511,34 @@ impl ModelControl for Watcher {
         }
     }
 
+    fn set_traffic(&self, name: &str, spec: TrafficSpec, who: &str) -> Result<Arc<Traffic>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let model = self.models.model(name)?;
+        let traffic = Arc::new(Traffic::new(spec, &model.ready_numbers())?);
+        let text = serde_json::to_string_pretty(&traffic.spec).expect("plain data");
+        if let Some(path) = self.traffic_file(name) {
+            write_atomically(&path, text.as_bytes()).map_err(|e| {
+                Error::Internal(format!(
+                    "the policy was not changed: cannot keep it in {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        // One table swap: a request sees the whole old policy or the whole new one.
+        self.models.replace_model(
+            name,
+            Some(Model {
+                traffic: traffic.clone(),
+                ..Model::clone(&model)
+            }),
+        );
+        st.traffic_applied
+            .insert(name.to_string(), fingerprint(&text));
+        st.traffic_refused.remove(name);
+        tracing::info!(model = name, policy = %serde_json::to_string(&traffic.spec).unwrap_or_default(), by = who, "traffic policy changed");
+        Ok(traffic)
+    }
+
     fn unload(&self, name: &str) -> Result<()> {
         if self.opts.mode == ControlMode::None {
             return Err(Error::invalid(
@@ -481,6 +579,29 @@ fn stable_versions(st: &mut State, l: &ModelListing, first: bool) -> BTreeMap<u6
         .filter(|(v, fp)| first || l.complete || prev.as_ref().and_then(|p| p.get(v)) == Some(fp))
         .map(|(&v, &fp)| (v, fp))
         .collect()
+}
+
+fn fingerprint(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Writes a file whole or not at all: a temporary file beside it, synced, renamed.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Bytes of the files under `dir`.

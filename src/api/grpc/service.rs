@@ -71,11 +71,17 @@ impl InferenceService {
         models: &Models,
         req: pb::ModelInferRequest,
         timeout: Option<Duration>,
+        metadata: Option<&tonic::metadata::MetadataMap>,
     ) -> Result<pb::ModelInferResponse> {
         let (mut request, raw) = codec::decode_request(req)?;
         request.deadline = timeout.map(|d| std::time::Instant::now() + d);
-        let mv = models.resolve(&request.model, request.version)?;
-        let fut = mv.infer(request);
+        // The sticky key: `parameters.routing_key`, else the policy's header.
+        let header = models
+            .sticky_header(&request.model)
+            .and_then(|h| metadata?.get(h.as_str()).map(|v| v.as_bytes().to_vec()));
+        let key = crate::model::traffic::routing_key(&request.parameters).or(header);
+        let routed = models.route(&request.model, request.version, key.as_deref())?;
+        let fut = routed.infer(request);
         let response = match timeout {
             None => fut.await?,
             // Dropping the future on expiry drops the reply channel, so a request
@@ -85,6 +91,14 @@ impl InferenceService {
             })??,
         };
         Ok(codec::encode_response(response, raw))
+    }
+
+    fn check_api<T>(&self, req: &tonic::Request<T>) -> Result<()> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.admin.check_api(auth)
     }
 
     fn check_admin<T>(&self, req: &tonic::Request<T>) -> Result<()> {
@@ -211,8 +225,10 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: tonic::Request<pb::ModelInferRequest>,
     ) -> Reply<pb::ModelInferResponse> {
+        self.check_api(&req)?;
         let timeout = grpc_timeout(req.metadata())?;
-        let resp = Self::infer_one(&self.models, req.into_inner(), timeout).await?;
+        let (metadata, _, msg) = req.into_parts();
+        let resp = Self::infer_one(&self.models, msg, timeout, Some(&metadata)).await?;
         Ok(Response::new(resp))
     }
 
@@ -231,6 +247,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: tonic::Request<Streaming<pb::ModelInferRequest>>,
     ) -> Reply<Self::ModelStreamInferStream> {
+        self.check_api(&req)?;
         let mut incoming = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let models = self.models.clone();
@@ -246,7 +263,7 @@ impl GrpcInferenceService for InferenceService {
                 let tx = tx.clone();
                 let models = models.clone();
                 tokio::spawn(async move {
-                    let reply = match Self::infer_one(&models, msg, None).await {
+                    let reply = match Self::infer_one(&models, msg, None, None).await {
                         Ok(r) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(r),
