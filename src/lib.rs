@@ -8,6 +8,7 @@ pub mod error;
 pub mod infer;
 pub mod model;
 pub mod repository;
+pub mod rollout;
 pub mod sys;
 pub mod tensor;
 

@@ -41,6 +41,7 @@ struct State {
     models: Arc<Models>,
     config: HttpConfig,
     admin: AdminAuth,
+    rollouts: Arc<crate::rollout::Rollouts>,
 }
 
 type Body = Full<Bytes>;
@@ -58,6 +59,7 @@ pub async fn serve_http(
         models,
         config,
         admin,
+        rollouts: Arc::default(),
     });
     super::server::serve(
         listener,
@@ -154,6 +156,8 @@ enum Route<'a> {
     Ping,
     /// `GET|PUT /admin/models/{m}/traffic`.
     Traffic(&'a str),
+    /// `GET|POST|DELETE /admin/models/{m}/rollout`.
+    Rollout(&'a str),
 }
 
 impl Route<'_> {
@@ -168,6 +172,7 @@ impl Route<'_> {
             // Triton's clients POST the index; a browser or curl GETs it.
             Route::RepositoryIndex => "GET, HEAD, POST",
             Route::Traffic(_) => "GET, HEAD, PUT",
+            Route::Rollout(_) => "GET, HEAD, POST, DELETE",
             _ => "GET, HEAD",
         }
     }
@@ -202,6 +207,7 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
         ["models", m, "invocations"] => Route::Invocations(Some(m)),
         ["ping"] | ["health"] => Route::Ping,
         ["admin", "models", m, "traffic"] => Route::Traffic(m),
+        ["admin", "models", m, "rollout"] => Route::Rollout(m),
         _ => return None,
     })
 }
@@ -360,6 +366,43 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                     .map_err(|e| Error::Internal(format!("policy change stopped: {e}")))??;
             }
             Ok(json(StatusCode::OK, encode_traffic(&*models.model(m)?)))
+        }
+        Route::Rollout(m) => {
+            let authorization = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            state.admin.check(authorization, Some(peer))?;
+            let who = format!(
+                "{peer} ({})",
+                if authorization.is_some() {
+                    "bearer token"
+                } else {
+                    "loopback"
+                }
+            );
+            let (models, rollouts, name) =
+                (state.models.clone(), state.rollouts.clone(), m.to_string());
+            let status = match req.method().clone() {
+                hyper::Method::POST => {
+                    let body = read_body(req, state.config.max_body_bytes).await?;
+                    let spec: crate::rollout::RolloutSpec = serde_json::from_slice(&body)
+                        .map_err(|e| Error::invalid(format!("not a rollout: {e}")))?;
+                    tokio::task::spawn_blocking(move || rollouts.start(models, &name, spec, &who))
+                        .await
+                        .map_err(|e| Error::Internal(format!("rollout stopped: {e}")))??
+                }
+                hyper::Method::DELETE => {
+                    tokio::task::spawn_blocking(move || rollouts.abort(&models, &name, &who))
+                        .await
+                        .map_err(|e| Error::Internal(format!("rollout stopped: {e}")))??
+                }
+                _ => rollouts.status(m)?,
+            };
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_vec(&status).expect("plain data"),
+            ))
         }
         Route::V1List => {
             let mut names: Vec<String> = models

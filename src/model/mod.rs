@@ -6,7 +6,7 @@ mod table;
 pub mod traffic;
 mod worker;
 
-pub use stats::{Stats, Tally};
+pub use stats::{Histogram, Stats, Tally};
 pub use table::{IndexEntry, Model, ModelControl, ModelTable, Models, Routed, VersionState};
 pub use traffic::{ShadowStats, Traffic, TrafficSpec};
 pub use worker::{BatchPolicy, Job, Workers};
@@ -350,7 +350,9 @@ impl ModelVersion {
             });
         match &result {
             Ok(_) => {
-                self.stats.success.record(start.elapsed());
+                let took = start.elapsed();
+                self.stats.success.record(took);
+                self.stats.latency.record(took);
                 self.stats.mark_last_inference();
             }
             Err(_) => self.stats.fail.record(start.elapsed()),

@@ -28,6 +28,76 @@ impl Tally {
     }
 }
 
+/// Latency histogram with log-linear buckets (4 per power of two, ±12.5 %),
+/// atomics only: recording takes no lock. Differences of two snapshots give the
+/// quantiles of a window.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+const BUCKETS: usize = 4 * 64;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Histogram {
+    fn index(ns: u64) -> usize {
+        if ns < 8 {
+            return ns as usize;
+        }
+        let b = 63 - ns.leading_zeros() as usize;
+        let sub = ((ns >> (b - 2)) & 3) as usize;
+        4 * (b - 1) + sub
+    }
+
+    /// The largest value a bucket holds.
+    fn upper(i: usize) -> u64 {
+        if i < 8 {
+            return i as u64;
+        }
+        let (b, sub) = (i / 4 + 1, (i % 4) as u64);
+        ((4 + sub + 1) << (b - 2)) - 1
+    }
+
+    pub fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets[Self::index(ns)].fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Relaxed)).collect()
+    }
+
+    /// The `q` quantile (0..=1) of the values recorded between two snapshots,
+    /// as the upper bound of its bucket; `None` when there are none.
+    pub fn quantile(before: &[u64], after: &[u64], q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = after
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a - b.min(a))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Duration::from_nanos(Self::upper(i)));
+            }
+        }
+        None
+    }
+}
+
 /// What one model version has done since it was loaded.
 #[derive(Debug)]
 pub struct Stats {
@@ -35,6 +105,8 @@ pub struct Stats {
     pub success: Tally,
     /// Requests that failed after they were validated and queued.
     pub fail: Tally,
+    /// End-to-end latency of the requests answered.
+    pub latency: Histogram,
     /// Time from enqueue to a worker taking the request.
     pub queue: Tally,
     /// Time in the backend's run, input and output conversion included (so the
@@ -60,6 +132,7 @@ impl Stats {
         Stats {
             success: Tally::default(),
             fail: Tally::default(),
+            latency: Histogram::default(),
             queue: Tally::default(),
             compute_infer: Tally::default(),
             inference_count: AtomicU64::new(0),
@@ -79,6 +152,9 @@ impl Stats {
         }
         for t in self.batches.iter() {
             t.reset();
+        }
+        for b in self.latency.buckets.iter() {
+            b.store(0, Relaxed);
         }
         for a in [
             &self.inference_count,
@@ -122,5 +198,35 @@ impl Stats {
 impl Default for Stats {
     fn default() -> Self {
         Stats::new(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_are_within_a_bucket() {
+        let h = Histogram::default();
+        let before = h.snapshot();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let after = h.snapshot();
+        let p99 = Histogram::quantile(&before, &after, 0.99).unwrap();
+        let want = Duration::from_micros(990);
+        assert!(
+            p99 >= want && p99 <= want * 9 / 8 + Duration::from_micros(1),
+            "{p99:?}"
+        );
+        let p50 = Histogram::quantile(&before, &after, 0.5).unwrap();
+        assert!(
+            p50 >= Duration::from_micros(500) && p50 <= Duration::from_micros(570),
+            "{p50:?}"
+        );
+        assert_eq!(Histogram::quantile(&after, &after, 0.5), None);
+        for ns in [0, 1, 7, 8, 9, 1023, 1024, u64::MAX / 2] {
+            assert!(Histogram::upper(Histogram::index(ns)) >= ns, "{ns}");
+        }
     }
 }

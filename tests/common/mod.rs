@@ -100,6 +100,11 @@ impl Server {
         self.post_raw(path, serde_json::to_vec(body).unwrap())
     }
 
+    pub fn put_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = client().put(self.url(path)).json(body).send().unwrap();
+        status_json(r)
+    }
+
     pub fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
         let r = client().post(self.url(path)).body(body).send().unwrap();
         status_json(r)
