@@ -14,7 +14,7 @@ fn policy(sticky: bool) -> Traffic {
         sticky_header: sticky.then(|| "x-user-id".to_string()),
         shadow: None,
     };
-    Traffic::new(spec, &[1, 2, 3, 4]).expect("valid")
+    Traffic::new(spec, &[1, 2, 3, 4], &Default::default()).expect("valid")
 }
 
 fn routing(c: &mut Criterion) {
@@ -31,7 +31,9 @@ fn routing(c: &mut Criterion) {
     c.bench_function("route/weighted random, 4 versions", |b| {
         b.iter(|| black_box(random.pick(None, |_| true)))
     });
-    c.bench_function("route/shadow draw", |b| b.iter(|| black_box(random.shadow_this())));
+    c.bench_function("route/shadow draw", |b| {
+        b.iter(|| black_box(random.shadow_this()))
+    });
 }
 
 criterion_group!(benches, routing);

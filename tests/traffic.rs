@@ -277,3 +277,22 @@ fn the_api_token_guards_predict_calls() {
     assert_eq!(ok.status(), 200);
     assert_eq!(s.get("/v2/health/ready").0, 200, "health stays open");
 }
+
+#[test]
+fn config_toml_gives_the_initial_policy() {
+    let repo = repo("traffic-config");
+    std::fs::write(
+        repo.join("m/config.toml"),
+        "[version_policy]\nall = true\n[traffic]\nweights = { \"1\" = 100 }\n",
+    )
+    .unwrap();
+    let s = Server::start(&repo, &[]);
+    assert_eq!(
+        s.get("/admin/models/m/traffic").1["weights"],
+        json!({"1": 100})
+    );
+    assert_eq!(
+        split(&s, 50, |_| None),
+        BTreeMap::from([("1".to_string(), 50)])
+    );
+}

@@ -245,6 +245,9 @@ fn encode_traffic(model: &crate::model::Model) -> Vec<u8> {
         .collect::<Vec<_>>()
         .into();
     body["shadow_stats"] = model.shadow_stats.to_json();
+    if !model.aliases.is_empty() {
+        body["aliases"] = serde_json::to_value(&model.aliases).expect("plain data");
+    }
     serde_json::to_vec(&body).expect("plain data")
 }
 

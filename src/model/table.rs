@@ -36,6 +36,8 @@ pub struct Model {
     pub traffic: Arc<Traffic>,
     /// What the shadow version did; kept across reloads and policy changes.
     pub shadow_stats: Arc<ShadowStats>,
+    /// Alias → version, from the source (MLflow's aliases).
+    pub aliases: BTreeMap<String, u64>,
 }
 
 impl Model {
@@ -50,6 +52,7 @@ impl Model {
             failures: BTreeMap::new(),
             traffic: Arc::default(),
             shadow_stats: Arc::default(),
+            aliases: BTreeMap::new(),
         }
     }
 

@@ -48,11 +48,22 @@ pub struct Traffic {
 
 impl Traffic {
     /// Checks a spec against the versions that serve; every reason is a 400.
-    pub fn new(spec: TrafficSpec, ready: &[u64]) -> Result<Traffic> {
+    /// Versions are numbers, or alias names the source gives (`aliases`).
+    pub fn new(
+        spec: TrafficSpec,
+        ready: &[u64],
+        aliases: &BTreeMap<String, u64>,
+    ) -> Result<Traffic> {
         let version = |s: &str, what: &str| -> Result<u64> {
-            let v: u64 = s
-                .parse()
-                .map_err(|_| Error::invalid(format!("{what} '{s}' is not a version number")))?;
+            let v: u64 = match s.parse() {
+                Ok(v) => v,
+                Err(_) => *aliases.get(s).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{what} '{s}' is not a version number or an alias (aliases: {:?})",
+                        aliases.keys().collect::<Vec<_>>()
+                    ))
+                })?,
+            };
             if !ready.contains(&v) {
                 return Err(Error::invalid(format!(
                     "{what} {v} is not a ready version (ready: {ready:?})"
@@ -309,7 +320,7 @@ mod tests {
         let ready = [1, 2, 3];
         for (s, needle) in [
             (spec(&[("9", 1)]), "not a ready version"),
-            (spec(&[("x", 1)]), "not a version number"),
+            (spec(&[("x", 1)]), "not a version number or an alias"),
             (spec(&[("1", 0), ("2", 0)]), "every weight is 0"),
             (
                 TrafficSpec {
@@ -332,15 +343,18 @@ mod tests {
                 "within 0..=100",
             ),
         ] {
-            let e = Traffic::new(s, &ready).unwrap_err().to_string();
+            let e = Traffic::new(s, &ready, &BTreeMap::new())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{e}");
         }
     }
 
     #[test]
     fn raising_a_weight_moves_only_the_keys_that_must_move() {
-        let t10 = Traffic::new(spec(&[("1", 90), ("2", 10)]), &[1, 2]).unwrap();
-        let t20 = Traffic::new(spec(&[("1", 80), ("2", 20)]), &[1, 2]).unwrap();
+        let aliases = BTreeMap::from([("champion".to_string(), 1)]);
+        let t10 = Traffic::new(spec(&[("champion", 90), ("2", 10)]), &[1, 2], &aliases).unwrap();
+        let t20 = Traffic::new(spec(&[("1", 80), ("2", 20)]), &[1, 2], &aliases).unwrap();
         let (mut on2, mut moved, mut back) = (0, 0, 0);
         let n = 20_000;
         for i in 0..n {

@@ -212,16 +212,32 @@ impl MlflowSource {
             default: None,
             problem: None,
             complete: true,
+            aliases: BTreeMap::new(),
         };
         let mut versions = self.versions(registered)?;
-        if versions.is_empty() && self.registered(registered)?.is_none() {
+        let Some(reg) = self.registered(registered)? else {
             listing.problem = Some(format!("MLflow has no registered model '{registered}'"));
             return Ok(listing);
+        };
+        for a in reg["registered_model"]["aliases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(name), Some(v)) = (
+                a["alias"].as_str(),
+                a["version"].as_str().and_then(|v| v.parse().ok()),
+            ) {
+                if versions.contains_key(&v) {
+                    listing.aliases.insert(name.to_string(), v);
+                }
+            }
         }
         if let Some(alias) = alias {
             match self.alias(registered, alias)? {
                 Some(v) if versions.contains_key(&v) => {
                     versions.retain(|k, _| *k == v);
+                    listing.aliases.retain(|_, a| *a == v);
                     listing.default = Some(v);
                 }
                 Some(v) => {
@@ -229,12 +245,14 @@ impl MlflowSource {
                         "alias '{alias}' of '{registered}' points to version {v}, which is not READY"
                     ));
                     versions.clear();
+                    listing.aliases.clear();
                 }
                 None => {
                     listing.problem = Some(format!(
                         "registered model '{registered}' has no alias '{alias}'"
                     ));
                     versions.clear();
+                    listing.aliases.clear();
                 }
             }
         }

@@ -28,6 +28,9 @@ pub struct ModelListing {
     /// The source vouches that every version listed is complete (MLflow's READY),
     /// so none waits for a second scan.
     pub complete: bool,
+    /// Alias → version (MLflow's aliases): aliased versions are served besides
+    /// those of the version policy, and traffic policies may weight them by name.
+    pub aliases: BTreeMap<String, u64>,
 }
 
 /// A model registry the watcher follows.
@@ -75,6 +78,7 @@ impl FsSource {
             default: None,
             problem: None,
             complete: false,
+            aliases: BTreeMap::new(),
         }
     }
 }

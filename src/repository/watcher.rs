@@ -222,7 +222,14 @@ impl Watcher {
             .version_policy()
             .unwrap_or(crate::config::VersionPolicy::Latest(1));
         let available: Vec<u64> = stable.keys().copied().collect();
-        let desired = policy.select(&available);
+        // Aliased versions serve too: traffic policies weight them by name.
+        let mut desired = policy.select(&available);
+        for v in l.aliases.values() {
+            if available.contains(v) && !desired.contains(v) {
+                desired.push(*v);
+            }
+        }
+        desired.sort_unstable();
         let old_versions = current
             .as_ref()
             .map(|m| m.versions.clone())
@@ -377,6 +384,7 @@ impl Watcher {
                 .as_ref()
                 .map(|m| m.shadow_stats.clone())
                 .unwrap_or_default(),
+            aliases: l.aliases.clone(),
         };
         self.models.replace_model(&l.name, Some(model));
         for v in &retired {
@@ -419,13 +427,14 @@ impl Watcher {
                 "config.toml",
             ),
         };
-        let fp = fingerprint(&text);
+        // Aliases resolve to versions: when one moves, the policy is applied again.
+        let fp = fingerprint(&format!("{text}{:?}", model.aliases));
         if st.traffic_applied.get(name) == Some(&fp) {
             return;
         }
         let applied = serde_json::from_str::<TrafficSpec>(&text)
             .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))
-            .and_then(|spec| Traffic::new(spec, &model.ready_numbers()));
+            .and_then(|spec| Traffic::new(spec, &model.ready_numbers(), &model.aliases));
         match applied {
             Ok(t) => {
                 let spec = serde_json::to_string(&t.spec).unwrap_or_default();
@@ -514,7 +523,7 @@ impl ModelControl for Watcher {
     fn set_traffic(&self, name: &str, spec: TrafficSpec, who: &str) -> Result<Arc<Traffic>> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let model = self.models.model(name)?;
-        let traffic = Arc::new(Traffic::new(spec, &model.ready_numbers())?);
+        let traffic = Arc::new(Traffic::new(spec, &model.ready_numbers(), &model.aliases)?);
         let text = serde_json::to_string_pretty(&traffic.spec).expect("plain data");
         if let Some(path) = self.traffic_file(name) {
             write_atomically(&path, text.as_bytes()).map_err(|e| {

@@ -184,3 +184,32 @@ def test_latest_versions_tags_and_deletions(mlflow_server, switchyard, tmp_path)
     # Untagged: it goes away.
     c.delete_registered_model_tag("tagged-mlp", "switchyard.serve")
     eventually("the untagged model is gone", lambda: infer(s, "tagged-mlp").status_code == 404)
+
+
+def test_aliases_weight_a_canary(mlflow_server, switchyard, tmp_path):
+    from collections import Counter
+    from mlflow import MlflowClient
+
+    c = MlflowClient()
+    v1 = register("canary-mlp", "1")
+    v2 = register("canary-mlp", "2")
+    c.set_registered_model_alias("canary-mlp", "champion", v1)
+    c.set_registered_model_alias("canary-mlp", "challenger", v2)
+    s = switchyard("--mlflow-uri", mlflow_server.uri, "--mlflow-model", "canary-mlp",
+                   "--poll-interval", POLL, "--cache-dir", str(tmp_path / "cache"), models=None)
+    # Both aliased versions serve; the policy weights them by alias.
+    url = f"http://{s.http}/admin/models/canary-mlp/traffic"
+    r = requests.put(url, json={"weights": {"champion": 80, "challenger": 20}}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert requests.get(url, timeout=5).json()["aliases"] == {"champion": v1, "challenger": v2}
+    counts = Counter(served(s, "canary-mlp") for _ in range(400))
+    assert 0.12 < counts[str(v2)] / 400 < 0.28, counts
+    assert set(counts) == {str(v1), str(v2)}, counts
+
+    # The challenger alias moves to a new version: it takes over the challenger's share.
+    v3 = register("canary-mlp", "1")
+    c.set_registered_model_alias("canary-mlp", "challenger", v3)
+    eventually("the new challenger answers", lambda: str(v3) in {served(s, "canary-mlp") for _ in range(40)})
+    counts = Counter(served(s, "canary-mlp") for _ in range(400))
+    assert set(counts) == {str(v1), str(v3)}, counts
+    assert 0.12 < counts[str(v3)] / 400 < 0.28, counts
