@@ -67,6 +67,9 @@ interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done $(KSERVE_
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	PERF_ANALYZER=$(abspath $(PA_VENV))/bin/perf_analyzer_run \
 	$(TEST_VENV)/bin/python -m pytest -q tests/interop
+	scripts/setup-prometheus.sh
+	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
+	$(TEST_VENV)/bin/python -m pytest -q tests/prometheus
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	$(KSERVE_VENV)/bin/python -m pytest -q tests/kserve
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \

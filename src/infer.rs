@@ -21,6 +21,16 @@ pub struct InferRequest {
     /// When the protocol gave one (gRPC's `grpc-timeout`): past it, a request still
     /// queued is answered DEADLINE_EXCEEDED instead of computed.
     pub deadline: Option<std::time::Instant>,
+    /// The front end it came through, for the metrics.
+    pub protocol: Protocol,
+}
+
+/// The front end a request came through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    Http,
+    Grpc,
 }
 
 impl InferRequest {

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod infer;
+pub mod metrics;
 pub mod model;
 pub mod repository;
 pub mod rollout;

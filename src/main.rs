@@ -53,6 +53,9 @@ struct ServeArgs {
     /// --models (shared by every replica of that repository), else the cache dir.
     #[arg(long, value_name = "DIR", env = "SWITCHYARD_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Do not record Prometheus metrics (GET /metrics answers 404).
+    #[arg(long)]
+    no_metrics: bool,
     /// Bearer token the predict endpoints need (HTTP and gRPC); none: open.
     #[arg(
         long,
@@ -169,6 +172,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Fail at start, with the fix, rather than on the first model.
     backend::onnx::init()?;
+    // Before any model loads: their metric handles register with the recorder.
+    if !args.no_metrics {
+        switchyard::metrics::install()?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("switchyard-io")

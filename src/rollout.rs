@@ -226,6 +226,15 @@ impl Rollouts {
         Ok(status)
     }
 
+    /// Every rollout this server ran or runs.
+    pub fn all(&self) -> Vec<Status> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running
+            .values()
+            .map(|r| r.status.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
     pub fn status(&self, model: &str) -> Result<Status> {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let r = running

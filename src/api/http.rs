@@ -158,6 +158,8 @@ enum Route<'a> {
     Traffic(&'a str),
     /// `GET|POST|DELETE /admin/models/{m}/rollout`.
     Rollout(&'a str),
+    /// Prometheus's scrape.
+    Metrics,
 }
 
 impl Route<'_> {
@@ -206,6 +208,7 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
         ["invocations"] => Route::Invocations(None),
         ["models", m, "invocations"] => Route::Invocations(Some(m)),
         ["ping"] | ["health"] => Route::Ping,
+        ["metrics"] => Route::Metrics,
         ["admin", "models", m, "traffic"] => Route::Traffic(m),
         ["admin", "models", m, "rollout"] => Route::Rollout(m),
         _ => return None,
@@ -369,6 +372,16 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                     .map_err(|e| Error::Internal(format!("policy change stopped: {e}")))??;
             }
             Ok(json(StatusCode::OK, encode_traffic(&*models.model(m)?)))
+        }
+        Route::Metrics => {
+            let text = crate::metrics::render(models, &state.rollouts)
+                .ok_or_else(|| Error::not_found("metrics are off (--no-metrics)"))?;
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(r)
         }
         Route::Rollout(m) => {
             let authorization = req

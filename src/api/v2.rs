@@ -199,6 +199,7 @@ pub fn decode_request(
             outputs,
             parameters,
             deadline: None,
+            protocol: crate::infer::Protocol::Http,
         },
         format,
     ))

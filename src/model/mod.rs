@@ -202,6 +202,8 @@ pub struct ModelVersion {
     /// Triton's `priority_levels` (0: none) and the level of requests that give none.
     priority_levels: usize,
     default_priority: usize,
+    /// How long loading and warming it up took.
+    pub load_duration: std::time::Duration,
 }
 
 /// Counts a request in flight for as long as it lives.
@@ -265,6 +267,7 @@ impl ModelVersion {
             default_timeout: None,
             priority_levels: 0,
             default_priority: 0,
+            load_duration: std::time::Duration::ZERO,
         }
     }
 
@@ -312,6 +315,15 @@ impl ModelVersion {
     /// Validates, queues and awaits one request. Never blocks the async runtime:
     /// the run happens on this version's worker threads.
     pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
+        let (start, protocol) = (std::time::Instant::now(), req.protocol);
+        let result = self.run(req).await;
+        self.stats
+            .metrics
+            .request(protocol, start.elapsed(), result.as_ref().map(|_| ()));
+        result
+    }
+
+    async fn run(&self, req: InferRequest) -> Result<InferResponse> {
         self.metadata.validate(&req)?;
         let deadline = self.deadline(&req)?;
         let outputs: Vec<String> = if req.outputs.is_empty() {
@@ -348,14 +360,14 @@ impl ModelVersion {
                     self.model, self.version
                 )))
             });
+        let took = start.elapsed();
         match &result {
             Ok(_) => {
-                let took = start.elapsed();
                 self.stats.success.record(took);
                 self.stats.latency.record(took);
                 self.stats.mark_last_inference();
             }
-            Err(_) => self.stats.fail.record(start.elapsed()),
+            Err(_) => self.stats.fail.record(took),
         }
         let outputs = result?;
         Ok(InferResponse {

@@ -124,11 +124,19 @@ pub struct Stats {
     /// Runs and their compute time by batch size in rows (index 0 unused; a model
     /// without batching counts its runs as size 1, as Triton does).
     batches: Box<[Tally]>,
+    /// The same events as Prometheus metrics, once `reset` (after warm-up) arms them.
+    pub metrics: crate::metrics::VersionMetrics,
+    metrics_on: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {
     /// Counters for a version that runs at most `max_batch_size` rows at once.
     pub fn new(max_batch_size: usize) -> Stats {
+        Self::labelled(max_batch_size, crate::metrics::VersionMetrics::default())
+    }
+
+    /// Counters that also feed `metrics` (one version's Prometheus handles).
+    pub fn labelled(max_batch_size: usize, metrics: crate::metrics::VersionMetrics) -> Stats {
         Stats {
             success: Tally::default(),
             fail: Tally::default(),
@@ -142,11 +150,20 @@ impl Stats {
             batches: (0..=max_batch_size.max(1))
                 .map(|_| Tally::default())
                 .collect(),
+            metrics,
+            metrics_on: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Forgets everything recorded: warm-up runs are not served requests.
+    /// Whether runs are exported (not during warm-up).
+    pub fn exporting(&self) -> bool {
+        self.metrics_on.load(Relaxed)
+    }
+
+    /// Forgets everything recorded and starts exporting: warm-up runs are not
+    /// served requests.
     pub fn reset(&self) {
+        self.metrics_on.store(true, Relaxed);
         for t in [&self.success, &self.fail, &self.queue, &self.compute_infer] {
             t.reset();
         }
@@ -173,6 +190,11 @@ impl Stats {
         self.execution_count.fetch_add(1, Relaxed);
         let i = rows.clamp(1, self.batches.len() - 1);
         self.batches[i].record(took);
+        if self.exporting() {
+            self.metrics.compute.record(took.as_secs_f64());
+            self.metrics.batch_rows.record(rows as f64);
+            self.metrics.rows.increment(rows as u64);
+        }
     }
 
     /// `(batch size, runs, ns)` of every size that ran, smallest first.

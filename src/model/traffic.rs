@@ -117,6 +117,19 @@ impl Traffic {
         })
     }
 
+    /// The share of unversioned requests version `v` gets; `None` without a split.
+    pub fn share(&self, v: u64) -> Option<f64> {
+        (self.total > 0).then(|| {
+            let w: u64 = self
+                .weights
+                .iter()
+                .filter(|(x, _)| *x == v)
+                .map(|(_, w)| w)
+                .sum();
+            w as f64 / self.total as f64
+        })
+    }
+
     /// Whether a policy splits anything (else the default version answers).
     pub fn splits(&self) -> bool {
         !self.weights.is_empty()

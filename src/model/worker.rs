@@ -311,8 +311,15 @@ fn fill(batch: &mut Vec<Job>, carry: &mut VecDeque<Job>, rx: &Queues, policy: &B
 /// Runs one batch and answers every job in it.
 fn execute(backend: &mut dyn Backend, batch: Vec<Job>, policy: &BatchPolicy, stats: &Stats) {
     let started = Instant::now();
+    let exporting = stats.exporting();
     for j in &batch {
         stats.queue.record(started - j.enqueued);
+        if exporting {
+            stats
+                .metrics
+                .queue
+                .record((started - j.enqueued).as_secs_f64());
+        }
     }
     let rows: Vec<usize> = batch.iter().map(Job::rows).collect();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {

@@ -125,7 +125,10 @@ pub(crate) fn load_version(
             "config.toml: batching.preferred_batch_size {p} is larger than max_batch_size {max_batch_size}"
         )));
     }
-    let stats = Arc::new(Stats::new(max_batch_size));
+    let stats = Arc::new(Stats::labelled(
+        max_batch_size,
+        crate::metrics::VersionMetrics::new(name, v),
+    ));
     let workers = Workers::spawn(
         &format!("{name}/{v}"),
         loaded.instances,

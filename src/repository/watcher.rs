@@ -466,11 +466,14 @@ impl Watcher {
         let version = super::load_version(name, v, &dir, config)?;
         let load = t0.elapsed();
         let t1 = Instant::now();
+        let mut version = version;
         super::warmup::warm_up(&version, &dir)?;
+        let warmup = t1.elapsed();
+        version.load_duration = load + warmup;
         Ok(Loaded {
             version,
             load,
-            warmup: t1.elapsed(),
+            warmup,
         })
     }
 

@@ -89,6 +89,7 @@ pub fn decode_request(req: pb::ModelInferRequest) -> Result<(InferRequest, bool)
             outputs,
             parameters: params(&req.parameters, "request")?,
             deadline: None,
+            protocol: crate::infer::Protocol::Grpc,
         },
         raw,
     ))

@@ -1,0 +1,249 @@
+//! Prometheus metrics: the recorder (`metrics` + `metrics-exporter-prometheus`),
+//! per-version handles so that recording on the request path is a few atomic
+//! operations, and the gauges read off the model table at scrape time. Every
+//! name and label set is in the README's metrics table.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::{Error, Result};
+use crate::infer::Protocol;
+use crate::model::{Models, VersionState};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Histogram buckets of the `_seconds` metrics: 10 µs to 10 s, three a decade.
+pub const SECONDS_BUCKETS: [f64; 19] = [
+    1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+    2.0, 5.0, 10.0,
+];
+/// Buckets of `switchyard_batch_size_rows`: powers of two.
+pub const ROWS_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
+
+/// Installs the process-wide recorder; `/metrics` renders it from then on.
+pub fn install() -> Result<()> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_rows".into()), &ROWS_BUCKETS))
+        // Gauges of retired versions stop being set at scrape time; drop them.
+        .map(|b| {
+            b.idle_timeout(
+                metrics_util::MetricKindMask::GAUGE,
+                Some(Duration::from_secs(300)),
+            )
+        })
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| Error::Internal(format!("cannot install the metrics recorder: {e}")))?;
+    // Histogram samples wait in buckets until a render or an upkeep drains them:
+    // without scrapes they would grow.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("switchyard-metrics".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the metrics upkeep: {e}")))?;
+    let _ = HANDLE.set(handle);
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        "switchyard_request_duration_seconds",
+        Unit::Seconds,
+        "Inference requests from validation to answer."
+    );
+    describe_histogram!(
+        "switchyard_queue_duration_seconds",
+        Unit::Seconds,
+        "Time a request waited for a worker."
+    );
+    describe_histogram!(
+        "switchyard_compute_duration_seconds",
+        Unit::Seconds,
+        "Backend runs (one per batch)."
+    );
+    describe_histogram!("switchyard_batch_size_rows", "Rows per backend run.");
+    describe_counter!(
+        "switchyard_requests_total",
+        "Inference requests by protocol and status code."
+    );
+    describe_counter!("switchyard_rows_total", "Rows inferred.");
+    describe_counter!(
+        "switchyard_rejected_total",
+        "Requests refused before compute: queue full, deadline passed."
+    );
+    describe_counter!(
+        "switchyard_load_failures_total",
+        "Versions that failed to load or warm up."
+    );
+    describe_counter!(
+        "switchyard_shadow_requests_total",
+        "Copies sent to a shadow version."
+    );
+    describe_counter!(
+        "switchyard_shadow_errors_total",
+        "Shadow copies that failed."
+    );
+    describe_counter!(
+        "switchyard_shadow_disagreements_total",
+        "Shadow answers whose argmax differs from the primary's."
+    );
+    describe_gauge!("switchyard_queue_depth", "Requests waiting for a worker.");
+    describe_gauge!(
+        "switchyard_version_state",
+        "1 for the state each known version is in."
+    );
+    describe_gauge!(
+        "switchyard_traffic_weight",
+        "Share of unversioned requests each version gets (0..1)."
+    );
+    describe_gauge!(
+        "switchyard_model_load_duration_seconds",
+        Unit::Seconds,
+        "How long the version took to load and warm up."
+    );
+    describe_gauge!(
+        "switchyard_rollout_weight",
+        "Candidate weight of a rollout, by phase."
+    );
+    describe_gauge!(
+        "switchyard_process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident set size of the server."
+    );
+}
+
+/// Handles of one version's metrics, registered once at load.
+#[derive(Debug, Clone)]
+pub struct VersionMetrics {
+    model: String,
+    version: String,
+    request_http: Histogram,
+    request_grpc: Histogram,
+    ok_http: Counter,
+    ok_grpc: Counter,
+    pub queue: Histogram,
+    pub compute: Histogram,
+    pub batch_rows: Histogram,
+    pub rows: Counter,
+}
+
+impl Default for VersionMetrics {
+    fn default() -> Self {
+        VersionMetrics::new("", 0)
+    }
+}
+
+impl VersionMetrics {
+    pub fn new(model: &str, version: u64) -> Self {
+        let (m, v) = (model.to_string(), version.to_string());
+        let labels = [("model", m.clone()), ("version", v.clone())];
+        let request = |p: &'static str| histogram!("switchyard_request_duration_seconds", "model" => m.clone(), "version" => v.clone(), "protocol" => p);
+        let ok = |p: &'static str| counter!("switchyard_requests_total", "model" => m.clone(), "version" => v.clone(), "protocol" => p, "code" => "200");
+        VersionMetrics {
+            request_http: request("http"),
+            request_grpc: request("grpc"),
+            ok_http: ok("http"),
+            ok_grpc: ok("grpc"),
+            queue: histogram!("switchyard_queue_duration_seconds", &labels),
+            compute: histogram!("switchyard_compute_duration_seconds", &labels),
+            batch_rows: histogram!("switchyard_batch_size_rows", &labels),
+            rows: counter!("switchyard_rows_total", &labels),
+            model: m,
+            version: v,
+        }
+    }
+
+    /// One answered request.
+    pub fn request(
+        &self,
+        protocol: Protocol,
+        took: Duration,
+        result: std::result::Result<(), &Error>,
+    ) {
+        let (h, ok) = match protocol {
+            Protocol::Grpc => (&self.request_grpc, &self.ok_grpc),
+            Protocol::Http => (&self.request_http, &self.ok_http),
+        };
+        h.record(took.as_secs_f64());
+        match result {
+            Ok(()) => ok.increment(1),
+            Err(e) => {
+                let p = match protocol {
+                    Protocol::Grpc => "grpc",
+                    Protocol::Http => "http",
+                };
+                counter!("switchyard_requests_total", "model" => self.model.clone(), "version" => self.version.clone(),
+                    "protocol" => p, "code" => e.http_status().as_str().to_string())
+                .increment(1);
+                let reason = match e {
+                    Error::QueueFull { .. } => Some("queue_full"),
+                    Error::DeadlineExceeded(_) => Some("deadline"),
+                    _ => None,
+                };
+                if let Some(r) = reason {
+                    counter!("switchyard_rejected_total", "model" => self.model.clone(), "version" => self.version.clone(), "reason" => r)
+                        .increment(1);
+                }
+            }
+        }
+    }
+}
+
+/// The Prometheus text of every metric; the gauges are read off the table first.
+/// `None` when the recorder is off (`--no-metrics`).
+pub fn render(models: &Models, rollouts: &crate::rollout::Rollouts) -> Option<String> {
+    let handle = HANDLE.get()?;
+    let table = models.snapshot();
+    for (name, m) in &table.models {
+        for (v, state) in &m.versions {
+            let (model, version) = (name.clone(), v.to_string());
+            let s = match state {
+                VersionState::Ready(_) => "ready",
+                VersionState::Failed(_) => "failed",
+            };
+            gauge!("switchyard_version_state", "model" => model.clone(), "version" => version.clone(), "state" => s).set(1.0);
+            if let VersionState::Ready(mv) = state {
+                gauge!("switchyard_queue_depth", "model" => model.clone(), "version" => version.clone())
+                    .set(mv.queue_depth() as f64);
+                gauge!("switchyard_model_load_duration_seconds", "model" => model.clone(), "version" => version.clone())
+                    .set(mv.load_duration.as_secs_f64());
+                let share = m.traffic.share(*v).unwrap_or_else(|| {
+                    f64::from(m.default_version().is_some_and(|d| d.version == *v))
+                });
+                gauge!("switchyard_traffic_weight", "model" => model.clone(), "version" => version)
+                    .set(share);
+            }
+        }
+        let s = &m.shadow_stats;
+        let labels = [("model", name.clone())];
+        use std::sync::atomic::Ordering::Relaxed;
+        counter!("switchyard_shadow_requests_total", &labels).absolute(s.requests.load(Relaxed));
+        counter!("switchyard_shadow_errors_total", &labels).absolute(s.errors.load(Relaxed));
+        counter!("switchyard_shadow_disagreements_total", &labels)
+            .absolute(s.disagreements.load(Relaxed));
+    }
+    for st in rollouts.all() {
+        let phase = format!("{:?}", st.phase).to_lowercase();
+        gauge!("switchyard_rollout_weight", "model" => st.model, "candidate" => st.spec.candidate, "phase" => phase)
+            .set(st.weight as f64);
+    }
+    counter!("switchyard_load_failures_total").absolute(
+        models
+            .load_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    if let Some(rss) = crate::sys::rss_bytes() {
+        gauge!("switchyard_process_resident_memory_bytes").set(rss as f64);
+    }
+    Some(handle.render())
+}
