@@ -3,12 +3,14 @@ exposition, and a PromQL histogram_quantile over the request histogram returns a
 value (Debian's prometheus package; scripts/setup-prometheus.sh installs it)."""
 
 import json
+import pathlib
 import socket
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 INFER = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}]}).encode()
 
 
@@ -69,6 +71,13 @@ def test_prometheus_scrapes_and_computes_a_quantile(switchyard, tmp_path):
         assert 0 < value <= 10, value
         up = json.loads(get(f"http://127.0.0.1:{port}/api/v1/query?query=up"))["data"]["result"]
         assert up and up[0]["value"][1] == "1", up
+        # Every query of the Grafana dashboard is valid PromQL.
+        dash = json.loads((ROOT / "deploy" / "grafana" / "switchyard.json").read_text())
+        for panel in dash["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$model", ".*").replace("$__rate_interval", "30s")
+                body = json.loads(get(f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
+                assert body["status"] == "success", (panel["title"], expr, body)
     finally:
         prom.terminate()
         prom.wait(timeout=30)
