@@ -69,7 +69,7 @@ interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done $(KSERVE_
 	$(TEST_VENV)/bin/python -m pytest -q tests/interop
 	scripts/setup-prometheus.sh
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
-	$(TEST_VENV)/bin/python -m pytest -q tests/prometheus
+	$(TEST_VENV)/bin/python -m pytest -q tests/prometheus tests/drift
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	$(KSERVE_VENV)/bin/python -m pytest -q tests/kserve
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
@@ -81,8 +81,10 @@ $(MODELS_VENV)/.done: models/requirements.txt
 	$(MODELS_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
-models: $(MODELS_VENV)/.done
+models: $(MODELS_VENV)/.done $(ORT_LIB)
 	$(MODELS_VENV)/bin/python models/make_models.py
+	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(CARGO) run --quiet --bin switchyard -- \
+	  profile --model models/iris/1 --data models/iris/reference.csv
 
 lint:
 	$(CARGO) fmt --all --check

@@ -67,6 +67,11 @@ def iris():
     for vi in list(model.graph.input) + list(model.graph.output):
         vi.name = renames.get(vi.name, vi.name)
     path = save(model, "iris", 1)
+    # The training data, for `switchyard profile` (drift baseline) and the drift tests.
+    with open(os.path.join(HERE, "iris", "reference.csv"), "w") as f:
+        f.write("sepal_length,sepal_width,petal_length,petal_width\n")
+        for row in x:
+            f.write(",".join(f"{v:g}" for v in row.tolist()) + "\n")
     rows = [x[0].tolist(), x[60].tolist(), x[120].tolist(), [6.1, 2.8, 4.7, 1.2]]
     return path, [{"input": np.array(rows, dtype=np.float32)}]
 

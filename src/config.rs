@@ -43,6 +43,9 @@ pub struct ModelConfig {
     /// The initial traffic policy (weights, sticky_header, shadow); the admin
     /// API's changes, kept in the state directory, take precedence.
     pub traffic: Option<crate::model::TrafficSpec>,
+    /// Live drift against each version's `baseline.json`.
+    #[serde(default)]
+    pub drift: crate::drift::DriftConfig,
 }
 
 /// `[version_policy]`: at most one of the keys; none is `latest = 1`.

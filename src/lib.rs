@@ -4,6 +4,7 @@
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod drift;
 pub mod error;
 pub mod infer;
 pub mod metrics;

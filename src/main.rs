@@ -25,7 +25,43 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a model repository over the KServe V2 / Open Inference Protocol.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Write a drift profile (baseline.json) of a model version from reference data.
+    Profile(ProfileArgs),
+}
+
+#[derive(clap::Args)]
+struct ProfileArgs {
+    /// The version folder: DIR/<model>/<version>.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Reference (training) data: CSV (a header row names the features) or a 2-D .npy.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// Where to write it; default: baseline.json in the version folder.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Quantile bins per numeric feature.
+    #[arg(long, default_value_t = 10)]
+    bins: usize,
+}
+
+fn profile(args: ProfileArgs) -> anyhow::Result<()> {
+    backend::onnx::init()?;
+    anyhow::ensure!(args.bins >= 2, "--bins must be at least 2");
+    let profile = switchyard::drift::profile::build(&args.model, &args.data, args.bins)?;
+    let out = args
+        .out
+        .unwrap_or_else(|| args.model.join(switchyard::drift::profile::FILE));
+    std::fs::write(&out, serde_json::to_vec_pretty(&profile)?)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    tracing::info!(
+        rows = profile.rows,
+        features = profile.features.len(),
+        out = %out.display(),
+        "profile written"
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -132,7 +168,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Profile(args) => profile(args),
     }
 }
 

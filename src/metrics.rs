@@ -199,6 +199,33 @@ impl VersionMetrics {
     }
 }
 
+/// The drift gauges of one version.
+fn drift(model: &str, version: &str, r: &crate::drift::Report) {
+    for f in &r.features {
+        let stats = [
+            ("psi", Some(f.psi)),
+            ("jensen_shannon", Some(f.jensen_shannon)),
+            ("ks", f.ks),
+            ("wasserstein", f.wasserstein),
+            ("chi_square", f.chi_square),
+        ];
+        for (name, value) in stats {
+            if let Some(v) = value {
+                gauge!("switchyard_drift_score", "model" => model.to_string(), "version" => version.to_string(),
+                    "feature" => f.feature.clone(), "statistic" => name)
+                .set(v);
+            }
+        }
+    }
+    let labels = [
+        ("model", model.to_string()),
+        ("version", version.to_string()),
+    ];
+    gauge!("switchyard_drift_alert", &labels).set(f64::from(r.alert));
+    gauge!("switchyard_prediction_drift_alert", &labels).set(f64::from(r.prediction_alert));
+    gauge!("switchyard_drift_window_rows", &labels).set(r.rows as f64);
+}
+
 /// The Prometheus text of every metric; the gauges are read off the table first.
 /// `None` when the recorder is off (`--no-metrics`).
 pub fn render(models: &Models, rollouts: &crate::rollout::Rollouts) -> Option<String> {
@@ -220,8 +247,11 @@ pub fn render(models: &Models, rollouts: &crate::rollout::Rollouts) -> Option<St
                 let share = m.traffic.share(*v).unwrap_or_else(|| {
                     f64::from(m.default_version().is_some_and(|d| d.version == *v))
                 });
-                gauge!("switchyard_traffic_weight", "model" => model.clone(), "version" => version)
+                gauge!("switchyard_traffic_weight", "model" => model.clone(), "version" => version.clone())
                     .set(share);
+                if let Some(d) = &mv.drift {
+                    drift(&model, &version, &d.report());
+                }
             }
         }
         let s = &m.shadow_stats;

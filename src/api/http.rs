@@ -160,6 +160,8 @@ enum Route<'a> {
     Rollout(&'a str),
     /// Prometheus's scrape.
     Metrics,
+    /// `GET /v2/models/{m}[/versions/{v}]/drift`.
+    Drift(&'a str, &'a str),
 }
 
 impl Route<'_> {
@@ -192,6 +194,8 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
         ["v2", "models", m, "config"] => Route::ModelConfig(m, ""),
         ["v2", "models", m, "stats"] => Route::ModelStats(m, ""),
         ["v2", "models", m, "infer"] => Route::Infer(m, ""),
+        ["v2", "models", m, "drift"] => Route::Drift(m, ""),
+        ["v2", "models", m, "versions", v, "drift"] => Route::Drift(m, v),
         ["v2", "models", m, "versions", v] => Route::ModelMetadata(m, v),
         ["v2", "models", m, "versions", v, "ready"] => Route::ModelReady(m, v),
         ["v2", "models", m, "versions", v, "config"] => Route::ModelConfig(m, v),
@@ -372,6 +376,22 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                     .map_err(|e| Error::Internal(format!("policy change stopped: {e}")))??;
             }
             Ok(json(StatusCode::OK, encode_traffic(&*models.model(m)?)))
+        }
+        Route::Drift(m, v) => {
+            let mv = models.resolve(m, parse_version(m, v)?)?;
+            let monitor = mv.drift.as_ref().ok_or_else(|| {
+                Error::not_found(format!(
+                    "model '{m}' version {} has no drift profile (baseline.json beside its files; see `switchyard profile`)",
+                    mv.version
+                ))
+            })?;
+            let mut body = serde_json::to_value(monitor.report()).expect("plain data");
+            body["model"] = m.into();
+            body["version"] = mv.version.to_string().into();
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_vec(&body).expect("plain data"),
+            ))
         }
         Route::Metrics => {
             let text = crate::metrics::render(models, &state.rollouts)

@@ -204,6 +204,8 @@ pub struct ModelVersion {
     default_priority: usize,
     /// How long loading and warming it up took.
     pub load_duration: std::time::Duration,
+    /// Live drift against the version's baseline profile, when it has one.
+    pub drift: Option<Arc<crate::drift::Monitor>>,
 }
 
 /// Counts a request in flight for as long as it lives.
@@ -268,6 +270,7 @@ impl ModelVersion {
             priority_levels: 0,
             default_priority: 0,
             load_duration: std::time::Duration::ZERO,
+            drift: None,
         }
     }
 
@@ -337,6 +340,13 @@ impl ModelVersion {
         };
         let start = std::time::Instant::now();
         let _in_flight = InFlight::enter(&self.in_flight);
+        // Drift: a sampled request's inputs (shared bytes, not copies) are kept
+        // for the monitor.
+        let observed = self
+            .drift
+            .as_ref()
+            .filter(|d| d.sample())
+            .map(|_| req.inputs.clone());
         let (reply, rx) = tokio::sync::oneshot::channel();
         let level = self.priority(&req)?;
         self.workers.submit(
@@ -370,6 +380,9 @@ impl ModelVersion {
             Err(_) => self.stats.fail.record(took),
         }
         let outputs = result?;
+        if let (Some(d), Some(inputs)) = (&self.drift, observed) {
+            d.observe(inputs, outputs.clone());
+        }
         Ok(InferResponse {
             id: req.id,
             model: self.model.clone(),

@@ -111,7 +111,7 @@ pub fn find(root: &Path, name: &str) -> Result<ModelDir> {
 }
 
 /// Loads one version from its folder and starts its workers (not yet warmed up).
-pub(crate) fn load_version(
+pub fn load_version(
     name: &Arc<str>,
     v: u64,
     path: &Path,
@@ -142,11 +142,20 @@ pub(crate) fn load_version(
         },
         stats.clone(),
     )?;
-    Ok(
-        ModelVersion::new(name.clone(), v, loaded.metadata, workers, stats)
-            .with_default_timeout(config.default_timeout())
-            .with_priorities(config.priorities().0, config.priorities().1),
-    )
+    let mut version = ModelVersion::new(name.clone(), v, loaded.metadata, workers, stats);
+    if config.drift.enabled != Some(false) {
+        if let Some(profile) = crate::drift::Profile::load(&path.join(crate::drift::profile::FILE))?
+        {
+            version.drift = Some(crate::drift::Monitor::start(
+                profile,
+                &config.drift,
+                &format!("{name}/{v}"),
+            )?);
+        }
+    }
+    Ok(version
+        .with_default_timeout(config.default_timeout())
+        .with_priorities(config.priorities().0, config.priorities().1))
 }
 
 #[cfg(test)]
