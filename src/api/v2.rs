@@ -406,6 +406,8 @@ pub fn encode_stats(versions: &[std::sync::Arc<crate::model::ModelVersion>]) -> 
         .iter()
         .map(|mv| {
             let s = &mv.stats;
+            // One read: Triton's clients require the three compute counts to agree.
+            let (runs, infer_ns) = s.compute_infer.get();
             serde_json::json!({
                 "name": &*mv.model,
                 "version": mv.version.to_string(),
@@ -416,9 +418,9 @@ pub fn encode_stats(versions: &[std::sync::Arc<crate::model::ModelVersion>]) -> 
                     "success": tally(&s.success),
                     "fail": tally(&s.fail),
                     "queue": tally(&s.queue),
-                    "compute_input": {"count": s.compute_infer.get().0, "ns": 0},
-                    "compute_infer": tally(&s.compute_infer),
-                    "compute_output": {"count": s.compute_infer.get().0, "ns": 0},
+                    "compute_input": {"count": runs, "ns": 0},
+                    "compute_infer": {"count": runs, "ns": infer_ns},
+                    "compute_output": {"count": runs, "ns": 0},
                 },
                 "batch_stats": s.batch_sizes().map(|(size, count, ns)| serde_json::json!({
                     "batch_size": size,

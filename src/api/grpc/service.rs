@@ -350,6 +350,8 @@ impl GrpcInferenceService for InferenceService {
             .iter()
             .map(|mv| {
                 let s = &mv.stats;
+                // One read: Triton's clients require the three compute counts to agree.
+                let (runs, infer_ns) = s.compute_infer.get();
                 pb::ModelStatistics {
                     name: mv.model.to_string(),
                     version: mv.version.to_string(),
@@ -360,15 +362,12 @@ impl GrpcInferenceService for InferenceService {
                         success: tally(&s.success),
                         fail: tally(&s.fail),
                         queue: tally(&s.queue),
-                        compute_input: Some(pb::StatisticDuration {
-                            count: s.compute_infer.get().0,
-                            ns: 0,
+                        compute_input: Some(pb::StatisticDuration { count: runs, ns: 0 }),
+                        compute_infer: Some(pb::StatisticDuration {
+                            count: runs,
+                            ns: infer_ns,
                         }),
-                        compute_infer: tally(&s.compute_infer),
-                        compute_output: Some(pb::StatisticDuration {
-                            count: s.compute_infer.get().0,
-                            ns: 0,
-                        }),
+                        compute_output: Some(pb::StatisticDuration { count: runs, ns: 0 }),
                         ..Default::default()
                     }),
                     batch_stats: s
