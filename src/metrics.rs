@@ -120,6 +120,19 @@ fn describe() {
         Unit::Bytes,
         "Resident set size of the server."
     );
+    describe_gauge!(
+        "switchyard_drift_score",
+        "Drift of a feature or output against the baseline, by statistic."
+    );
+    describe_gauge!(
+        "switchyard_drift_alert",
+        "1 when the share of drifted input features reaches drift.share."
+    );
+    describe_gauge!(
+        "switchyard_prediction_drift_alert",
+        "1 when the share of drifted outputs reaches drift.share."
+    );
+    describe_gauge!("switchyard_drift_window_rows", "Rows in the drift window.");
 }
 
 /// Handles of one version's metrics, registered once at load.
