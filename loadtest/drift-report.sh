@@ -46,7 +46,7 @@ print(f"{sys.argv[2]:20} {r['infer_per_s']:8.0f} infer/s  p50 {r['p50_us']:6} µ
 PY
 }
 log "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); HTTP binary, concurrency 32"
-for round in 1 2; do
+for round in $(seq "${ROUNDS:-3}"); do
   for mode in on off; do
     serve $mode
     rss0=$(awk '/VmRSS/{print $2}' "/proc/$pid/status")

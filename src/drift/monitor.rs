@@ -2,14 +2,13 @@
 //! a thread that bins their rows into the profile's bins over a sliding window
 //! of rows; reports compare that window with the reference.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
 
-use super::profile::{table, Kind, Profile, Side};
+use super::profile::{Kind, Profile, Side};
 use super::stats;
 use crate::tensor::Tensor;
 
@@ -30,7 +29,7 @@ pub struct DriftConfig {
 }
 
 /// Requests waiting to be binned; past this, observations are dropped (and counted).
-const CHANNEL: usize = 1024;
+const CHANNEL: usize = 8192;
 
 pub struct Monitor {
     profile: Arc<Profile>,
@@ -48,8 +47,32 @@ struct Window {
     capacity: usize,
     /// Rows binned since the start.
     seen: u64,
-    rows: VecDeque<Vec<u16>>,
+    /// A ring of `capacity` rows, each `features` bins; the oldest row is at
+    /// `seen % capacity` once the ring is full.
+    bins: Vec<u16>,
+    features: usize,
     counts: Vec<Vec<u64>>,
+}
+
+impl Window {
+    fn len(&self) -> usize {
+        (self.seen as usize).min(self.capacity)
+    }
+
+    /// Adds one row's bins, forgetting the oldest row when full.
+    fn push(&mut self, row: &[u16]) {
+        let slot = (self.seen % self.capacity as u64) as usize * self.features;
+        if self.seen >= self.capacity as u64 {
+            for (f, &b) in self.bins[slot..slot + self.features].iter().enumerate() {
+                self.counts[f][b as usize] -= 1;
+            }
+        }
+        for (f, &b) in row.iter().enumerate() {
+            self.counts[f][b as usize] += 1;
+        }
+        self.bins[slot..slot + self.features].copy_from_slice(row);
+        self.seen += 1;
+    }
 }
 
 /// One feature's comparison.
@@ -98,7 +121,8 @@ impl Monitor {
         let window = Arc::new(Mutex::new(Window {
             capacity,
             seen: 0,
-            rows: VecDeque::with_capacity(capacity),
+            bins: vec![0; capacity * profile.features.len()],
+            features: profile.features.len(),
             counts: profile
                 .features
                 .iter()
@@ -166,7 +190,7 @@ impl Monitor {
                 ks,
                 wasserstein,
                 chi_square,
-                drifted: !w.rows.is_empty() && psi >= self.psi_threshold,
+                drifted: w.len() > 0 && psi >= self.psi_threshold,
                 reference,
                 current,
             });
@@ -182,7 +206,7 @@ impl Monitor {
         let (drifted_share, prediction_drifted_share) =
             (share_of(Side::Input), share_of(Side::Output));
         Report {
-            rows: w.rows.len(),
+            rows: w.len(),
             seen: w.seen,
             window: w.capacity,
             psi_threshold: self.psi_threshold,
@@ -200,59 +224,70 @@ impl Monitor {
     /// Bytes the window holds (the monitor's memory beyond its profile).
     pub fn window_bytes(&self) -> usize {
         let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        w.capacity * (self.profile.features.len() * 2 + 24)
-            + w.counts.iter().map(|c| c.len() * 8).sum::<usize>()
+        w.bins.len() * 2 + w.counts.iter().map(|c| c.len() * 8).sum::<usize>()
     }
 }
 
-/// The binning thread: runs until the monitor (and its sender) is dropped.
+/// How often the binning thread wakes: waking it per request would cost more
+/// than the binning.
+const TICK: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The binning thread: every tick, bins what was queued; runs until the monitor
+/// (and its sender) is dropped.
 fn bin_rows(profile: &Profile, rx: &Receiver<(Vec<Tensor>, Vec<Tensor>)>, window: &Mutex<Window>) {
-    for (inputs, outputs) in rx {
-        let tables: Vec<Option<(usize, usize, Vec<f64>)>> = profile
-            .features
-            .iter()
-            .map(|f| {
-                let pool = if f.side == Side::Input {
-                    &inputs
-                } else {
-                    &outputs
-                };
-                pool.iter().find(|t| t.name == f.tensor).and_then(table)
-            })
-            .collect();
-        let Some(rows) = tables.iter().flatten().map(|t| t.0).min() else {
-            continue;
-        };
-        let mut binned = Vec::with_capacity(rows);
-        for r in 0..rows {
-            let row: Option<Vec<u16>> = profile
+    let mut row = vec![0u16; profile.features.len()];
+    loop {
+        std::thread::sleep(TICK);
+        let mut w = window.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let (inputs, outputs) = match rx.try_recv() {
+                Ok(m) => m,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+            };
+            // Each feature's tensor: (values, rows, columns).
+            let tensors: Option<Vec<(&Tensor, usize, usize)>> = profile
                 .features
                 .iter()
-                .zip(&tables)
-                .map(|(f, t)| {
-                    let (_, cols, values) = t.as_ref()?;
-                    let x = values.get(r * cols + f.column.unwrap_or(0))?;
-                    Some(f.kind.bin(*x) as u16)
+                .map(|f| {
+                    let pool = if f.side == Side::Input {
+                        &inputs
+                    } else {
+                        &outputs
+                    };
+                    let t = pool.iter().find(|t| t.name == f.tensor)?;
+                    match t.shape.as_slice() {
+                        [n] => Some((t, *n as usize, 1)),
+                        [n, k] => Some((t, *n as usize, *k as usize)),
+                        _ => None,
+                    }
                 })
                 .collect();
-            // A request missing a feature's tensor (outputs not asked for) is skipped.
-            if let Some(row) = row {
-                binned.push(row);
-            }
-        }
-        let mut w = window.lock().unwrap_or_else(|e| e.into_inner());
-        for row in binned {
-            for (c, b) in w.counts.iter_mut().zip(&row) {
-                c[*b as usize] += 1;
-            }
-            w.rows.push_back(row);
-            w.seen += 1;
-            if w.rows.len() > w.capacity {
-                let old = w.rows.pop_front().expect("non-empty");
-                for (c, b) in w.counts.iter_mut().zip(&old) {
-                    c[*b as usize] -= 1;
+            // A request without some feature's tensor (outputs not asked for) is skipped.
+            let Some(tensors) = tensors else { continue };
+            let rows = tensors.iter().map(|t| t.1).min().unwrap_or(0);
+            for r in 0..rows {
+                for ((f, (t, _, cols)), b) in
+                    profile.features.iter().zip(&tensors).zip(row.iter_mut())
+                {
+                    let x = value(t, r * cols + f.column.unwrap_or(0)).unwrap_or(f64::NAN);
+                    *b = f.kind.bin(x) as u16;
                 }
+                w.push(&row);
             }
         }
     }
+}
+
+/// Element `i` of a numeric tensor as f64.
+fn value(t: &Tensor, i: usize) -> Option<f64> {
+    let d = &t.data[..];
+    let at = |w: usize| d.get(i * w..(i + 1) * w);
+    Some(match t.dtype {
+        crate::tensor::DataType::F32 => f32::from_le_bytes(at(4)?.try_into().ok()?) as f64,
+        crate::tensor::DataType::F64 => f64::from_le_bytes(at(8)?.try_into().ok()?),
+        crate::tensor::DataType::I64 => i64::from_le_bytes(at(8)?.try_into().ok()?) as f64,
+        crate::tensor::DataType::I32 => i32::from_le_bytes(at(4)?.try_into().ok()?) as f64,
+        _ => return None,
+    })
 }
