@@ -31,7 +31,8 @@ pub struct RolloutSpec {
     pub max_error_rate: f64,
     #[serde(default)]
     pub max_p99_latency_ms: Option<f64>,
-    /// Accepted for Flagger compatibility; checked once drift is measured.
+    /// Largest PSI of the candidate's input features over its drift window
+    /// (checked when the candidate has a baseline profile).
     #[serde(default)]
     pub max_drift_psi: Option<f64>,
     /// Fewer requests than this in a window: no verdict, the step waits.
@@ -394,6 +395,14 @@ fn control(
                 problems.push(format!("p99 {p99:.2} ms > {max} ms"));
             }
         }
+        // Drift of the candidate's inputs over its own drift window, when it has a profile.
+        if let (Some(max), Some(psi)) =
+            (spec.max_drift_psi, candidate_psi(&models, model, candidate))
+        {
+            if psi > max {
+                problems.push(format!("input drift PSI {psi:.3} > {max}"));
+            }
+        }
         if problems.is_empty() {
             let next = (s.weight + spec.step_weight).min(spec.max_weight);
             if s.weight >= spec.max_weight {
@@ -488,4 +497,21 @@ fn finish(
         p99_ms: None,
     });
     tracing::info!(model, candidate, phase = ?phase, "rollout {why}");
+}
+
+/// The largest PSI of the candidate's input features, when it is monitored.
+fn candidate_psi(models: &Models, model: &str, candidate: u64) -> Option<f64> {
+    let m = models.model(model).ok()?;
+    let Some(crate::model::VersionState::Ready(mv)) = m.versions.get(&candidate) else {
+        return None;
+    };
+    let report = mv.drift.as_ref()?.report();
+    (report.rows > 0).then(|| {
+        report
+            .features
+            .iter()
+            .filter(|f| f.side == crate::drift::profile::Side::Input)
+            .map(|f| f.psi)
+            .fold(0.0, f64::max)
+    })
 }

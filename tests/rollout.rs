@@ -203,3 +203,41 @@ fn an_aborted_rollout_restores_the_stable_version_and_bad_ones_are_refused() {
     );
     assert_eq!(t["weights"], json!({"1": 100}));
 }
+
+#[test]
+fn a_candidate_whose_inputs_drift_is_rolled_back() {
+    let repo = scratch("rollout-drift");
+    let iris = sample_models().join("iris/1");
+    copy_dir(&iris, &repo.join("m/1"));
+    copy_dir(&iris, &repo.join("m/2"));
+    std::fs::write(repo.join("m/config.toml"), "[version_policy]\nall = true\n").unwrap();
+    let s = Server::start(&repo, &[]);
+    assert_eq!(
+        s.put_json("/admin/models/m/traffic", &json!({"weights": {"1": 100}}))
+            .0,
+        200
+    );
+    // Flowers far larger than any in the training data.
+    let (stop, url) = (
+        Arc::new(AtomicBool::new(false)),
+        s.url("/v2/models/m/infer"),
+    );
+    let flag = stop.clone();
+    let load = std::thread::spawn(move || {
+        let c = client();
+        let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [12.0, 3.0, 5.0, 1.5]}]});
+        while !flag.load(Ordering::Relaxed) {
+            let _ = c.post(&url).json(&body).send();
+        }
+    });
+    let (code, st) = s.post(
+        "/admin/models/m/rollout",
+        &json!({"candidate": "2", "step_weight": 30, "max_weight": 60, "interval": "300ms",
+                "threshold": 2, "min_requests": 5, "max_drift_psi": 0.2}),
+    );
+    assert_eq!(code, 200, "{st}");
+    let st = wait_phase(&s, "rolled_back");
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(st.to_string().contains("input drift PSI"), "{st}");
+}
