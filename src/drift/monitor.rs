@@ -20,8 +20,10 @@ pub struct DriftConfig {
     pub enabled: Option<bool>,
     /// Share of requests observed (default 1).
     pub sample_rate: Option<f64>,
-    /// Rows in the sliding window (default 1000).
+    /// Rows in the sliding window at most (default 1000).
     pub window: Option<usize>,
+    /// Also forget rows older than this many seconds (default: only the row count).
+    pub window_seconds: Option<f64>,
     /// PSI at or above which a feature counts as drifted (default 0.1).
     pub psi_threshold: Option<f64>,
     /// Share of drifted features that raises the alert (default 0.5).
@@ -45,32 +47,80 @@ pub struct Monitor {
 /// The last rows seen: each row's bin per feature, and the counts per bin.
 struct Window {
     capacity: usize,
+    /// Rows older than this leave the window too (`drift.window_seconds`).
+    max_age: Option<std::time::Duration>,
+    started: std::time::Instant,
     /// Rows binned since the start.
     seen: u64,
-    /// A ring of `capacity` rows, each `features` bins; the oldest row is at
-    /// `seen % capacity` once the ring is full.
+    /// A ring of `capacity` rows, each `features` bins, the oldest at `head`.
     bins: Vec<u16>,
+    /// When each slot's row was seen, in milliseconds since `started`.
+    at_ms: Vec<u64>,
+    head: usize,
+    len: usize,
     features: usize,
     counts: Vec<Vec<u64>>,
 }
 
 impl Window {
+    fn new(capacity: usize, max_age: Option<std::time::Duration>, profile: &Profile) -> Window {
+        let features = profile.features.len();
+        Window {
+            capacity,
+            max_age,
+            started: std::time::Instant::now(),
+            seen: 0,
+            bins: vec![0; capacity * features],
+            at_ms: vec![0; capacity],
+            head: 0,
+            len: 0,
+            features,
+            counts: profile
+                .features
+                .iter()
+                .map(|f| vec![0; f.kind.bins()])
+                .collect(),
+        }
+    }
+
     fn len(&self) -> usize {
-        (self.seen as usize).min(self.capacity)
+        self.len
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn pop_oldest(&mut self) {
+        let slot = self.head * self.features;
+        for (f, &b) in self.bins[slot..slot + self.features].iter().enumerate() {
+            self.counts[f][b as usize] -= 1;
+        }
+        self.head = (self.head + 1) % self.capacity;
+        self.len -= 1;
+    }
+
+    /// Forgets the rows older than the time window, if there is one.
+    fn expire(&mut self) {
+        let Some(age) = self.max_age else { return };
+        let cutoff = self.now_ms().saturating_sub(age.as_millis() as u64);
+        while self.len > 0 && self.at_ms[self.head] < cutoff {
+            self.pop_oldest();
+        }
     }
 
     /// Adds one row's bins, forgetting the oldest row when full.
-    fn push(&mut self, row: &[u16]) {
-        let slot = (self.seen % self.capacity as u64) as usize * self.features;
-        if self.seen >= self.capacity as u64 {
-            for (f, &b) in self.bins[slot..slot + self.features].iter().enumerate() {
-                self.counts[f][b as usize] -= 1;
-            }
+    fn push(&mut self, row: &[u16], now_ms: u64) {
+        if self.len == self.capacity {
+            self.pop_oldest();
         }
+        let i = (self.head + self.len) % self.capacity;
         for (f, &b) in row.iter().enumerate() {
             self.counts[f][b as usize] += 1;
         }
-        self.bins[slot..slot + self.features].copy_from_slice(row);
+        self.bins[i * self.features..(i + 1) * self.features].copy_from_slice(row);
+        self.at_ms[i] = now_ms;
+        self.len += 1;
         self.seen += 1;
     }
 }
@@ -118,17 +168,8 @@ impl Monitor {
     ) -> crate::error::Result<Arc<Monitor>> {
         let capacity = cfg.window.unwrap_or(1000).max(1);
         let profile = Arc::new(profile);
-        let window = Arc::new(Mutex::new(Window {
-            capacity,
-            seen: 0,
-            bins: vec![0; capacity * profile.features.len()],
-            features: profile.features.len(),
-            counts: profile
-                .features
-                .iter()
-                .map(|f| vec![0; f.kind.bins()])
-                .collect(),
-        }));
+        let max_age = cfg.window_seconds.map(std::time::Duration::from_secs_f64);
+        let window = Arc::new(Mutex::new(Window::new(capacity, max_age, &profile)));
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
         let (p, w) = (profile.clone(), window.clone());
         std::thread::Builder::new()
@@ -161,7 +202,8 @@ impl Monitor {
     }
 
     pub fn report(&self) -> Report {
-        let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        w.expire();
         let mut features = Vec::new();
         for (f, counts) in self.profile.features.iter().zip(&w.counts) {
             let reference = f.kind.reference();
@@ -224,7 +266,7 @@ impl Monitor {
     /// Bytes the window holds (the monitor's memory beyond its profile).
     pub fn window_bytes(&self) -> usize {
         let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        w.bins.len() * 2 + w.counts.iter().map(|c| c.len() * 8).sum::<usize>()
+        w.bins.len() * 2 + w.at_ms.len() * 8 + w.counts.iter().map(|c| c.len() * 8).sum::<usize>()
     }
 }
 
@@ -239,13 +281,15 @@ fn bin_rows(profile: &Profile, rx: &Receiver<(Vec<Tensor>, Vec<Tensor>)>, window
     loop {
         std::thread::sleep(TICK);
         let mut w = window.lock().unwrap_or_else(|e| e.into_inner());
+        w.expire();
+        let now = w.now_ms();
         loop {
             let (inputs, outputs) = match rx.try_recv() {
                 Ok(m) => m,
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => return,
             };
-            // Each feature's tensor: (values, rows, columns).
+            // Each feature's tensor: (tensor, rows, values per row).
             let tensors: Option<Vec<(&Tensor, usize, usize)>> = profile
                 .features
                 .iter()
@@ -256,24 +300,26 @@ fn bin_rows(profile: &Profile, rx: &Receiver<(Vec<Tensor>, Vec<Tensor>)>, window
                         &outputs
                     };
                     let t = pool.iter().find(|t| t.name == f.tensor)?;
-                    match t.shape.as_slice() {
-                        [n] => Some((t, *n as usize, 1)),
-                        [n, k] => Some((t, *n as usize, *k as usize)),
-                        _ => None,
-                    }
+                    let (&n, rest) = t.shape.split_first()?;
+                    Some((t, n as usize, rest.iter().product::<i64>().max(0) as usize))
                 })
                 .collect();
             // A request without some feature's tensor (outputs not asked for) is skipped.
             let Some(tensors) = tensors else { continue };
             let rows = tensors.iter().map(|t| t.1).min().unwrap_or(0);
             for r in 0..rows {
-                for ((f, (t, _, cols)), b) in
+                for ((f, (t, _, per_row)), b) in
                     profile.features.iter().zip(&tensors).zip(row.iter_mut())
                 {
-                    let x = value(t, r * cols + f.column.unwrap_or(0)).unwrap_or(f64::NAN);
+                    let x = match f.summary {
+                        Some(s) => {
+                            s.of((r * per_row..(r + 1) * per_row).filter_map(|i| value(t, i)))
+                        }
+                        None => value(t, r * per_row + f.column.unwrap_or(0)).unwrap_or(f64::NAN),
+                    };
                     *b = f.kind.bin(x) as u16;
                 }
-                w.push(&row);
+                w.push(&row, now);
             }
         }
     }
@@ -290,4 +336,45 @@ fn value(t: &Tensor, i: usize) -> Option<f64> {
         crate::tensor::DataType::I32 => i32::from_le_bytes(at(4)?.try_into().ok()?) as f64,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::profile::Feature;
+
+    fn profile() -> Profile {
+        Profile {
+            rows: 4,
+            features: vec![Feature {
+                name: "x".into(),
+                side: Side::Input,
+                tensor: "x".into(),
+                column: None,
+                summary: None,
+                kind: Kind::Numeric {
+                    edges: vec![0.0, 1.0, 2.0],
+                    proportions: vec![0.5, 0.5],
+                    std: 0.5,
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn the_window_keeps_the_last_rows_and_forgets_old_ones() {
+        let mut w = Window::new(3, Some(std::time::Duration::from_millis(100)), &profile());
+        for (b, t) in [(0u16, 0u64), (1, 10), (1, 20), (0, 30)] {
+            w.push(&[b], t);
+        }
+        assert_eq!((w.len(), w.seen), (3, 4));
+        assert_eq!(w.counts[0], vec![1, 2], "the first row left");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        w.expire();
+        assert_eq!(
+            (w.len(), w.counts[0].clone()),
+            (0, vec![0, 0]),
+            "all older than 100 ms"
+        );
+    }
 }

@@ -33,10 +33,38 @@ pub struct Feature {
     pub side: Side,
     /// The tensor it is read from.
     pub tensor: String,
-    /// The column of a 2-D tensor; `None` for a 1-D one.
+    /// The column of a 2-D tensor; `None` for a 1-D one or a summary.
     pub column: Option<usize>,
+    /// For tensors of rank 3 and more: a per-row summary instead of a column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
     #[serde(flatten)]
     pub kind: Kind,
+}
+
+/// A per-row summary of a tensor whose rows are not feature vectors (images,
+/// sequences): one number a row.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Summary {
+    Mean,
+    L2,
+}
+
+impl Summary {
+    pub fn of(self, row: impl Iterator<Item = f64>) -> f64 {
+        let (mut n, mut sum, mut sq) = (0usize, 0.0, 0.0);
+        for x in row {
+            n += 1;
+            sum += x;
+            sq += x * x;
+        }
+        match self {
+            Summary::Mean if n > 0 => sum / n as f64,
+            Summary::Mean => 0.0,
+            Summary::L2 => sq.sqrt(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -122,7 +150,8 @@ impl Profile {
     }
 }
 
-/// A tensor's values as f64 by row: `rows × columns` (1-D tensors: one column).
+/// A numeric tensor's values as f64: `(rows, values per row, values)` (the first
+/// dim is the rows); `None` for BYTES, BOOL and scalars.
 pub fn table(t: &Tensor) -> Option<(usize, usize, Vec<f64>)> {
     let values: Vec<f64> = match t.dtype {
         DataType::F32 => t
@@ -147,11 +176,9 @@ pub fn table(t: &Tensor) -> Option<(usize, usize, Vec<f64>)> {
             .collect(),
         _ => return None,
     };
-    match t.shape.as_slice() {
-        [n] => Some((*n as usize, 1, values)),
-        [n, k] => Some((*n as usize, *k as usize, values)),
-        _ => None,
-    }
+    let (&rows, rest) = t.shape.split_first()?;
+    let per_row = rest.iter().product::<i64>().max(0) as usize;
+    Some((rows as usize, per_row, values))
 }
 
 /// Builds the features of one tensor from reference values.
@@ -159,6 +186,24 @@ pub fn features_of(t: &Tensor, side: Side, names: Option<&[String]>, bins: usize
     let Some((rows, cols, values)) = table(t) else {
         return Vec::new();
     };
+    if t.shape.len() >= 3 {
+        return [(Summary::Mean, "mean"), (Summary::L2, "l2")]
+            .into_iter()
+            .map(|(summary, label)| {
+                let col: Vec<f64> = (0..rows)
+                    .map(|r| summary.of(values[r * cols..(r + 1) * cols].iter().copied()))
+                    .collect();
+                Feature {
+                    name: format!("{}:{label}", t.name),
+                    side,
+                    tensor: t.name.clone(),
+                    column: None,
+                    summary: Some(summary),
+                    kind: numeric_kind(&col, bins),
+                }
+            })
+            .collect();
+    }
     let categorical = matches!(t.dtype, DataType::I64 | DataType::I32);
     (0..cols)
         .map(|j| {
@@ -173,6 +218,7 @@ pub fn features_of(t: &Tensor, side: Side, names: Option<&[String]>, bins: usize
                 side,
                 tensor: t.name.clone(),
                 column: (t.shape.len() == 2).then_some(j),
+                summary: None,
                 kind: if categorical {
                     categorical_kind(&col)
                 } else {
@@ -249,11 +295,12 @@ pub fn read_data(path: &std::path::Path) -> Result<Data> {
         let bytes = std::fs::read(path).map_err(|e| bad(&e))?;
         let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(&e))?;
         let shape = npy.shape().to_vec();
-        let [rows, cols] = shape[..] else {
+        let Some((&rows, rest)) = shape.split_first().filter(|(_, rest)| !rest.is_empty()) else {
             return Err(bad(&format!(
-                "a 2-D array is needed, this one has shape {shape:?}"
+                "an array of rows is needed, this one has shape {shape:?}"
             )));
         };
+        let cols: u64 = rest.iter().product();
         let values: Vec<f64> = match npy.dtype() {
             npyz::DType::Plain(t)
                 if t.type_char() == npyz::TypeChar::Float && t.size_field() == 4 =>
@@ -314,14 +361,22 @@ pub fn build(dir: &std::path::Path, data: &std::path::Path, bins: usize) -> Resu
             "profiles are made for models with one input",
         ));
     };
-    if input.shape.len() != 2 || !matches!(input.dtype, DataType::F32 | DataType::F64) {
+    let inner = &input.shape[1.min(input.shape.len())..];
+    if input.shape.len() < 2
+        || !matches!(input.dtype, DataType::F32 | DataType::F64)
+        || (inner.len() > 1 && inner.iter().any(|d| *d < 0))
+    {
         return Err(Error::invalid(format!(
-            "profiles are made for one 2-D floating-point input [batch, features]; '{}' is {} {:?}",
+            "profiles are made for one floating-point input of rows, [batch, features] or [batch, fixed dims...]; '{}' is {} {:?}",
             input.name, input.dtype, input.shape
         )));
     }
     let (names, rows) = read_data(data)?;
-    let cols = input.shape[1];
+    let cols = if inner.len() == 1 {
+        inner[0]
+    } else {
+        inner.iter().product()
+    };
     if let Some(bad) = rows
         .iter()
         .position(|r| cols >= 0 && r.len() as i64 != cols)
@@ -351,12 +406,14 @@ pub fn build(dir: &std::path::Path, data: &std::path::Path, bins: usize) -> Resu
                 .flat_map(|x| (*x as f32).to_le_bytes())
                 .collect(),
         };
-        Tensor::new(
-            input.name.clone(),
-            input.dtype,
-            vec![rows.len() as i64, width as i64],
-            data.into(),
-        )
+        let shape = if inner.len() == 1 {
+            vec![rows.len() as i64, width as i64]
+        } else {
+            std::iter::once(rows.len() as i64)
+                .chain(inner.iter().copied())
+                .collect()
+        };
+        Tensor::new(input.name.clone(), input.dtype, shape, data.into())
     };
     let mut outputs = Vec::new();
     for part in rows.chunks(chunk) {

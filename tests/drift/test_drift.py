@@ -125,3 +125,53 @@ def test_live_drift_matches_scipy_and_flags_a_shifted_feature(switchyard, tmp_pa
     line = next(l for l in text.splitlines() if l.startswith("switchyard_drift_score{")
                 and 'feature="sepal_length"' in l and 'statistic="psi"' in l)
     assert abs(float(line.split()[-1]) - by_name["sepal_length"]["psi"]) < 1e-9, line
+
+
+def test_rows_that_are_not_feature_vectors_are_summarised_by_mean_and_l2(switchyard, tmp_path):
+    import subprocess
+
+    repo = tmp_path / "models"
+    (repo / "grid" / "1").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "fixtures" / "grid_mean" / "model.onnx", repo / "grid" / "1" / "model.onnx")
+    rng = np.random.default_rng(3)
+    reference = rng.normal(0.0, 1.0, (2000, 2, 3)).astype(np.float32)
+    np.save(tmp_path / "reference.npy", reference)
+    import os
+    binary = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchyard"))
+    out = subprocess.run([binary, "profile", "--model", str(repo / "grid" / "1"), "--data", str(tmp_path / "reference.npy")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    profile = json.loads((repo / "grid" / "1" / "baseline.json").read_text())
+    names = [f["name"] for f in profile["features"]]
+    assert names == ["input:mean", "input:l2", "score"], names
+    s = switchyard(models=repo)
+
+    def send_grid(rows):
+        for i in range(0, len(rows), 50):
+            part = rows[i:i + 50]
+            call(f"http://{s.http}/v2/models/grid/infer",
+                 {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(part.shape), "data": part.ravel().tolist()}]})
+
+    def report_grid(seen):
+        import time
+        deadline = time.time() + 30
+        while True:
+            r = call(f"http://{s.http}/v2/models/grid/versions/1/drift")
+            if r["seen"] >= seen:
+                return r
+            assert time.time() < deadline
+            time.sleep(0.05)
+
+    live = rng.normal(0.0, 1.0, (1000, 2, 3)).astype(np.float32)
+    send_grid(live)
+    by_name = {f["feature"]: f for f in report_grid(1000)["features"]}
+    flat = live.reshape(1000, -1).astype(np.float64)
+    for name, values in [("input:mean", flat.mean(axis=1)), ("input:l2", np.sqrt((flat ** 2).sum(axis=1)))]:
+        want = reference_stats(next(f for f in profile["features"] if f["name"] == name), values)
+        for stat, value in want.items():
+            assert abs(by_name[name][stat] - value) <= 1e-6, (name, stat, by_name[name][stat], value)
+        assert by_name[name]["psi"] < 0.1, (name, by_name[name]["psi"])
+    send_grid(live + 1.0)
+    by_name = {f["feature"]: f for f in report_grid(2000)["features"]}
+    assert by_name["input:mean"]["psi"] > 0.25, by_name["input:mean"]
+    assert by_name["score"]["psi"] > 0.25, "the prediction drifts with it"
