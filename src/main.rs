@@ -92,6 +92,10 @@ struct ServeArgs {
     /// Do not record Prometheus metrics (GET /metrics answers 404).
     #[arg(long)]
     no_metrics: bool,
+    /// Bucket bounds in seconds of the latency histograms, e.g.
+    /// 0.001,0.005,0.025,0.1,0.5 (default: 10 µs to 10 s, three a decade).
+    #[arg(long, value_name = "SECONDS,...", value_delimiter = ',')]
+    latency_buckets: Vec<f64>,
     /// Bearer token the predict endpoints need (HTTP and gRPC); none: open.
     #[arg(
         long,
@@ -211,7 +215,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     backend::onnx::init()?;
     // Before any model loads: their metric handles register with the recorder.
     if !args.no_metrics {
-        switchyard::metrics::install()?;
+        let buckets = (!args.latency_buckets.is_empty()).then_some(args.latency_buckets.as_slice());
+        switchyard::metrics::install(buckets)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -26,9 +26,13 @@ pub const ROWS_BUCKETS: [f64; 12] = [
 ];
 
 /// Installs the process-wide recorder; `/metrics` renders it from then on.
-pub fn install() -> Result<()> {
+/// `seconds_buckets` replaces [`SECONDS_BUCKETS`] for every `_seconds` histogram.
+pub fn install(seconds_buckets: Option<&[f64]>) -> Result<()> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            seconds_buckets.unwrap_or(&SECONDS_BUCKETS),
+        )
         .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_rows".into()), &ROWS_BUCKETS))
         // Gauges of retired versions stop being set at scrape time; drop them.
         .map(|b| {

@@ -110,3 +110,20 @@ fn no_metrics_turns_the_endpoint_off() {
     let (code, e) = s.get("/metrics");
     assert_eq!(code, 404, "{e}");
 }
+
+#[test]
+fn latency_buckets_can_be_chosen() {
+    let s = Server::start(&sample_models(), &["--latency-buckets", "0.001,0.5"]);
+    assert_eq!(s.post("/v2/models/mlp/infer", &row()).0, 200);
+    let text = client()
+        .get(s.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let buckets: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("switchyard_request_duration_seconds_bucket{model=\"mlp\",version=\"2\",protocol=\"http\""))
+        .collect();
+    assert_eq!(buckets.len(), 3, "0.001, 0.5 and +Inf: {buckets:?}");
+}
