@@ -28,6 +28,9 @@ pub struct DriftConfig {
     pub psi_threshold: Option<f64>,
     /// Share of drifted features that raises the alert (default 0.5).
     pub share: Option<f64>,
+    /// Fewer rows than this in the window: no feature counts as drifted yet
+    /// (default 100; the statistics are still reported).
+    pub min_rows: Option<usize>,
 }
 
 /// Requests waiting to be binned; past this, observations are dropped (and counted).
@@ -38,6 +41,7 @@ pub struct Monitor {
     sample_rate: f64,
     psi_threshold: f64,
     share: f64,
+    min_rows: usize,
     tx: Sender<(Vec<Tensor>, Vec<Tensor>)>,
     window: Arc<Mutex<Window>>,
     /// Observations dropped because the binning thread was behind.
@@ -183,6 +187,7 @@ impl Monitor {
             sample_rate: cfg.sample_rate.unwrap_or(1.0).clamp(0.0, 1.0),
             psi_threshold: cfg.psi_threshold.unwrap_or(0.1),
             share: cfg.share.unwrap_or(0.5),
+            min_rows: cfg.min_rows.unwrap_or(100),
             tx,
             window,
             dropped: AtomicU64::new(0),
@@ -232,7 +237,7 @@ impl Monitor {
                 ks,
                 wasserstein,
                 chi_square,
-                drifted: w.len() > 0 && psi >= self.psi_threshold,
+                drifted: w.len() >= self.min_rows.max(1) && psi >= self.psi_threshold,
                 reference,
                 current,
             });
