@@ -98,11 +98,33 @@ def mlp(version):
         [numpy_helper.from_array(a, n) for a, n in [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2")]],
     )
     path = save(helper.make_model(graph, opset_imports=OPSET), "mlp", version)
+    if version == 1:
+        # The same weights as safetensors, in PyTorch's Linear layout ([out, in]).
+        d = os.path.join(HERE, "mlp_safetensors", "1")
+        os.makedirs(d, exist_ok=True)
+        save_safetensors(os.path.join(d, "model.safetensors"), [
+            ("fc1.weight", w1.T), ("fc1.bias", b1), ("fc2.weight", w2.T), ("fc2.bias", b2)])
     r = np.random.default_rng(7)
     return path, [
         {"input": r.normal(0, 1, (1, 16)).astype(np.float32)},
         {"input": r.normal(0, 1, (3, 16)).astype(np.float32)},
     ]
+
+
+def save_safetensors(path, tensors):
+    """The safetensors format by hand (8-byte header length, JSON header, data), so
+    that the generator needs no torch."""
+    import json
+    header, blobs, offset = {}, [], 0
+    for name, arr in tensors:
+        data = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little") + head + b"".join(blobs))
 
 
 def mixed():

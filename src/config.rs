@@ -46,6 +46,42 @@ pub struct ModelConfig {
     /// Live drift against each version's `baseline.json`.
     #[serde(default)]
     pub drift: crate::drift::DriftConfig,
+    /// `onnx` or `safetensors`; unset: from the file in the version folder.
+    pub backend: Option<String>,
+    /// For safetensors: the architecture the weights fit (`mlp`).
+    pub architecture: Option<String>,
+    /// For `architecture = "mlp"`: the layers, in order.
+    #[serde(default, rename = "layer")]
+    pub layers: Vec<LayerConfig>,
+    /// For `architecture = "mlp"`: a softmax over the last layer's outputs.
+    pub softmax: Option<bool>,
+    /// Declared inputs and outputs (safetensors holds weights only).
+    #[serde(default)]
+    pub input: Vec<IoConfig>,
+    #[serde(default)]
+    pub output: Vec<IoConfig>,
+}
+
+/// One dense layer: `y = activation(x · weightᵀ + bias)`, weight `[out, in]` as
+/// PyTorch's `Linear` stores it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LayerConfig {
+    pub weight: String,
+    pub bias: Option<String>,
+    pub in_features: usize,
+    pub out_features: usize,
+    /// `relu`, `gelu`, `tanh`, `sigmoid` or `none` (default).
+    pub activation: Option<String>,
+}
+
+/// A declared input or output.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IoConfig {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
 }
 
 /// `[version_policy]`: at most one of the keys; none is `latest = 1`.

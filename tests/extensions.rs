@@ -77,7 +77,7 @@ fn model_config_and_statistics() {
     let (_, all) = s.get("/v2/models/stats");
     assert_eq!(
         all["model_stats"].as_array().unwrap().len(),
-        5,
+        6,
         "every ready version"
     );
     assert_eq!(s.get("/v2/models/mlp/versions/9/stats").0, 404);

@@ -19,7 +19,10 @@ fn kserve_v1_rows_and_columns() {
     let s = Server::start(&sample_models(), &[]);
     let (code, list) = s.get("/v1/models");
     assert_eq!(code, 200);
-    assert_eq!(list["models"], json!(["identity", "iris", "mixed", "mlp"]));
+    assert_eq!(
+        list["models"],
+        json!(["identity", "iris", "mixed", "mlp", "mlp_safetensors"])
+    );
     assert_eq!(
         s.get("/v1/models/iris").1,
         json!({"name": "iris", "ready": true})

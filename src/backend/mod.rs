@@ -1,5 +1,6 @@
 //! Backends: what runs a model version. Each instance is owned by one worker thread.
 
+pub mod mlp;
 pub mod onnx;
 
 use std::path::Path;
@@ -24,14 +25,53 @@ pub struct Loaded {
     pub instances: Vec<Box<dyn Backend>>,
 }
 
-/// Loads the model file of one version folder with the backend that fits it.
+/// Loads the model file of one version folder with the backend that fits it:
+/// `config.toml`'s `backend`, else the file found (model.onnx, model.safetensors).
 pub fn load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
     let onnx = version_dir.join("model.onnx");
+    let safetensors = version_dir.join("model.safetensors");
+    match config.backend.as_deref() {
+        Some("onnx") => return onnx::load(&onnx, config),
+        Some("safetensors") => return mlp::load(&safetensors, config),
+        Some(other) => {
+            return Err(crate::error::Error::load(format!(
+                "config.toml: backend '{other}' is not 'onnx' or 'safetensors'"
+            )))
+        }
+        None => {}
+    }
     if onnx.is_file() {
         return onnx::load(&onnx, config);
     }
+    if safetensors.is_file() {
+        return mlp::load(&safetensors, config);
+    }
     Err(crate::error::Error::load(format!(
-        "{}: no model file (expected model.onnx)",
+        "{}: no model file (expected model.onnx or model.safetensors)",
         version_dir.display()
     )))
+}
+
+/// The batch size a version runs with: `config.toml`'s, checked against the
+/// graph, or the default when every input and output has a dynamic first dim.
+pub fn max_batch_size(config: &ModelConfig, metadata: &ModelMetadata) -> Result<u32> {
+    Ok(match config.max_batch_size {
+        None if metadata.batchable_graph() => crate::config::DEFAULT_MAX_BATCH_SIZE,
+        None | Some(0) => 0,
+        Some(n) => {
+            if let Some(t) = metadata
+                .inputs
+                .iter()
+                .chain(&metadata.outputs)
+                .find(|t| t.shape.first() != Some(&-1))
+            {
+                return Err(crate::error::Error::load(format!(
+                    "config.toml: max_batch_size = {n} needs a dynamic first dimension on every \
+                     input and output, but '{}' has shape {:?}; set max_batch_size = 0",
+                    t.name, t.shape
+                )));
+            }
+            n
+        }
+    })
 }

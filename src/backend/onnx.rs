@@ -11,7 +11,7 @@ use ort::session::{builder::GraphOptimizationLevel, Session, SessionInputValue};
 use ort::value::{DynTensor, DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
 use super::{Backend, Loaded};
-use crate::config::{Device, ModelConfig, DEFAULT_MAX_BATCH_SIZE};
+use crate::config::{Device, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::{ModelMetadata, TensorSpec};
 use crate::tensor::{encode_bytes_elements, BytesIter, DataType, Tensor};
@@ -204,25 +204,7 @@ pub fn load(path: &Path, config: &ModelConfig) -> Result<Loaded> {
         outputs,
         max_batch_size: 0,
     };
-    metadata.max_batch_size = match config.max_batch_size {
-        None if metadata.batchable_graph() => DEFAULT_MAX_BATCH_SIZE,
-        None | Some(0) => 0,
-        Some(n) => {
-            if let Some(t) = metadata
-                .inputs
-                .iter()
-                .chain(&metadata.outputs)
-                .find(|t| t.shape.first() != Some(&-1))
-            {
-                return Err(Error::load(format!(
-                    "config.toml: max_batch_size = {n} needs a dynamic first dimension on every \
-                     input and output, but '{}' has shape {:?}; set max_batch_size = 0",
-                    t.name, t.shape
-                )));
-            }
-            n
-        }
-    };
+    metadata.max_batch_size = super::max_batch_size(config, &metadata)?;
     let outputs_all = metadata.outputs.clone();
     instances.push(Box::new(OnnxInstance {
         session: first,

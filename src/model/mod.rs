@@ -478,7 +478,11 @@ impl ModelVersion {
         ServingConfig {
             name: self.model.to_string(),
             platform: self.metadata.platform,
-            backend: "onnxruntime",
+            backend: if self.metadata.platform.starts_with("onnx") {
+                "onnxruntime"
+            } else {
+                "candle"
+            },
             max_batch_size: self.metadata.max_batch_size,
             inputs: dims(&self.metadata.inputs),
             outputs: dims(&self.metadata.outputs),
