@@ -1,0 +1,54 @@
+//! The same MLP in process, through the backend trait: ONNX Runtime
+//! (`models/mlp/1/model.onnx`) against candle (`models/mlp_safetensors`, the same
+//! weights), at 1 and 64 rows. Needs libonnxruntime.so: `make ort`, then
+//! `ORT_DYLIB_PATH=$PWD/.cache/onnxruntime-1.31.1/libonnxruntime.so cargo bench --bench backends`.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use switchyard::backend;
+use switchyard::config::ModelConfig;
+use switchyard::tensor::{DataType, Tensor};
+
+fn input(rows: usize) -> Vec<Tensor> {
+    let data: Vec<u8> = (0..rows * 16)
+        .flat_map(|i| ((i % 97) as f32 / 97.0 - 0.5).to_le_bytes())
+        .collect();
+    vec![Tensor::new(
+        "input".into(),
+        DataType::F32,
+        vec![rows as i64, 16],
+        data.into(),
+    )
+    .unwrap()]
+}
+
+fn backends(c: &mut Criterion) {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let onnx_cfg = ModelConfig::default();
+    let st_cfg = ModelConfig::load(&models.join("mlp_safetensors")).expect("config");
+    let mut onnx = backend::load(&models.join("mlp/1"), &onnx_cfg)
+        .expect("ONNX Runtime (set ORT_DYLIB_PATH)")
+        .instances
+        .remove(0);
+    let mut candle = backend::load(&models.join("mlp_safetensors/1"), &st_cfg)
+        .expect("safetensors")
+        .instances
+        .remove(0);
+    let outputs = vec!["output".to_string()];
+    let mut g = c.benchmark_group("mlp 16-32-4");
+    for rows in [1usize, 64] {
+        let x = input(rows);
+        g.bench_with_input(BenchmarkId::new("onnxruntime", rows), &x, |b, x| {
+            b.iter(|| black_box(onnx.infer(x, &outputs).unwrap()))
+        });
+        g.bench_with_input(BenchmarkId::new("candle", rows), &x, |b, x| {
+            b.iter(|| black_box(candle.infer(x, &outputs).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, backends);
+criterion_main!(benches);
