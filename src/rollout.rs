@@ -84,6 +84,20 @@ pub struct Event {
     pub p99_ms: Option<f64>,
 }
 
+impl Event {
+    /// A change of phase: no window measured.
+    fn note(what: String, weight: u64) -> Event {
+        Event {
+            at: now(),
+            what,
+            weight,
+            requests: None,
+            error_rate: None,
+            p99_ms: None,
+        }
+    }
+}
+
 /// The state `GET /admin/models/{m}/rollout` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -195,16 +209,10 @@ impl Rollouts {
             phase: Phase::Progressing,
             weight: first,
             failed_checks: 0,
-            history: vec![Event {
-                at: now(),
-                what: format!(
-                    "started by {who}: candidate {candidate} at {first}% against {stable}"
-                ),
-                weight: first,
-                requests: None,
-                error_rate: None,
-                p99_ms: None,
-            }],
+            history: vec![Event::note(
+                format!("started by {who}: candidate {candidate} at {first}% against {stable}"),
+                first,
+            )],
         };
         tracing::info!(
             model,
@@ -268,14 +276,7 @@ impl Rollouts {
             )?;
             s.phase = Phase::Aborted;
             s.weight = 0;
-            s.history.push(Event {
-                at: now(),
-                what: format!("aborted by {who}"),
-                weight: 0,
-                requests: None,
-                error_rate: None,
-                p99_ms: None,
-            });
+            s.history.push(Event::note(format!("aborted by {who}"), 0));
             tracing::info!(model, by = who, "rollout aborted");
             r.wake.notify_all();
         }
@@ -488,14 +489,7 @@ fn finish(
     }
     s.phase = phase;
     s.weight = weight;
-    s.history.push(Event {
-        at: now(),
-        what: why.to_string(),
-        weight,
-        requests: None,
-        error_rate: None,
-        p99_ms: None,
-    });
+    s.history.push(Event::note(why.to_string(), weight));
     tracing::info!(model, candidate, phase = ?phase, "rollout {why}");
 }
 

@@ -51,6 +51,18 @@ impl Drop for Load {
     }
 }
 
+/// Gives version 1 all the traffic, puts load on `m` and asks for a rollout.
+fn roll_out(s: &Server, spec: Value) -> (Load, u16, Value) {
+    assert_eq!(
+        s.put_json("/admin/models/m/traffic", &json!({"weights": {"1": 100}}))
+            .0,
+        200
+    );
+    let load = Load::start(s);
+    let (code, st) = s.post("/admin/models/m/rollout", &spec);
+    (load, code, st)
+}
+
 fn wait_phase(s: &Server, phase: &str) -> Value {
     let start = Instant::now();
     loop {
@@ -79,15 +91,9 @@ fn a_healthy_candidate_is_promoted_step_by_step() {
         &[],
     );
     // v2 is the default (highest): make v1 the stable one first.
-    assert_eq!(
-        s.put_json("/admin/models/m/traffic", &json!({"weights": {"1": 100}}))
-            .0,
-        200
-    );
-    let _load = Load::start(&s);
-    let (code, st) = s.post(
-        "/admin/models/m/rollout",
-        &json!({"candidate": "2", "step_weight": 25, "max_weight": 50, "interval": "300ms",
+    let (_load, code, st) = roll_out(
+        &s,
+        json!({"candidate": "2", "step_weight": 25, "max_weight": 50, "interval": "300ms",
                 "threshold": 2, "min_requests": 10, "max_error_rate": 0.01, "max_p99_latency_ms": 2000}),
     );
     assert_eq!(code, 200, "{st}");
@@ -114,15 +120,9 @@ fn a_healthy_candidate_is_promoted_step_by_step() {
 fn a_faulty_candidate_is_rolled_back_on_its_own() {
     let faulty = repo_root().join("tests/fixtures/faulty_mlp");
     let s = Server::start(&repo("rollout-faulty", &faulty), &[]);
-    assert_eq!(
-        s.put_json("/admin/models/m/traffic", &json!({"weights": {"1": 100}}))
-            .0,
-        200
-    );
-    let _load = Load::start(&s);
-    let (code, st) = s.post(
-        "/admin/models/m/rollout",
-        &json!({"candidate": "2", "step_weight": 20, "max_weight": 60, "interval": "300ms",
+    let (_load, code, st) = roll_out(
+        &s,
+        json!({"candidate": "2", "step_weight": 20, "max_weight": 60, "interval": "300ms",
                 "threshold": 2, "min_requests": 5}),
     );
     assert_eq!(code, 200, "{st}");

@@ -219,10 +219,29 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
     })
 }
 
+/// The request's `Authorization` header, if it has a readable one.
+fn authorization(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Checks an admin call; says who made it, for the log.
+fn admin_caller(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Result<String> {
+    let auth = authorization(req);
+    state.admin.check(auth, Some(peer))?;
+    let how = if auth.is_some() {
+        "bearer token"
+    } else {
+        "loopback"
+    };
+    Ok(format!("{peer} ({how})"))
+}
+
 /// The value of the header a model's traffic policy pins callers by, if any.
-fn sticky_key(models: &Models, model: &str, req: &Request<Incoming>) -> Option<Vec<u8>> {
-    let h = models.sticky_header(model)?;
-    req.headers().get(h.as_str()).map(|v| v.as_bytes().to_vec())
+fn sticky_key(model: &crate::model::Model, req: &Request<Incoming>) -> Option<Vec<u8>> {
+    let h = model.traffic.sticky_header.as_deref()?;
+    req.headers().get(h).map(|v| v.as_bytes().to_vec())
 }
 
 /// A model's traffic policy, the share each version gets, and the shadow's record.
@@ -275,11 +294,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
         route,
         Route::Infer(..) | Route::V1Predict(_) | Route::Invocations(_)
     ) {
-        let authorization = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        state.admin.check_api(authorization)?;
+        state.admin.check_api(authorization(&req))?;
     }
     let models = &state.models;
     match route {
@@ -336,11 +351,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             Ok(json(StatusCode::OK, v2::encode_index(&models.index(ready))))
         }
         Route::RepositoryLoad(m) | Route::RepositoryUnload(m) => {
-            let authorization = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            state.admin.check(authorization, Some(peer))?;
+            admin_caller(state, &req, peer)?;
             let name = m.to_string();
             if matches!(route, Route::RepositoryLoad(_)) {
                 let models = state.models.clone();
@@ -353,19 +364,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             Ok(empty(StatusCode::OK))
         }
         Route::Traffic(m) => {
-            let authorization = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            state.admin.check(authorization, Some(peer))?;
-            let who = format!(
-                "{peer} ({})",
-                if authorization.is_some() {
-                    "bearer token"
-                } else {
-                    "loopback"
-                }
-            );
+            let who = admin_caller(state, &req, peer)?;
             if req.method() == hyper::Method::PUT {
                 let body = read_body(req, state.config.max_body_bytes).await?;
                 let spec: crate::model::TrafficSpec = serde_json::from_slice(&body)
@@ -404,19 +403,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             Ok(r)
         }
         Route::Rollout(m) => {
-            let authorization = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            state.admin.check(authorization, Some(peer))?;
-            let who = format!(
-                "{peer} ({})",
-                if authorization.is_some() {
-                    "bearer token"
-                } else {
-                    "loopback"
-                }
-            );
+            let who = admin_caller(state, &req, peer)?;
             let (models, rollouts, name) =
                 (state.models.clone(), state.rollouts.clone(), m.to_string());
             let status = match req.method().clone() {
@@ -464,8 +451,8 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             ))
         }
         Route::V1Predict(m) => {
-            let key = sticky_key(models, m, &req);
-            let routed = models.route(m, None, key.as_deref())?;
+            let model = models.model(m)?;
+            let routed = model.route(None, sticky_key(&model, &req).as_deref())?;
             let body = read_body(req, state.config.max_body_bytes).await?;
             let (request, layout) =
                 super::v1::decode_predict(&body, &routed.primary.metadata, m, None)?;
@@ -480,8 +467,8 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                 Some(m) => m.to_string(),
                 None => default_model(state)?,
             };
-            let key = sticky_key(models, &name, &req);
-            let routed = models.route(&name, None, key.as_deref())?;
+            let model = models.model(&name)?;
+            let routed = model.route(None, sticky_key(&model, &req).as_deref())?;
             let content_type = req
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -516,21 +503,20 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
         }
         Route::Infer(m, v) => {
             let version = parse_version(m, v)?;
-            // Checked before the body is read: an unknown model or version is
-            // answered at once.
+            // Looked up before the body is read: an unknown model or version is
+            // answered at once, and the request routes on this snapshot.
+            let model = models.model(m)?;
             if version.is_some() {
-                models.resolve(m, version)?;
-            } else {
-                models.model(m)?;
+                model.resolve(version)?;
             }
-            let header_key = sticky_key(models, m, &req);
+            let header_key = sticky_key(&model, &req);
             let json_len = header_usize(&req, INFERENCE_HEADER)?;
             let accept = compression::accepted(req.headers());
             let body = read_body(req, state.config.max_body_bytes).await?;
             let request = v2::decode_request(&body, json_len, m, version)?;
             let (request, format) = request;
             let key = crate::model::traffic::routing_key(&request.parameters).or(header_key);
-            let routed = models.route(m, version, key.as_deref())?;
+            let routed = model.route(version, key.as_deref())?;
             let response = routed.infer(request).await?;
             let (body, json_len) = v2::encode_response(&response, &format);
             let (body, encoding) = compression::compress(body, accept);

@@ -56,6 +56,56 @@ impl Model {
         }
     }
 
+    /// The version a request goes to: the one it names, or the default.
+    pub fn resolve(&self, version: Option<u64>) -> Result<Arc<ModelVersion>> {
+        let name = &self.name;
+        match version {
+            Some(v) => match self.versions.get(&v) {
+                Some(VersionState::Ready(mv)) => Ok(mv.clone()),
+                Some(VersionState::Failed(reason)) => Err(Error::Unavailable(format!(
+                    "model '{name}' version {v} is not ready: {reason}"
+                ))),
+                None => Err(Error::not_found(format!(
+                    "model '{name}' has no version {v}"
+                ))),
+            },
+            None => self.default_version().cloned().ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "model '{name}' is not ready: {}",
+                    self.unavailable_reason().unwrap_or_default()
+                ))
+            }),
+        }
+    }
+
+    /// Where a request goes: the version it names; or, through the traffic
+    /// policy, a version by weight (pinned by `key` when there is one), else the
+    /// default version; plus a shadow copy when the policy draws one.
+    pub fn route(&self, version: Option<u64>, key: Option<&[u8]>) -> Result<Routed> {
+        let ready = |v: u64| match self.versions.get(&v) {
+            Some(VersionState::Ready(mv)) => Some(mv.clone()),
+            _ => None,
+        };
+        if version.is_some() {
+            let primary = self.resolve(version)?;
+            return Ok(Routed {
+                primary,
+                shadow: None,
+            });
+        }
+        let primary = match self.traffic.pick(key, |v| self.is_ready(v)).and_then(ready) {
+            Some(mv) => mv,
+            None => self.resolve(None)?,
+        };
+        let shadow = self
+            .traffic
+            .shadow_this()
+            .and_then(ready)
+            .filter(|mv| mv.version != primary.version)
+            .map(|mv| (mv, self.shadow_stats.clone()));
+        Ok(Routed { primary, shadow })
+    }
+
     /// Whether version `v` is ready.
     pub fn is_ready(&self, v: u64) -> bool {
         matches!(self.versions.get(&v), Some(VersionState::Ready(_)))
@@ -336,42 +386,6 @@ impl Models {
             .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))
     }
 
-    /// The header a model's requests are pinned to versions by, if its policy has one.
-    pub fn sticky_header(&self, name: &str) -> Option<String> {
-        self.snapshot()
-            .models
-            .get(name)
-            .and_then(|m| m.traffic.sticky_header.clone())
-    }
-
-    /// Where a request goes: the version it names; or, through the model's traffic
-    /// policy, a version by weight (pinned by `key` when there is one), else the
-    /// default version; plus a shadow copy when the policy draws one.
-    pub fn route(&self, name: &str, version: Option<u64>, key: Option<&[u8]>) -> Result<Routed> {
-        if version.is_some() {
-            return Ok(Routed {
-                primary: self.resolve(name, version)?,
-                shadow: None,
-            });
-        }
-        let model = self.model(name)?;
-        let t = &model.traffic;
-        let primary = match t.pick(key, |v| model.is_ready(v)) {
-            Some(v) => match model.versions.get(&v) {
-                Some(VersionState::Ready(mv)) => mv.clone(),
-                _ => self.resolve(name, None)?,
-            },
-            None => self.resolve(name, None)?,
-        };
-        let shadow = t.shadow_this().and_then(|v| match model.versions.get(&v) {
-            Some(VersionState::Ready(mv)) if mv.version != primary.version => {
-                Some((mv.clone(), model.shadow_stats.clone()))
-            }
-            _ => None,
-        });
-        Ok(Routed { primary, shadow })
-    }
-
     /// Applies a traffic policy (the admin API's PUT).
     pub fn set_traffic(&self, name: &str, spec: TrafficSpec, who: &str) -> Result<Arc<Traffic>> {
         self.control()?.set_traffic(name, spec, who)
@@ -379,23 +393,6 @@ impl Models {
 
     /// The version a request goes to: the one it names, or the model's default.
     pub fn resolve(&self, name: &str, version: Option<u64>) -> Result<Arc<ModelVersion>> {
-        let model = self.model(name)?;
-        match version {
-            Some(v) => match model.versions.get(&v) {
-                Some(VersionState::Ready(mv)) => Ok(mv.clone()),
-                Some(VersionState::Failed(reason)) => Err(Error::Unavailable(format!(
-                    "model '{name}' version {v} is not ready: {reason}"
-                ))),
-                None => Err(Error::not_found(format!(
-                    "model '{name}' has no version {v}"
-                ))),
-            },
-            None => model.default_version().cloned().ok_or_else(|| {
-                Error::Unavailable(format!(
-                    "model '{name}' is not ready: {}",
-                    model.unavailable_reason().unwrap_or_default()
-                ))
-            }),
-        }
+        self.model(name)?.resolve(version)
     }
 }

@@ -117,60 +117,57 @@ impl MlflowSource {
         Ok(Some(body))
     }
 
-    /// The names of the registered models tagged for serving.
-    fn tagged(&self) -> Result<Vec<String>> {
-        let filter = format!("tags.`{SERVE_TAG}` = 'true'");
-        let mut names = Vec::new();
+    /// Every item of a paged MLflow search (`items` of each page), following
+    /// `next_page_token`.
+    fn search(&self, path: &str, filter: &str, items: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
         let mut token = String::new();
         loop {
-            let mut q = vec![("filter", filter.as_str()), ("max_results", "1000")];
+            let mut q = vec![("filter", filter), ("max_results", "1000")];
             if !token.is_empty() {
                 q.push(("page_token", token.as_str()));
             }
-            let body = self
-                .get("/api/2.0/mlflow/registered-models/search", &q)?
-                .unwrap_or_default();
-            for m in body["registered_models"].as_array().into_iter().flatten() {
-                if let Some(n) = m["name"].as_str() {
-                    names.push(n.to_string());
-                }
-            }
-            match body["next_page_token"].as_str() {
-                Some(t) if !t.is_empty() => token = t.to_string(),
-                _ => return Ok(names),
-            }
-        }
-    }
-
-    /// The READY versions of a registered model: version → artifact source.
-    fn versions(&self, name: &str) -> Result<BTreeMap<u64, String>> {
-        let filter = format!("name = '{}'", name.replace('\'', "\\'"));
-        let mut out = BTreeMap::new();
-        let mut token = String::new();
-        loop {
-            let mut q = vec![("filter", filter.as_str()), ("max_results", "1000")];
-            if !token.is_empty() {
-                q.push(("page_token", token.as_str()));
-            }
-            let body = self
-                .get("/api/2.0/mlflow/model-versions/search", &q)?
-                .unwrap_or_default();
-            for v in body["model_versions"].as_array().into_iter().flatten() {
-                let (Some(n), Some(status)) = (
-                    v["version"].as_str().and_then(|s| s.parse().ok()),
-                    v["status"].as_str(),
-                ) else {
-                    continue;
-                };
-                if status == "READY" {
-                    out.insert(n, v["source"].as_str().unwrap_or_default().to_string());
-                }
+            let mut body = self.get(path, &q)?.unwrap_or_default();
+            if let Some(page) = body.get_mut(items).and_then(Value::as_array_mut) {
+                out.append(page);
             }
             match body["next_page_token"].as_str() {
                 Some(t) if !t.is_empty() => token = t.to_string(),
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// The names of the registered models tagged for serving.
+    fn tagged(&self) -> Result<Vec<String>> {
+        let filter = format!("tags.`{SERVE_TAG}` = 'true'");
+        let models = self.search(
+            "/api/2.0/mlflow/registered-models/search",
+            &filter,
+            "registered_models",
+        )?;
+        Ok(models
+            .iter()
+            .filter_map(|m| m["name"].as_str().map(String::from))
+            .collect())
+    }
+
+    /// The READY versions of a registered model: version → artifact source.
+    fn versions(&self, name: &str) -> Result<BTreeMap<u64, String>> {
+        let filter = format!("name = '{}'", name.replace('\'', "\\'"));
+        let versions = self.search(
+            "/api/2.0/mlflow/model-versions/search",
+            &filter,
+            "model_versions",
+        )?;
+        Ok(versions
+            .iter()
+            .filter(|v| v["status"] == "READY")
+            .filter_map(|v| {
+                let n = v["version"].as_str()?.parse().ok()?;
+                Some((n, v["source"].as_str().unwrap_or_default().to_string()))
+            })
+            .collect())
     }
 
     /// The version an alias points to; `None` when the alias does not exist.

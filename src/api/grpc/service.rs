@@ -75,12 +75,15 @@ impl InferenceService {
     ) -> Result<pb::ModelInferResponse> {
         let (mut request, raw) = codec::decode_request(req)?;
         request.deadline = timeout.map(|d| std::time::Instant::now() + d);
+        let model = models.model(&request.model)?;
         // The sticky key: `parameters.routing_key`, else the policy's header.
-        let header = models
-            .sticky_header(&request.model)
-            .and_then(|h| metadata?.get(h.as_str()).map(|v| v.as_bytes().to_vec()));
+        let header = model
+            .traffic
+            .sticky_header
+            .as_deref()
+            .and_then(|h| metadata?.get(h).map(|v| v.as_bytes().to_vec()));
         let key = crate::model::traffic::routing_key(&request.parameters).or(header);
-        let routed = models.route(&request.model, request.version, key.as_deref())?;
+        let routed = model.route(request.version, key.as_deref())?;
         let fut = routed.infer(request);
         let response = match timeout {
             None => fut.await?,
