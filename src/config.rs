@@ -55,6 +55,9 @@ pub struct ModelConfig {
     pub layers: Vec<LayerConfig>,
     /// For `architecture = "mlp"`: a softmax over the last layer's outputs.
     pub softmax: Option<bool>,
+    /// For `architecture = "bert"`: tokenizing and pooling.
+    #[serde(default)]
+    pub encoder: EncoderConfig,
     /// Declared inputs and outputs (safetensors holds weights only).
     #[serde(default)]
     pub input: Vec<IoConfig>,
@@ -73,6 +76,24 @@ pub struct LayerConfig {
     pub out_features: usize,
     /// `relu`, `gelu`, `tanh`, `sigmoid` or `none` (default).
     pub activation: Option<String>,
+}
+
+/// `[encoder]`: how a text encoder tokenizes and pools. Unset keys come from the
+/// files sentence-transformers saves beside the weights.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Tokens a text may have, `[CLS]` and `[SEP]` included (default:
+    /// `sentence_bert_config.json`'s `max_seq_length`, else the model's
+    /// `max_position_embeddings`).
+    pub max_length: Option<usize>,
+    /// A longer text is cut to `max_length` (true, the default) or refused with a
+    /// 400 naming it (false).
+    pub truncate: Option<bool>,
+    /// `mean` over the real tokens or `cls` (default: `1_Pooling/config.json`, else mean).
+    pub pooling: Option<String>,
+    /// L2-normalise each embedding (default: when `modules.json` lists a Normalize module).
+    pub normalize: Option<bool>,
 }
 
 /// A declared input or output.

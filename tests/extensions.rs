@@ -77,8 +77,8 @@ fn model_config_and_statistics() {
     let (_, all) = s.get("/v2/models/stats");
     assert_eq!(
         all["model_stats"].as_array().unwrap().len(),
-        6,
-        "every ready version"
+        7,
+        "every ready version (minilm's too: `make minilm`)"
     );
     assert_eq!(s.get("/v2/models/mlp/versions/9/stats").0, 404);
 }

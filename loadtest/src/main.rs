@@ -66,6 +66,11 @@ struct Args {
     /// (HTTP JSON only).
     #[arg(long)]
     input_file: Option<std::path::PathBuf>,
+    /// Texts for BYTES inputs, one per line (for text encoders): request k takes
+    /// `--rows` lines from line k on, so the lengths vary as the file's do.
+    /// Without it every BYTES element is "x".
+    #[arg(long)]
+    texts: Option<std::path::PathBuf>,
     /// Threads of the load generator (1: everything on one thread, so that on a
     /// small machine the server keeps the other cores).
     #[arg(long, default_value_t = 1)]
@@ -98,7 +103,11 @@ impl Rng {
 }
 
 /// Element values of one input, as JSON and as raw little-endian bytes.
-fn values(i: &Input, rng: &mut Rng) -> anyhow::Result<(Value, Vec<u8>)> {
+fn values(
+    i: &Input,
+    rng: &mut Rng,
+    texts: &mut dyn Iterator<Item = &str>,
+) -> anyhow::Result<(Value, Vec<u8>)> {
     let n: i64 = i.shape.iter().product();
     let mut raw = Vec::new();
     let mut vals = Vec::with_capacity(n as usize);
@@ -128,9 +137,10 @@ fn values(i: &Input, rng: &mut Rng) -> anyhow::Result<(Value, Vec<u8>)> {
                 vals.push(json!(x > 0.0));
             }
             "BYTES" => {
-                raw.extend_from_slice(&1u32.to_le_bytes());
-                raw.push(b'x');
-                vals.push(json!("x"));
+                let t = texts.next().unwrap_or("x");
+                raw.extend_from_slice(&(t.len() as u32).to_le_bytes());
+                raw.extend_from_slice(t.as_bytes());
+                vals.push(json!(t));
             }
             other => bail!(
                 "input '{}': datatype {other} is not generated; use --input-file",
@@ -191,23 +201,45 @@ async fn metadata(args: &Args) -> anyhow::Result<Vec<Input>> {
         .collect()
 }
 
-async fn payload(args: &Args) -> anyhow::Result<Payload> {
+/// The requests to send, prepared once: one, or one per line of `--texts`.
+async fn payloads(args: &Args) -> anyhow::Result<Vec<Payload>> {
     if let Some(f) = &args.input_file {
         if args.protocol != Protocol::Http {
             bail!("--input-file takes a V2 JSON body: use --protocol http");
         }
         let body = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-        return Ok(Payload::Http {
+        return Ok(vec![Payload::Http {
             body: body.into(),
             json_len: None,
-        });
+        }]);
     }
     let inputs = metadata(args).await?;
+    let lines: Vec<String> = match &args.texts {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        None => Vec::new(),
+    };
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut generated = Vec::new();
-    for i in &inputs {
-        generated.push(values(i, &mut rng)?);
-    }
+    (0..lines.len().max(1))
+        .map(|k| {
+            let mut texts = lines.iter().cycle().skip(k).map(String::as_str);
+            let generated = inputs
+                .iter()
+                .map(|i| values(i, &mut rng, &mut texts))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            payload(args, &inputs, generated)
+        })
+        .collect()
+}
+
+fn payload(
+    args: &Args,
+    inputs: &[Input],
+    generated: Vec<(Value, Vec<u8>)>,
+) -> anyhow::Result<Payload> {
     Ok(match args.protocol {
         Protocol::Http => {
             let ins: Vec<Value> = inputs
@@ -364,7 +396,7 @@ fn connections(args: &Args, clients: usize) -> usize {
 
 async fn closed_loop(
     args: &Args,
-    payload: Payload,
+    payloads: Arc<Vec<Payload>>,
     start: Instant,
     end: Instant,
 ) -> anyhow::Result<Tally> {
@@ -375,18 +407,22 @@ async fn closed_loop(
     let mut tasks = Vec::new();
     for i in 0..args.concurrency {
         let mut conn = conns[i % conns.len()].clone();
-        let p = payload.clone();
+        let payloads = payloads.clone();
+        let clients = args.concurrency;
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::new();
+            // Clients take turns through the payloads, never two on the same one.
+            let mut k = i;
             loop {
                 let sent = Instant::now();
                 if sent >= end {
                     return t;
                 }
-                let outcome = conn.send(&p).await;
+                let outcome = conn.send(&payloads[k % payloads.len()]).await;
                 if sent >= start {
                     t.record(sent.elapsed(), outcome);
                 }
+                k += clients;
             }
         }));
     }
@@ -417,7 +453,7 @@ async fn wait_until(t: Instant) {
 
 async fn open_loop(
     args: &Args,
-    payload: Payload,
+    payloads: Arc<Vec<Payload>>,
     rate: f64,
     start: Instant,
     end: Instant,
@@ -443,10 +479,10 @@ async fn open_loop(
         }
         wait_until(intended).await;
         let mut conn = conns[k as usize % conns.len()].clone();
-        let p = payload.clone();
+        let payloads = payloads.clone();
         let tally = tally.clone();
         handles.push(tokio::spawn(async move {
-            let outcome = conn.send(&p).await;
+            let outcome = conn.send(&payloads[k as usize % payloads.len()]).await;
             if intended >= start {
                 tally
                     .lock()
@@ -480,12 +516,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let payload = payload(&args).await?;
+    let payloads = Arc::new(payloads(&args).await?);
     let start = Instant::now() + Duration::from_secs_f64(args.warmup);
     let end = start + Duration::from_secs_f64(args.duration);
     let tally = match args.rate {
-        Some(r) => open_loop(&args, payload, r, start, end).await?,
-        None => closed_loop(&args, payload, start, end).await?,
+        Some(r) => open_loop(&args, payloads, r, start, end).await?,
+        None => closed_loop(&args, payloads, start, end).await?,
     };
     let h = &tally.hist;
     let ok = h.len();

@@ -35,6 +35,7 @@ struct Mlp {
     softmax: bool,
     input: String,
     output: String,
+    device: Device,
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -43,24 +44,7 @@ fn err(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Loads `model.safetensors` as the MLP `config.toml` declares.
 pub fn load(path: &Path, config: &ModelConfig) -> Result<Loaded> {
-    match config.architecture.as_deref() {
-        Some("mlp") => {}
-        Some(other) => {
-            return Err(Error::load(format!(
-                "config.toml: architecture '{other}' is not supported for safetensors (supported: mlp)"
-            )))
-        }
-        None => {
-            return Err(Error::load(
-                "config.toml: a safetensors model needs `architecture = \"mlp\"` and its [[layer]]s: the file holds weights only",
-            ))
-        }
-    }
-    if config.device()? != crate::config::Device::Cpu {
-        return Err(Error::load(
-            "the safetensors backend runs on the CPU in this build (device = \"cpu\")",
-        ));
-    }
+    let device = super::candle_device(config.device()?)?;
     if config.layers.is_empty() {
         return Err(Error::load(
             "config.toml: architecture = \"mlp\" needs at least one [[layer]]",
@@ -68,7 +52,7 @@ pub fn load(path: &Path, config: &ModelConfig) -> Result<Loaded> {
     }
     // candle checks the header against the file: offsets past the end, overlapping
     // or truncated data are load errors, not crashes.
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| err(path, e))?;
+    let tensors = candle_core::safetensors::load(path, &device).map_err(|e| err(path, e))?;
     let mut layers = Vec::new();
     for (i, l) in config.layers.iter().enumerate() {
         let get = |name: &str, want: &[usize]| -> Result<CTensor> {
@@ -176,6 +160,7 @@ pub fn load(path: &Path, config: &ModelConfig) -> Result<Loaded> {
         softmax: config.softmax.unwrap_or(false),
         input: input.name.clone(),
         output: output.name.clone(),
+        device,
     };
     let mut metadata = ModelMetadata {
         platform: "safetensors_mlp",
@@ -207,7 +192,7 @@ impl Backend for Mlp {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let run = || -> candle_core::Result<Vec<f32>> {
-            let mut h = CTensor::from_vec(values, (rows, cols), &Device::Cpu)?;
+            let mut h = CTensor::from_vec(values, (rows, cols), &self.device)?;
             for l in &self.layers {
                 h = h.matmul(&l.weight_t)?;
                 if let Some(b) = &l.bias {

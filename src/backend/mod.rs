@@ -1,5 +1,6 @@
 //! Backends: what runs a model version. Each instance is owned by one worker thread.
 
+pub mod bert;
 pub mod mlp;
 pub mod onnx;
 
@@ -32,7 +33,7 @@ pub fn load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
     let safetensors = version_dir.join("model.safetensors");
     match config.backend.as_deref() {
         Some("onnx") => return onnx::load(&onnx, config),
-        Some("safetensors") => return mlp::load(&safetensors, config),
+        Some("safetensors") => return safetensors_load(version_dir, config),
         Some(other) => {
             return Err(crate::error::Error::load(format!(
                 "config.toml: backend '{other}' is not 'onnx' or 'safetensors'"
@@ -44,12 +45,43 @@ pub fn load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
         return onnx::load(&onnx, config);
     }
     if safetensors.is_file() {
-        return mlp::load(&safetensors, config);
+        return safetensors_load(version_dir, config);
     }
     Err(crate::error::Error::load(format!(
         "{}: no model file (expected model.onnx or model.safetensors)",
         version_dir.display()
     )))
+}
+
+/// A `.safetensors` file holds weights only: `config.toml`'s `architecture` says
+/// what they fit.
+fn safetensors_load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
+    match config.architecture.as_deref() {
+        Some("mlp") => mlp::load(&version_dir.join("model.safetensors"), config),
+        Some("bert") => bert::load(version_dir, config),
+        Some(other) => Err(crate::error::Error::load(format!(
+            "config.toml: architecture '{other}' is not supported for safetensors (supported: mlp, bert)"
+        ))),
+        None => Err(crate::error::Error::load(
+            "config.toml: a safetensors model needs an `architecture` (\"mlp\" with its \
+             [[layer]]s, or \"bert\"): the file holds weights only",
+        )),
+    }
+}
+
+/// The candle device of `device = ...`: CUDA needs a build with the `cuda` feature.
+pub fn candle_device(device: crate::config::Device) -> Result<candle_core::Device> {
+    match device {
+        crate::config::Device::Cpu => Ok(candle_core::Device::Cpu),
+        #[cfg(feature = "cuda")]
+        crate::config::Device::Cuda(n) => candle_core::Device::new_cuda(n as usize)
+            .map_err(|e| crate::error::Error::load(format!("device '{device}': {e}"))),
+        #[cfg(not(feature = "cuda"))]
+        crate::config::Device::Cuda(_) => Err(crate::error::Error::load(format!(
+            "device '{device}' needs a GPU build: this binary was built without the `cuda` \
+             feature (build with `cargo build --release --features cuda`), or set device = \"cpu\""
+        ))),
+    }
 }
 
 /// The batch size a version runs with: `config.toml`'s, checked against the

@@ -321,6 +321,12 @@ fn execute(backend: &mut dyn Backend, batch: Vec<Job>, policy: &BatchPolicy, sta
                 .record((started - j.enqueued).as_secs_f64());
         }
     }
+    answer(backend, batch, policy, stats);
+}
+
+/// Runs jobs together and answers each of them.
+fn answer(backend: &mut dyn Backend, batch: Vec<Job>, policy: &BatchPolicy, stats: &Stats) {
+    let started = Instant::now();
     let rows: Vec<usize> = batch.iter().map(Job::rows).collect();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         if let [only] = batch.as_slice() {
@@ -344,6 +350,13 @@ fn execute(backend: &mut dyn Backend, batch: Vec<Job>, policy: &BatchPolicy, sta
                 .fetch_add(total_rows as u64, std::sync::atomic::Ordering::Relaxed);
             for (job, out) in batch.into_iter().zip(per_job) {
                 let _ = job.reply.send(Ok(out));
+            }
+        }
+        // A value the model refuses (a text too long, say) fails the whole run: each
+        // request runs again alone, so only the one that brought it gets the error.
+        Err(Error::InvalidInput(_)) if batch.len() > 1 => {
+            for job in batch {
+                answer(backend, vec![job], policy, stats);
             }
         }
         Err(e) => {
@@ -425,6 +438,41 @@ mod tests {
             deadline: None,
         };
         (job, rx)
+    }
+
+    /// Refuses any run holding a negative value, as a tokenizer refuses a long text.
+    struct NoNegatives;
+
+    impl Backend for NoNegatives {
+        fn infer(&mut self, inputs: &[Tensor], _outputs: &[String]) -> Result<Vec<Tensor>> {
+            if inputs[0]
+                .data
+                .chunks_exact(8)
+                .any(|c| i64::from_le_bytes(c.try_into().unwrap()) < 0)
+            {
+                return Err(Error::invalid("a negative value"));
+            }
+            Ok(inputs.to_vec())
+        }
+    }
+
+    #[test]
+    fn a_refused_value_fails_only_the_request_that_brought_it() {
+        let policy = BatchPolicy {
+            max_batch_size: 8,
+            max_queue_delay: Duration::ZERO,
+            priority_levels: 1,
+            preferred: vec![],
+        };
+        let stats = Stats::new(8);
+        let (a, mut ra) = rows_job(0, 2, 1);
+        let (b, mut rb) = rows_job(-5, 1, 1);
+        let (c, mut rc) = rows_job(7, 3, 1);
+        execute(&mut NoNegatives, vec![a, b, c], &policy, &stats);
+        let ok = |r: &mut oneshot::Receiver<Result<Vec<Tensor>>>| r.try_recv().unwrap();
+        assert_eq!(ok(&mut ra).unwrap()[0].shape, vec![2, 1]);
+        assert!(ok(&mut rb).unwrap_err().to_string().contains("negative"));
+        assert_eq!(ok(&mut rc).unwrap()[0].shape, vec![3, 1]);
     }
 
     #[test]
