@@ -21,7 +21,14 @@ fn kserve_v1_rows_and_columns() {
     assert_eq!(code, 200);
     assert_eq!(
         list["models"],
-        json!(["identity", "iris", "minilm", "mixed", "mlp", "mlp_safetensors"])
+        json!([
+            "identity",
+            "iris",
+            "minilm",
+            "mixed",
+            "mlp",
+            "mlp_safetensors"
+        ])
     );
     assert_eq!(
         s.get("/v1/models/iris").1,

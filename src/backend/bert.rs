@@ -9,11 +9,10 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor as CTensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use tokenizers::{Tokenizer, TruncationParams};
+use candle_core::DType;
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
+use super::transformer::{Bert, BertConfig};
 use super::{Backend, Loaded};
 use crate::config::{EncoderConfig, ModelConfig};
 use crate::error::{Error, Result};
@@ -31,14 +30,12 @@ enum Pooling {
 
 #[derive(Clone)]
 struct Encoder {
-    model: std::sync::Arc<BertModel>,
+    model: std::sync::Arc<Bert>,
     tokenizer: Tokenizer,
-    device: Device,
     max_length: usize,
     pooling: Pooling,
     normalize: bool,
-    pad_id: u32,
-    hidden: i64,
+    hidden: usize,
     input: String,
     output: String,
 }
@@ -132,9 +129,8 @@ pub fn load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
         ));
     }
     let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| err(&tok_path, e))?;
-    let pad_id = tokenizer.get_padding().map_or(0, |p| p.pad_id);
-    // Texts are padded here, per batch, to the longest; the file's own settings
-    // (often a fixed padding to 128) would pad or cut every text the same way.
+    // Texts are packed, never padded; the file's own settings (often a fixed
+    // padding to 128) would pad or cut every text the same way.
     tokenizer.with_padding(None);
     let truncate = config.encoder.truncate.unwrap_or(true);
     tokenizer
@@ -165,8 +161,7 @@ pub fn load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
             ),
         ));
     }
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-    let model = BertModel::load(vb, &bert).map_err(|e| err(&weights, e))?;
+    let model = Bert::new(&bert, &tensors, &device).map_err(|e| err(&weights, e))?;
 
     let io = |declared: &[crate::config::IoConfig],
               name: &str,
@@ -216,12 +211,10 @@ pub fn load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
     let encoder = Encoder {
         model: std::sync::Arc::new(model),
         tokenizer,
-        device,
         max_length,
         pooling,
         normalize,
-        pad_id,
-        hidden,
+        hidden: bert.hidden_size,
         input: input.name.clone(),
         output: output.name.clone(),
     };
@@ -240,33 +233,6 @@ pub fn load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
         metadata,
         instances,
     })
-}
-
-/// Padded tokens a group may hold per real token before a longer text starts a new
-/// group: one long text must not make a batch of short ones cost its length each.
-const MAX_PADDING_RATIO: f64 = 1.25;
-
-/// Splits texts, shortest first, into groups that are each run padded to their
-/// longest: a group grows while its padded size stays within
-/// [`MAX_PADDING_RATIO`] of its real tokens. Returns indexes into `lens`.
-fn length_groups(lens: &[usize]) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lens.len()).collect();
-    order.sort_by_key(|&i| lens[i]);
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut real = 0usize;
-    for i in order {
-        let len = lens[i];
-        let fits = groups.last().is_some_and(|g| {
-            (g.len() + 1) as f64 * len as f64 <= MAX_PADDING_RATIO * (real + len) as f64
-        });
-        if !fits {
-            groups.push(Vec::new());
-            real = 0;
-        }
-        groups.last_mut().expect("pushed above").push(i);
-        real += len;
-    }
-    groups
 }
 
 impl Encoder {
@@ -292,42 +258,49 @@ impl Encoder {
         Ok(encodings)
     }
 
-    /// Embeddings of texts run together, padded to the longest with the attention
-    /// mask: `[texts.len() * hidden]`.
-    fn embed(&self, texts: &[&tokenizers::Encoding]) -> candle_core::Result<Vec<f32>> {
-        let n = texts.len();
-        let len = texts.iter().map(|e| e.len()).max().unwrap_or(0);
-        let mut ids = vec![self.pad_id; n * len];
-        let mut mask = vec![0u32; n * len];
-        for (row, e) in texts.iter().enumerate() {
-            let at = row * len;
-            ids[at..at + e.len()].copy_from_slice(e.get_ids());
-            mask[at..at + e.len()].copy_from_slice(e.get_attention_mask());
-        }
-        let ids = CTensor::from_vec(ids, (n, len), &self.device)?;
-        let mask = CTensor::from_vec(mask, (n, len), &self.device)?;
-        let types = ids.zeros_like()?;
-        let states = self.model.forward(&ids, &types, Some(&mask))?;
-        let pooled = match self.pooling {
-            Pooling::Cls => states.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Mean => {
-                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let summed = states.broadcast_mul(&m)?.sum(1)?;
-                let counts = m.sum(1)?.clamp(1e-9, f32::MAX)?;
-                summed.broadcast_div(&counts)?
+    /// One embedding per text, in order: `[texts × hidden]`. The texts run packed
+    /// shortest first, so texts of one length share their attention calls.
+    fn embed(&self, texts: &[Encoding]) -> candle_core::Result<Vec<f32>> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let lens: Vec<usize> = order.iter().map(|&i| texts[i].len()).collect();
+        let ids: Vec<u32> = order
+            .iter()
+            .flat_map(|&i| texts[i].get_ids())
+            .copied()
+            .collect();
+        let types: Vec<u32> = order
+            .iter()
+            .flat_map(|&i| texts[i].get_type_ids())
+            .copied()
+            .collect();
+        let states = self
+            .model
+            .forward(&ids, &types, &lens)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let h = self.hidden;
+        let mut out = vec![0f32; texts.len() * h];
+        let mut rows = states.chunks_exact(h);
+        for (&i, &len) in order.iter().zip(&lens) {
+            let v = &mut out[i * h..(i + 1) * h];
+            for (k, row) in rows.by_ref().take(len).enumerate() {
+                match self.pooling {
+                    Pooling::Mean => v.iter_mut().zip(row).for_each(|(a, b)| *a += b),
+                    Pooling::Cls if k == 0 => v.copy_from_slice(row),
+                    Pooling::Cls => {}
+                }
             }
-        };
-        let pooled = if self.normalize {
-            let norms = pooled
-                .sqr()?
-                .sum_keepdim(1)?
-                .sqrt()?
-                .clamp(1e-12, f32::MAX)?;
-            pooled.broadcast_div(&norms)?
-        } else {
-            pooled
-        };
-        pooled.flatten_all()?.to_vec1::<f32>()
+            if self.pooling == Pooling::Mean {
+                let n = len.max(1) as f32;
+                v.iter_mut().for_each(|a| *a /= n);
+            }
+            if self.normalize {
+                let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+                v.iter_mut().for_each(|a| *a /= norm);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -356,24 +329,16 @@ impl Backend for Encoder {
             return Tensor::new(
                 self.output.clone(),
                 DataType::F32,
-                vec![0, self.hidden],
+                vec![0, self.hidden as i64],
                 bytes::Bytes::new(),
             )
             .map(|t| vec![t]);
         }
         let encodings = self.tokenize(texts)?;
-        let lens: Vec<usize> = encodings.iter().map(|e| e.len()).collect();
-        let width = self.hidden as usize;
-        let mut out = vec![0f32; n * width];
-        for group in length_groups(&lens) {
-            let texts: Vec<&tokenizers::Encoding> = group.iter().map(|&i| &encodings[i]).collect();
-            let vectors = self
-                .embed(&texts)
-                .map_err(|e| Error::Internal(format!("candle: {e}")))?;
-            for (&i, v) in group.iter().zip(vectors.chunks_exact(width)) {
-                out[i * width..(i + 1) * width].copy_from_slice(v);
-            }
-        }
+        let out = self
+            .embed(&encodings)
+            .map_err(|e| Error::Internal(format!("candle: {e}")))?;
+        let width = self.hidden;
         let data: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
         Ok(vec![Tensor::new(
             self.output.clone(),
@@ -381,27 +346,5 @@ impl Backend for Encoder {
             vec![n as i64, width as i64],
             data.into(),
         )?])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::length_groups;
-
-    #[test]
-    fn one_long_text_runs_apart_from_short_ones() {
-        let lens = [10, 300, 12, 11, 10];
-        let groups = length_groups(&lens);
-        assert_eq!(groups, vec![vec![0, 4, 3, 2], vec![1]]);
-        // Every text is in exactly one group.
-        let mut all: Vec<usize> = groups.concat();
-        all.sort();
-        assert_eq!(all, vec![0, 1, 2, 3, 4]);
-    }
-
-    #[test]
-    fn equal_lengths_share_one_group() {
-        assert_eq!(length_groups(&[7; 32]).len(), 1);
-        assert!(length_groups(&[]).is_empty());
     }
 }

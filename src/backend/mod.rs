@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod mlp;
 pub mod onnx;
+pub mod transformer;
 
 use std::path::Path;
 
