@@ -16,7 +16,7 @@ MODELS_VENV := .venv-models
 ENCODER_VENV := .venv-encoder
 MINILM      := models/minilm/1/model.safetensors
 
-.PHONY: all build serve test ort minilm rust-test interop-test models lint fmt clean loadtest
+.PHONY: all build build-cuda serve test ort minilm rust-test interop-test models lint fmt clean loadtest
 
 all: build
 
@@ -35,6 +35,17 @@ $(MINILM):
 build: $(ORT_LIB)
 	$(CARGO) build --release --locked --bin switchyard
 	cp $(ORT_LIB) target/release/libonnxruntime.so
+
+## The GPU build: ONNX Runtime with its CUDA provider from the onnxruntime-gpu
+## wheel, candle with CUDA (needs the CUDA toolkit: nvcc on PATH). The CUDA
+## runtime libraries ONNX Runtime loads come from the CUDA install or the
+## nvidia-* wheels (`pip install onnxruntime-gpu[cuda,cudnn]`) on LD_LIBRARY_PATH.
+ORT_GPU_LIB := $(CACHE)/onnxruntime-gpu-$(ORT_VERSION)/libonnxruntime.so
+$(ORT_GPU_LIB):
+	ORT_PACKAGE=onnxruntime-gpu PYTHON=$(PYTHON) scripts/fetch-ort.sh $(ORT_VERSION) $@
+build-cuda: $(ORT_GPU_LIB)
+	$(CARGO) build --release --locked --features cuda --bin switchyard
+	cp $(dir $(ORT_GPU_LIB))lib*.so target/release/
 
 ## target/release/switchyard-loadtest, the load generator (loadtest/).
 loadtest:

@@ -1,6 +1,8 @@
 //! The same MLP in process, through the backend trait: ONNX Runtime
 //! (`models/mlp/1/model.onnx`) against candle (`models/mlp_safetensors`, the same
-//! weights), at 1 and 64 rows. Needs libonnxruntime.so: `make ort`, then
+//! weights), at 1 and 64 rows; and the MiniLM text encoder (`make minilm`) on one
+//! sentence and on 32 of `tests/fixtures/sentences.txt`, the limit the server's
+//! sentences/s compare with. Needs libonnxruntime.so: `make ort`, then
 //! `ORT_DYLIB_PATH=$PWD/.cache/onnxruntime-1.31.1/libonnxruntime.so cargo bench --bench backends`.
 
 use std::hint::black_box;
@@ -50,5 +52,30 @@ fn backends(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, backends);
+fn texts(t: &[&str]) -> Vec<Tensor> {
+    let data = switchyard::tensor::encode_bytes_elements(t.iter().map(|s| s.as_bytes()));
+    vec![Tensor::new("text".into(), DataType::Bytes, vec![t.len() as i64], data).unwrap()]
+}
+
+fn encoder(c: &mut Criterion) {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let cfg = ModelConfig::load(&models.join("minilm")).expect("config");
+    let mut minilm = backend::load(&models.join("minilm/1"), &cfg)
+        .expect("models/minilm/1 (make minilm)")
+        .instances
+        .remove(0);
+    let all = std::fs::read_to_string(models.join("../tests/fixtures/sentences.txt")).unwrap();
+    let all: Vec<&str> = all.lines().collect();
+    let outputs = vec!["embedding".to_string()];
+    let mut g = c.benchmark_group("minilm");
+    g.sample_size(20);
+    for (name, batch) in [("1 sentence", texts(&all[..1])), ("32 sentences", texts(&all[..32]))] {
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(minilm.infer(&batch, &outputs).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, backends, encoder);
 criterion_main!(benches);
