@@ -69,7 +69,10 @@ fn encoder(c: &mut Criterion) {
     let outputs = vec!["embedding".to_string()];
     let mut g = c.benchmark_group("minilm");
     g.sample_size(20);
-    for (name, batch) in [("1 sentence", texts(&all[..1])), ("32 sentences", texts(&all[..32]))] {
+    for (name, batch) in [
+        ("1 sentence", texts(&all[..1])),
+        ("32 sentences", texts(&all[..32])),
+    ] {
         g.bench_function(name, |b| {
             b.iter(|| black_box(minilm.infer(&batch, &outputs).unwrap()))
         });

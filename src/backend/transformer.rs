@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 use serde::Deserialize;
 
@@ -245,7 +245,7 @@ impl Bert {
         }
         for layer in &self.layers {
             let qkv = self.dense(&x, &layer.qkv, &layer.qkv_bias, Activation::None)?;
-            let ctx = self.attention(&qkv, &runs)?;
+            let ctx = self.attention(&qkv, lens, &runs)?;
             let a = self.dense(&ctx, &layer.out, &layer.out_bias, Activation::None)?;
             x = self.norm(&(a + &x)?, &layer.norm1)?;
             let up = self.dense(&x, &layer.up, &layer.up_bias, self.activation)?;
@@ -255,9 +255,9 @@ impl Bert {
         Ok(x)
     }
 
-    /// `activation(x · w + bias)`. On the CPU the bias and activation are one
-    /// parallel pass ([`BiasAct`]): candle's own element-wise ops run on one
-    /// thread, and its erf alone took a fifth of MiniLM's time.
+    /// `activation(x · w + bias)`. On the CPU, one [`Dense`] op: candle's own
+    /// element-wise ops run on one thread (its erf alone took a fifth of MiniLM's
+    /// time), and a separate bias pass reads and writes every output once more.
     fn dense(
         &self,
         x: &Tensor,
@@ -265,10 +265,10 @@ impl Bert {
         bias: &Tensor,
         act: Activation,
     ) -> candle_core::Result<Tensor> {
-        let y = x.matmul(w)?;
         if self.device.is_cpu() {
-            return y.apply_op2_no_bwd(bias, &BiasAct(act));
+            return x.apply_op3_no_bwd(w, bias, &Dense(act));
         }
+        let y = x.matmul(w)?;
         let y = y.broadcast_add(bias)?;
         match act {
             Activation::None => Ok(y),
@@ -286,8 +286,15 @@ impl Bert {
     fn attention(
         &self,
         qkv: &Tensor,
+        lens: &[usize],
         runs: &[(usize, usize, usize)],
     ) -> candle_core::Result<Tensor> {
+        if self.device.is_cpu() {
+            return qkv.apply_op1_no_bwd(&Attention {
+                lens,
+                heads: self.heads,
+            });
+        }
         let (h, heads) = (self.hidden, self.heads);
         let d = h / heads;
         let mut parts = Vec::with_capacity(runs.len());
@@ -312,15 +319,146 @@ impl Bert {
     }
 }
 
-/// `activation(x + bias)` over the rows of a contiguous F32 `[rows, n]`, `bias` `[n]`.
-struct BiasAct(Activation);
+/// Attention on the CPU, straight from the packed `[tokens, 3 × hidden]` buffer:
+/// per text and head, scores = q·kᵀ, a softmax per row, then scores·v into the
+/// head's columns of the output. Texts run in parallel; each product is one
+/// single-threaded `gemm` call on strided views, so nothing is copied or permuted
+/// and no thread is woken for a 20 × 20 product.
+/// Query rows per parallel attention task: a long text is split across threads.
+const QUERY_ROWS: usize = 64;
 
-/// Elements per parallel task: large enough that a task outweighs its scheduling.
+struct Attention<'a> {
+    lens: &'a [usize],
+    heads: usize,
+}
+
+impl CustomOp1 for Attention<'_> {
+    fn name(&self) -> &'static str {
+        "packed-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(qkv) = s else {
+            candle_core::bail!("packed-attention takes F32");
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("packed-attention takes a contiguous tensor");
+        };
+        let qkv = &qkv[a..b];
+        let (tokens, w) = l.shape().dims2()?;
+        let h = w / 3;
+        let d = h / self.heads;
+        if w % 3 != 0 || h % self.heads != 0 || self.lens.iter().sum::<usize>() != tokens {
+            candle_core::bail!("packed-attention: {:?} does not fit the texts", l.dims());
+        }
+        let mut out = vec![0f32; tokens * h];
+        // Tasks of at most QUERY_ROWS query rows of one text (a long text is
+        // several), each with its rows of the output.
+        let mut tasks = Vec::new();
+        let mut rest = out.as_mut_slice();
+        let mut first = 0;
+        for &len in self.lens {
+            for row0 in (0..len).step_by(QUERY_ROWS) {
+                let rows = QUERY_ROWS.min(len - row0);
+                let (mine, tail) = rest.split_at_mut(rows * h);
+                tasks.push((first, len, row0, rows, mine));
+                rest = tail;
+            }
+            first += len;
+        }
+        tasks
+            .into_par_iter()
+            .for_each(|(first, len, row0, rows, out)| {
+                let mut scores = vec![0f32; rows * len];
+                let text = &qkv[first * w..(first + len) * w];
+                for head in 0..self.heads {
+                    let (q, k, v) = ((row0 * w) + head * d, h + head * d, 2 * h + head * d);
+                    // SAFETY: every view stays inside `text`, `scores` or `out`: rows
+                    // or len rows of stride w, len or h, and d or len columns.
+                    unsafe {
+                        gemm::gemm(
+                            rows,
+                            len,
+                            d,
+                            scores.as_mut_ptr(),
+                            1,
+                            len as isize,
+                            false,
+                            text.as_ptr().add(q),
+                            1,
+                            w as isize,
+                            text.as_ptr().add(k),
+                            w as isize,
+                            1,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                    for row in scores.chunks_exact_mut(len) {
+                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0.0;
+                        for x in row.iter_mut() {
+                            *x = (*x - max).exp();
+                            sum += *x;
+                        }
+                        row.iter_mut().for_each(|x| *x /= sum);
+                    }
+                    // SAFETY: as above.
+                    unsafe {
+                        gemm::gemm(
+                            rows,
+                            d,
+                            len,
+                            out.as_mut_ptr().add(head * d),
+                            1,
+                            h as isize,
+                            false,
+                            scores.as_ptr(),
+                            1,
+                            len as isize,
+                            text.as_ptr().add(v),
+                            1,
+                            w as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((tokens, h))))
+    }
+}
+
+/// `activation(x · w + bias)` for contiguous F32 `x` `[rows, k]`, `w` `[k, n]`,
+/// `bias` `[n]`: the output starts as the bias, the product is added to it in the
+/// same pass, then the activation runs over it in parallel.
+struct Dense(Activation);
+
+/// Multiply-adds below which a product runs on the calling thread: waking the
+/// other threads costs more than they save on a sentence or two.
+const PARALLEL_MACS: usize = 1 << 20;
+
+/// Elements per parallel task of the activation pass.
 const CHUNK: usize = 16 * 1024;
 
-impl CustomOp2 for BiasAct {
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("dense takes contiguous F32 tensors"),
+    }
+}
+
+impl CustomOp3 for Dense {
     fn name(&self) -> &'static str {
-        "bias-activation"
+        "dense"
     }
 
     fn cpu_fwd(
@@ -329,49 +467,71 @@ impl CustomOp2 for BiasAct {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(b)) = (s1, s2) else {
-            candle_core::bail!("bias-activation takes F32 tensors");
-        };
-        let (Some((x0, x1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("bias-activation takes contiguous tensors");
-        };
-        let (x, b) = (&x[x0..x1], &b[b0..b1]);
-        let n = b.len();
-        if n == 0 || x.len() % n != 0 || l1.dims().last() != Some(&n) {
-            candle_core::bail!("bias-activation: bias {n} does not fit {:?}", l1.dims());
+        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (m, k) = l1.shape().dims2()?;
+        let (k2, n) = l2.shape().dims2()?;
+        if k != k2 || b.len() != n {
+            candle_core::bail!("dense: {:?} · {:?} + {:?}", l1.dims(), l2.dims(), l3.dims());
         }
-        let rows = (CHUNK / n).max(1);
-        let mut out = vec![0f32; x.len()];
+        let mut out = vec![0f32; m * n];
+        let parallelism = if m * n * k >= PARALLEL_MACS {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: out is [m, n], x [m, k] and w [k, n], all row-major and contiguous.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
         // One loop per activation, so that each compiles to straight vector code.
         match self.0 {
-            Activation::None => bias_map(&mut out, x, b, rows, |v| v),
-            Activation::Gelu => bias_map(&mut out, x, b, rows, |v| {
+            Activation::None => map(&mut out, b, |v| v),
+            Activation::Gelu => map(&mut out, b, |v| {
                 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
             }),
-            Activation::GeluTanh => bias_map(&mut out, x, b, rows, |v| {
+            Activation::GeluTanh => map(&mut out, b, |v| {
                 let c = (2.0 / std::f32::consts::PI).sqrt();
                 0.5 * v * (1.0 + (c * (v + 0.044_715 * v * v * v)).tanh())
             }),
-            Activation::Relu => bias_map(&mut out, x, b, rows, |v| v.max(0.0)),
+            Activation::Relu => map(&mut out, b, |v| v.max(0.0)),
         }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
-/// `out = f(x + b)` row by row, `rows` rows a parallel task.
-fn bias_map(out: &mut [f32], x: &[f32], b: &[f32], rows: usize, f: impl Fn(f32) -> f32 + Sync) {
-    let n = b.len();
-    out.par_chunks_mut(rows * n)
-        .zip(x.par_chunks(rows * n))
-        .for_each(|(o, x)| {
-            for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                for ((o, &x), &b) in o.iter_mut().zip(x).zip(b) {
-                    *o = f(x + b);
-                }
+/// `f(v + bias)` over every row, in parallel chunks of whole rows.
+fn map(out: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32 + Sync) {
+    let n = bias.len();
+    out.par_chunks_mut((CHUNK / n).max(1) * n).for_each(|o| {
+        for row in o.chunks_exact_mut(n) {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v = f(*v + b);
             }
-        });
+        }
+    });
 }
 
 /// erf for f32 as a rational function on [-4, 4] (Eigen's and XLA's
@@ -410,20 +570,45 @@ mod tests {
     }
 
     #[test]
-    fn bias_and_activation_in_one_pass_equal_candles_ops() {
-        let x = Tensor::arange(0f32, 3000.0, &Device::Cpu)
+    fn packed_attention_equals_candles_ops_per_text() {
+        let (h, heads) = (8, 2);
+        let lens = [3usize, 1, 5, QUERY_ROWS + 7];
+        let tokens: usize = lens.iter().sum();
+        let qkv = Tensor::arange(0f32, (tokens * 3 * h) as f32, &Device::Cpu)
             .unwrap()
-            .affine(0.004, -6.0)
+            .affine(0.37, 0.0)
             .unwrap()
-            .reshape((30, 100))
+            .sin()
+            .unwrap()
+            .reshape((tokens, 3 * h))
             .unwrap();
-        let b = Tensor::arange(0f32, 100.0, &Device::Cpu)
-            .unwrap()
-            .affine(0.01, -0.5)
+        let got = qkv
+            .apply_op1_no_bwd(&Attention { lens: &lens, heads })
             .unwrap();
-        let want = x.broadcast_add(&b).unwrap().gelu_erf().unwrap();
-        let got = x.apply_op2_no_bwd(&b, &BiasAct(Activation::Gelu)).unwrap();
-        let diff = (want - got)
+        let d = h / heads;
+        let mut first = 0;
+        let mut want = Vec::new();
+        for &len in &lens {
+            let s = qkv
+                .narrow(0, first, len)
+                .unwrap()
+                .reshape((len, 3, heads, d))
+                .unwrap()
+                .permute((1, 2, 0, 3))
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let (q, k, v) = (s.get(0).unwrap(), s.get(1).unwrap(), s.get(2).unwrap());
+            let p = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t().unwrap()).unwrap()).unwrap();
+            let ctx = p.matmul(&v).unwrap().transpose(0, 1).unwrap();
+            want.push(ctx.contiguous().unwrap().reshape((len, h)).unwrap());
+            first += len;
+        }
+        assert!(max_diff(&Tensor::cat(&want, 0).unwrap(), &got) < 1e-6);
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
             .unwrap()
             .abs()
             .unwrap()
@@ -432,7 +617,35 @@ mod tests {
             .max(0)
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap();
-        assert!(diff < 1e-6, "max abs diff {diff}");
+            .unwrap()
+    }
+
+    #[test]
+    fn dense_in_one_op_equals_candles_ops() {
+        let t = |n: usize, scale: f64, shape: (usize, usize)| {
+            Tensor::arange(0f32, n as f32, &Device::Cpu)
+                .unwrap()
+                .affine(scale, -1.0)
+                .unwrap()
+                .sin()
+                .unwrap()
+                .reshape(shape)
+                .unwrap()
+        };
+        let w = t(40 * 100, 0.013, (40, 100));
+        let b = t(100, 0.01, (1, 100)).squeeze(0).unwrap();
+        // A small product on one thread and a large one in parallel.
+        for rows in [3, 2000] {
+            let x = t(rows * 40, 0.07, (rows, 40)).affine(3.0, 0.0).unwrap();
+            let want = x.matmul(&w).unwrap().broadcast_add(&b).unwrap();
+            let got = x
+                .apply_op3_no_bwd(&w, &b, &Dense(Activation::None))
+                .unwrap();
+            assert!(max_diff(&want, &got) < 1e-5);
+            let got = x
+                .apply_op3_no_bwd(&w, &b, &Dense(Activation::Gelu))
+                .unwrap();
+            assert!(max_diff(&want.gelu_erf().unwrap(), &got) < 1e-5);
+        }
     }
 }
