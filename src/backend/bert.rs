@@ -16,7 +16,7 @@ use super::transformer::{Bert, BertConfig};
 use super::{Backend, Loaded};
 use crate::config::{EncoderConfig, ModelConfig};
 use crate::error::{Error, Result};
-use crate::model::{ModelMetadata, TensorSpec};
+use crate::model::TensorSpec;
 use crate::tensor::{BytesIter, DataType, Tensor};
 
 /// How token states become one vector per text.
@@ -218,21 +218,7 @@ pub fn load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
         input: input.name.clone(),
         output: output.name.clone(),
     };
-    let mut metadata = ModelMetadata {
-        platform: "safetensors_bert",
-        inputs: vec![input],
-        outputs: vec![output],
-        max_batch_size: 0,
-    };
-    metadata.max_batch_size = super::max_batch_size(config, &metadata)?;
-    // Candle tensors share their storage: instances cost no copy of the weights.
-    let instances = (0..config.instances())
-        .map(|_| Box::new(encoder.clone()) as Box<dyn Backend>)
-        .collect();
-    Ok(Loaded {
-        metadata,
-        instances,
-    })
+    super::candle_loaded("safetensors_bert", input, output, config, encoder)
 }
 
 impl Encoder {

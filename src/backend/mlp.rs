@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor as CTensor};
 use super::{Backend, Loaded};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{ModelMetadata, TensorSpec};
+use crate::model::TensorSpec;
 use crate::tensor::{DataType, Tensor};
 
 #[derive(Clone, Copy)]
@@ -162,21 +162,7 @@ pub fn load(path: &Path, config: &ModelConfig) -> Result<Loaded> {
         output: output.name.clone(),
         device,
     };
-    let mut metadata = ModelMetadata {
-        platform: "safetensors_mlp",
-        inputs: vec![input],
-        outputs: vec![output],
-        max_batch_size: 0,
-    };
-    metadata.max_batch_size = super::max_batch_size(config, &metadata)?;
-    // Candle tensors share their storage: instances cost no copy of the weights.
-    let instances = (0..config.instances())
-        .map(|_| Box::new(mlp.clone()) as Box<dyn Backend>)
-        .collect();
-    Ok(Loaded {
-        metadata,
-        instances,
-    })
+    super::candle_loaded("safetensors_mlp", input, output, config, mlp)
 }
 
 impl Backend for Mlp {

@@ -85,6 +85,31 @@ pub fn candle_device(device: crate::config::Device) -> Result<candle_core::Devic
     }
 }
 
+/// A candle model's metadata and `config.instances()` instances of it: candle
+/// tensors share their storage, so an instance costs no copy of the weights.
+fn candle_loaded<B: Backend + Clone + 'static>(
+    platform: &'static str,
+    input: crate::model::TensorSpec,
+    output: crate::model::TensorSpec,
+    config: &ModelConfig,
+    backend: B,
+) -> Result<Loaded> {
+    let mut metadata = ModelMetadata {
+        platform,
+        inputs: vec![input],
+        outputs: vec![output],
+        max_batch_size: 0,
+    };
+    metadata.max_batch_size = max_batch_size(config, &metadata)?;
+    let instances = (0..config.instances())
+        .map(|_| Box::new(backend.clone()) as Box<dyn Backend>)
+        .collect();
+    Ok(Loaded {
+        metadata,
+        instances,
+    })
+}
+
 /// The batch size a version runs with: `config.toml`'s, checked against the
 /// graph, or the default when every input and output has a dynamic first dim.
 pub fn max_batch_size(config: &ModelConfig, metadata: &ModelMetadata) -> Result<u32> {

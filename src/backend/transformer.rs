@@ -376,25 +376,11 @@ impl CustomOp1 for Attention<'_> {
                     // SAFETY: every view stays inside `text`, `scores` or `out`: rows
                     // or len rows of stride w, len or h, and d or len columns.
                     unsafe {
-                        gemm::gemm(
-                            rows,
-                            len,
-                            d,
-                            scores.as_mut_ptr(),
-                            1,
-                            len as isize,
-                            false,
-                            text.as_ptr().add(q),
-                            1,
-                            w as isize,
-                            text.as_ptr().add(k),
-                            w as isize,
-                            1,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
+                        matmul(
+                            (rows, len, d),
+                            (scores.as_mut_ptr(), len),
+                            (text.as_ptr().add(q), w, 1),
+                            (text.as_ptr().add(k), 1, w),
                             gemm::Parallelism::None,
                         );
                     }
@@ -409,25 +395,11 @@ impl CustomOp1 for Attention<'_> {
                     }
                     // SAFETY: as above.
                     unsafe {
-                        gemm::gemm(
-                            rows,
-                            d,
-                            len,
-                            out.as_mut_ptr().add(head * d),
-                            1,
-                            h as isize,
-                            false,
-                            scores.as_ptr(),
-                            1,
-                            len as isize,
-                            text.as_ptr().add(v),
-                            1,
-                            w as isize,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
+                        matmul(
+                            (rows, d, len),
+                            (out.as_mut_ptr().add(head * d), h),
+                            (scores.as_ptr(), len, 1),
+                            (text.as_ptr().add(v), w, 1),
                             gemm::Parallelism::None,
                         );
                     }
@@ -484,25 +456,11 @@ impl CustomOp3 for Dense {
         };
         // SAFETY: out is [m, n], x [m, k] and w [k, n], all row-major and contiguous.
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+            matmul(
+                (m, n, k),
+                (out.as_mut_ptr(), n),
+                (x.as_ptr(), k, 1),
+                (w.as_ptr(), n, 1),
                 parallelism,
             );
         }
@@ -520,6 +478,42 @@ impl CustomOp3 for Dense {
         }
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
+}
+
+/// `dst = lhs · rhs` for `(m, n, k)`: `dst` row-major `[m, n]` with row stride
+/// `dst.1`; `lhs` `[m, k]` and `rhs` `[k, n]` as (pointer, row stride, column
+/// stride), so a transposed view costs nothing.
+///
+/// # Safety
+/// Every element the strides reach must lie inside its buffer.
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        1,
+        dst.1 as isize,
+        false,
+        lhs.0,
+        lhs.2 as isize,
+        lhs.1 as isize,
+        rhs.0,
+        rhs.2 as isize,
+        rhs.1 as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    )
 }
 
 /// `f(v + bias)` over every row, in parallel chunks of whole rows.
