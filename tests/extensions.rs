@@ -29,6 +29,12 @@ fn model_config_and_statistics() {
         c["dynamic_batching"],
         json!({"preferred_batch_size": [], "max_queue_delay_microseconds": 0})
     );
+    // config.toml's version policy, as Triton writes it; none is latest 1.
+    assert_eq!(c["version_policy"], json!({"latest": {"num_versions": 1}}));
+    assert_eq!(
+        s.get("/v2/models/mlp/config").1["version_policy"],
+        json!({"all": {}})
+    );
     let (_, mixed) = s.get("/v2/models/mixed/versions/1/config");
     assert_eq!(mixed["max_batch_size"], 0);
     assert!(mixed.get("dynamic_batching").is_none(), "{mixed}");

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::json::{parse_data, DataJson};
+use crate::config::VersionPolicy;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse, Parameters, RequestedOutput};
 use crate::model::{IndexEntry, Model, ModelMetadata, ServingConfig, TensorSpec, VersionState};
@@ -380,7 +381,11 @@ pub fn encode_model_config(c: &ServingConfig) -> Vec<u8> {
         "name": c.name,
         "platform": c.platform,
         "backend": c.backend,
-        "version_policy": {"all": {}},
+        "version_policy": match &c.version_policy {
+            VersionPolicy::Latest(n) => serde_json::json!({"latest": {"num_versions": n}}),
+            VersionPolicy::All => serde_json::json!({"all": {}}),
+            VersionPolicy::Specific(v) => serde_json::json!({"specific": {"versions": v}}),
+        },
         "max_batch_size": c.max_batch_size,
         "input": io(&c.inputs),
         "output": io(&c.outputs),

@@ -186,6 +186,8 @@ pub struct ServingConfig {
     pub gpu: Option<u32>,
     /// `(preferred batch sizes, max queue delay µs)` when batching is on.
     pub dynamic_batching: Option<(Vec<usize>, u64)>,
+    /// Which versions of the model are served.
+    pub version_policy: crate::config::VersionPolicy,
 }
 
 /// One servable version of a model: its metadata and the workers that run it.
@@ -497,6 +499,10 @@ impl ModelVersion {
                     config.max_queue_delay().as_micros() as u64,
                 )
             }),
+            // A policy that does not parse never loaded a version: this is the default.
+            version_policy: config
+                .version_policy()
+                .unwrap_or(crate::config::VersionPolicy::Latest(1)),
         }
     }
 

@@ -60,6 +60,8 @@ def test_model_config_is_tritons_shape(server):
     assert "dynamic_batching" in c, c
     assert c["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["4"]}]
     assert [o["data_type"] for o in c["output"]] == ["TYPE_INT64", "TYPE_FP32"]
+    assert c["version_policy"] == {"latest": {"num_versions": 1}}
+    assert client.get_model_config("mlp", as_json=True)["config"]["version_policy"] == {"all": {}}
     mixed = client.get_model_config("mixed", as_json=True)["config"]
     assert mixed.get("max_batch_size", 0) == 0
     assert mixed["input"][3]["data_type"] == "TYPE_STRING"

@@ -1,6 +1,8 @@
 //! The GRPCInferenceService implementation, and the per-connection wrapper that
 //! gives it the peer address and Switchyard's status conventions.
 
+use crate::config::VersionPolicy;
+use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -296,9 +298,15 @@ impl GrpcInferenceService for InferenceService {
             backend: c.backend.into(),
             max_batch_size: c.max_batch_size as i32,
             version_policy: Some(pb::ModelVersionPolicy {
-                policy_choice: Some(pb::model_version_policy::PolicyChoice::All(
-                    pb::model_version_policy::All {},
-                )),
+                policy_choice: Some(match &c.version_policy {
+                    VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest {
+                        num_versions: *n as u32,
+                    }),
+                    VersionPolicy::All => PolicyChoice::All(All {}),
+                    VersionPolicy::Specific(v) => PolicyChoice::Specific(Specific {
+                        versions: v.iter().map(|&v| v as i64).collect(),
+                    }),
+                }),
             }),
             input: c
                 .inputs
