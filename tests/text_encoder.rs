@@ -209,6 +209,13 @@ fn broken_encoder_folders_are_load_errors_with_a_reason() {
         "badpool",
         &format!("{config}[encoder]\npooling = \"max\"\n"),
     );
+    let v = linked(&repo, "wrongvocab", config);
+    std::fs::remove_file(v.join("config.json")).unwrap();
+    std::fs::write(
+        v.join("config.json"),
+        cfg.replace("\"vocab_size\": 30522", "\"vocab_size\": 1000"),
+    )
+    .unwrap();
     linked(&repo, "gpu", &format!("{config}device = \"cuda:0\"\n"));
     let s = Server::start(&repo, &[]);
     let mut cases = vec![
@@ -216,6 +223,7 @@ fn broken_encoder_folders_are_load_errors_with_a_reason() {
         ("noconfig", "config.json"),
         ("truncated", "model.safetensors"),
         ("wrongsize", "shape mismatch"),
+        ("wrongvocab", "not this model's"),
         ("badpool", "pooling 'max'"),
     ];
     if !cfg!(feature = "cuda") {

@@ -129,6 +129,17 @@ pub fn load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
         ));
     }
     let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| err(&tok_path, e))?;
+    // A token id past the embedding table would fail every request that has it.
+    let vocab = tokenizer.get_vocab_size(true);
+    if vocab > bert.vocab_size {
+        return Err(err(
+            &tok_path,
+            format!(
+                "{vocab} tokens, but config.json's vocab_size is {}: the tokenizer is not this model's",
+                bert.vocab_size
+            ),
+        ));
+    }
     // Texts are packed, never padded; the file's own settings (often a fixed
     // padding to 128) would pad or cut every text the same way.
     tokenizer.with_padding(None);

@@ -1,6 +1,6 @@
 //! A BERT encoder over packed tokens: the texts of a batch are laid end to end, with
 //! no padding, so every dense layer runs once over exactly the real tokens; only
-//! attention looks at each text on its own (texts of equal length together).
+//! attention looks at each text on its own.
 //!
 //! Padding a batch to its longest text, as a padded `[texts, longest]` forward
 //! does, costs the padding in every matmul: with sentences of 5 to 30 tokens, a
@@ -79,7 +79,6 @@ pub struct Bert {
     eps: f32,
     activation: Activation,
     pub hidden: usize,
-    pub max_positions: usize,
     device: Device,
 }
 
@@ -211,7 +210,6 @@ impl Bert {
             eps: config.layer_norm_eps as f32,
             activation,
             hidden: h,
-            max_positions: config.max_position_embeddings,
             device: device.clone(),
         })
     }
@@ -233,19 +231,9 @@ impl Bert {
             + self.positions.index_select(&positions, 0)?)?
         .add(&self.types.index_select(&type_ids, 0)?)?;
         let mut x = self.norm(&x, &self.norm)?;
-        // Runs of texts of one length share each attention call.
-        let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (first token, texts, length)
-        let mut at = 0;
-        for &n in lens {
-            match runs.last_mut() {
-                Some(r) if r.2 == n => r.1 += 1,
-                _ => runs.push((at, 1, n)),
-            }
-            at += n;
-        }
         for layer in &self.layers {
             let qkv = self.dense(&x, &layer.qkv, &layer.qkv_bias, Activation::None)?;
-            let ctx = self.attention(&qkv, lens, &runs)?;
+            let ctx = self.attention(&qkv, lens)?;
             let a = self.dense(&ctx, &layer.out, &layer.out_bias, Activation::None)?;
             x = self.norm(&(a + &x)?, &layer.norm1)?;
             let up = self.dense(&x, &layer.up, &layer.up_bias, self.activation)?;
@@ -283,22 +271,27 @@ impl Bert {
     }
 
     /// Self-attention of each text over its own tokens: `qkv` is `[tokens, 3 × hidden]`.
-    fn attention(
-        &self,
-        qkv: &Tensor,
-        lens: &[usize],
-        runs: &[(usize, usize, usize)],
-    ) -> candle_core::Result<Tensor> {
+    fn attention(&self, qkv: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
         if self.device.is_cpu() {
             return qkv.apply_op1_no_bwd(&Attention {
                 lens,
                 heads: self.heads,
             });
         }
+        // Elsewhere (CUDA), candle's ops, one call per run of texts of one length.
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (first token, texts, length)
+        let mut at = 0;
+        for &n in lens {
+            match runs.last_mut() {
+                Some(r) if r.2 == n => r.1 += 1,
+                _ => runs.push((at, 1, n)),
+            }
+            at += n;
+        }
         let (h, heads) = (self.hidden, self.heads);
         let d = h / heads;
         let mut parts = Vec::with_capacity(runs.len());
-        for &(first, texts, len) in runs {
+        for (first, texts, len) in runs {
             // [texts·len, 3h] → [3, texts, heads, len, d]
             let s = qkv
                 .narrow(0, first, texts * len)?
@@ -324,13 +317,13 @@ impl Bert {
 /// head's columns of the output. Texts run in parallel; each product is one
 /// single-threaded `gemm` call on strided views, so nothing is copied or permuted
 /// and no thread is woken for a 20 × 20 product.
-/// Query rows per parallel attention task: a long text is split across threads.
-const QUERY_ROWS: usize = 64;
-
 struct Attention<'a> {
     lens: &'a [usize],
     heads: usize,
 }
+
+/// Query rows per parallel attention task: a long text is split across threads.
+const QUERY_ROWS: usize = 64;
 
 impl CustomOp1 for Attention<'_> {
     fn name(&self) -> &'static str {
