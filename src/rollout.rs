@@ -336,6 +336,9 @@ fn control(
             mv.stats.latency.snapshot(),
         ))
     };
+    let end = |s: &mut Status, phase: Phase, why: &str| {
+        finish(&models, model, stable, candidate, s, phase, why)
+    };
     let mut before = window(&models);
     loop {
         let mut s = r.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -350,11 +353,7 @@ fn control(
         let after = window(&models);
         let (Some((ok0, fail0, h0)), Some((ok1, fail1, h1))) = (&before, &after) else {
             // The candidate stopped serving: that is a failed rollout.
-            finish(
-                &models,
-                model,
-                stable,
-                candidate,
+            end(
                 &mut s,
                 Phase::RolledBack,
                 "the candidate is not ready any more",
@@ -409,25 +408,13 @@ fn control(
             if s.weight >= spec.max_weight {
                 event.what = "healthy at the maximum weight: promoted".into();
                 s.history.push(event);
-                finish(
-                    &models,
-                    model,
-                    stable,
-                    candidate,
-                    &mut s,
-                    Phase::Promoted,
-                    "promoted",
-                );
+                end(&mut s, Phase::Promoted, "promoted");
                 return;
             }
             event.what = format!("healthy: {} → {next}%", s.weight);
             s.history.push(event);
             if let Err(e) = set_weights(&models, model, stable, candidate, next, "rollout") {
-                finish(
-                    &models,
-                    model,
-                    stable,
-                    candidate,
+                end(
                     &mut s,
                     Phase::RolledBack,
                     &format!("cannot set weights: {e}"),
@@ -452,15 +439,7 @@ fn control(
             );
             s.history.push(event);
             if s.failed_checks >= spec.threshold {
-                finish(
-                    &models,
-                    model,
-                    stable,
-                    candidate,
-                    &mut s,
-                    Phase::RolledBack,
-                    "rolled back",
-                );
+                end(&mut s, Phase::RolledBack, "rolled back");
                 return;
             }
         }

@@ -40,14 +40,7 @@ impl AdminAuth {
         let Some(token) = &self.api_token else {
             return Ok(());
         };
-        let given = bearer(authorization).ok_or_else(|| {
-            Error::Unauthenticated("predict calls need 'Authorization: Bearer <token>'".into())
-        })?;
-        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-            Ok(())
-        } else {
-            Err(Error::Unauthenticated("wrong API token".into()))
-        }
+        expect_bearer(authorization, token, "predict calls", "API")
     }
 
     /// Checks an `Authorization` header value (`Bearer <token>`) from `peer`.
@@ -61,14 +54,19 @@ impl AdminAuth {
                 )),
             };
         };
-        let given = bearer(authorization).ok_or_else(|| {
-            Error::Unauthenticated("admin calls need 'Authorization: Bearer <token>'".into())
-        })?;
-        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-            Ok(())
-        } else {
-            Err(Error::Unauthenticated("wrong admin token".into()))
-        }
+        expect_bearer(authorization, token, "admin calls", "admin")
+    }
+}
+
+/// `Authorization: Bearer <token>` with this token, compared in constant time.
+fn expect_bearer(authorization: Option<&str>, token: &str, calls: &str, kind: &str) -> Result<()> {
+    let given = bearer(authorization).ok_or_else(|| {
+        Error::Unauthenticated(format!("{calls} need 'Authorization: Bearer <token>'"))
+    })?;
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Error::Unauthenticated(format!("wrong {kind} token")))
     }
 }
 
