@@ -58,3 +58,10 @@ for round in $(seq "${ROUNDS:-3}"); do
     fi
   done
 done
+# On over off, all rounds summed (one round's ratio swings ±10 % on a shared VM).
+python3 - "$OUT" <<'PY' | tee -a "$OUT/report.txt"
+import glob, json, os, sys
+for m in ("mlp_small", "iris"):
+    got = {mode: [json.load(open(f))["infer_per_s"] for f in sorted(glob.glob(os.path.join(sys.argv[1], f"{m}-{mode}-*.json")))] for mode in ("on", "off")}
+    print(f"{m}: drift on / off = {sum(got['on']) / sum(got['off']):.3f} over {len(got['on'])} rounds")
+PY
