@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use switchyard::api::{serve_grpc, serve_http, AdminAuth, HttpConfig};
+use switchyard::api::{serve_grpc, serve_http, serve_metrics, AdminAuth, HttpConfig};
 use switchyard::model::Models;
 use switchyard::{backend, repository};
 
@@ -90,8 +90,12 @@ struct ServeArgs {
     #[arg(long, value_name = "DIR", env = "SWITCHYARD_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Do not record Prometheus metrics (GET /metrics answers 404).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "metrics")]
     no_metrics: bool,
+    /// Also serve GET /metrics alone on this address (as Triton's metrics port,
+    /// 8002); the HTTP port keeps serving it too.
+    #[arg(long, value_name = "ADDR", env = "SWITCHYARD_METRICS")]
+    metrics: Option<SocketAddr>,
     /// Bucket bounds in seconds of the latency histograms, e.g.
     /// 0.001,0.005,0.025,0.1,0.5 (default: 10 µs to 10 s, three a decade).
     #[arg(long, value_name = "SECONDS,...", value_delimiter = ',')]
@@ -232,6 +236,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} for gRPC", args.grpc))?;
         tracing::info!(addr = %grpc_listener.local_addr()?, "gRPC listening");
+        let metrics_listener = match args.metrics {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+                tracing::info!(addr = %l.local_addr()?, "metrics listening");
+                Some(l)
+            }
+            None => None,
+        };
         let models = Arc::new(Models::new());
         let watcher = repository::Watcher::new(
             source,
@@ -287,9 +301,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let rollouts = Arc::new(switchyard::rollout::Rollouts::default());
+        let metrics = metrics_listener.map(|l| {
+            tokio::spawn(serve_metrics(
+                l,
+                models.clone(),
+                rollouts.clone(),
+                stopped(stop_rx.clone()),
+            ))
+        });
         let http = tokio::spawn(serve_http(
             listener,
             models.clone(),
+            rollouts,
             config,
             admin.clone(),
             stopped(stop_rx.clone()),
@@ -308,6 +332,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         loader.await.context("model loading stopped")??;
         http.await.context("HTTP server stopped")?;
         grpc.await.context("gRPC server stopped")?;
+        if let Some(m) = metrics {
+            m.await.context("metrics server stopped")?;
+        }
         tracing::info!("stopped");
         Ok(())
     })

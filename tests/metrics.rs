@@ -127,3 +127,31 @@ fn latency_buckets_can_be_chosen() {
         .collect();
     assert_eq!(buckets.len(), 3, "0.001, 0.5 and +Inf: {buckets:?}");
 }
+
+#[test]
+fn a_metrics_port_serves_the_scrape_and_nothing_else() {
+    let s = Server::start(&sample_models(), &["--metrics", "127.0.0.1:0"]);
+    assert_eq!(s.post("/v2/models/mlp/infer", &row()).0, 200);
+    let key = "metrics listening addr=";
+    let logs = s.logs();
+    let at = logs
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key} in {logs}"));
+    let addr = logs[at + key.len()..].split_whitespace().next().unwrap();
+    let get = |path: &str| client().get(format!("http://{addr}{path}")).send().unwrap();
+    let text = get("/metrics").text().unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("switchyard_requests_total{") && l.contains("model=\"mlp\"")),
+        "{text}"
+    );
+    let r = get("/v2/health/ready");
+    assert_eq!(r.status(), 404);
+    assert!(r.text().unwrap().contains("GET /metrics only"));
+    let r = client()
+        .post(format!("http://{addr}/metrics"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+}

@@ -51,6 +51,7 @@ type Body = Full<Bytes>;
 pub async fn serve_http(
     listener: TcpListener,
     models: Arc<Models>,
+    rollouts: Arc<crate::rollout::Rollouts>,
     config: HttpConfig,
     admin: AdminAuth,
     shutdown: impl Future<Output = ()>,
@@ -59,7 +60,7 @@ pub async fn serve_http(
         models,
         config,
         admin,
-        rollouts: Arc::default(),
+        rollouts,
     });
     super::server::serve(
         listener,
@@ -73,6 +74,51 @@ pub async fn serve_http(
         shutdown,
     )
     .await;
+}
+
+/// Serves `GET /metrics` alone on `listener` (`--metrics ADDR`: Triton's
+/// metrics port, which a scrape config or a network policy can single out).
+pub async fn serve_metrics(
+    listener: TcpListener,
+    models: Arc<Models>,
+    rollouts: Arc<crate::rollout::Rollouts>,
+    shutdown: impl Future<Output = ()>,
+) {
+    super::server::serve(
+        listener,
+        move |_| {
+            let (models, rollouts) = (models.clone(), rollouts.clone());
+            service_fn(move |req: Request<Incoming>| {
+                let answer = match (req.method(), req.uri().path()) {
+                    (&http::Method::GET, "/metrics") => metrics_text(&models, &rollouts),
+                    (m, "/metrics") => Err(Error::MethodNotAllowed {
+                        method: m.to_string(),
+                        path: "/metrics".into(),
+                        allow: "GET",
+                    }),
+                    (_, path) => Err(Error::not_found(format!(
+                        "no route for {path}: this port serves GET /metrics only"
+                    ))),
+                };
+                let resp = answer.unwrap_or_else(|e| error_response(&e));
+                std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+            })
+        },
+        shutdown,
+    )
+    .await;
+}
+
+/// The Prometheus text exposition of every metric.
+fn metrics_text(models: &Models, rollouts: &crate::rollout::Rollouts) -> Result<Response<Body>> {
+    let text = crate::metrics::render(models, rollouts)
+        .ok_or_else(|| Error::not_found("metrics are off (--no-metrics)"))?;
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(r)
 }
 
 async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -392,16 +438,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                 serde_json::to_vec(&body).expect("plain data"),
             ))
         }
-        Route::Metrics => {
-            let text = crate::metrics::render(models, &state.rollouts)
-                .ok_or_else(|| Error::not_found("metrics are off (--no-metrics)"))?;
-            let mut r = Response::new(Full::new(Bytes::from(text)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            Ok(r)
-        }
+        Route::Metrics => metrics_text(models, &state.rollouts),
         Route::Rollout(m) => {
             let who = admin_caller(state, &req, peer)?;
             let (models, rollouts, name) =

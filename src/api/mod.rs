@@ -22,4 +22,4 @@ pub const EXTENSIONS: &[&str] = &[
     "statistics",
 ];
 pub use grpc::serve_grpc;
-pub use http::{serve_http, HttpConfig};
+pub use http::{serve_http, serve_metrics, HttpConfig};
