@@ -294,10 +294,16 @@ fn numeric_kind(col: &[f64], bins: usize) -> Kind {
 /// Reference data: column names when the file gives them, and the rows.
 pub type Data = (Option<Vec<String>>, Vec<Vec<f64>>);
 
-/// Reference rows read from a CSV file (a header row names the columns) or a
-/// 2-D `.npy` array.
+/// Reference rows read from a CSV file (a header row names the columns), a
+/// 2-D `.npy` array, or a Parquet file (its numeric columns, named).
 pub fn read_data(path: &std::path::Path) -> Result<Data> {
     let bad = |e: &dyn std::fmt::Display| Error::invalid(format!("{}: {e}", path.display()));
+    if path
+        .extension()
+        .is_some_and(|e| e == "parquet" || e == "pq")
+    {
+        return read_parquet(path).map_err(|e| bad(&e));
+    }
     if path.extension().is_some_and(|e| e == "npy") {
         let bytes = std::fs::read(path).map_err(|e| bad(&e))?;
         let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(&e))?;
@@ -352,6 +358,61 @@ pub fn read_data(path: &std::path::Path) -> Result<Data> {
         }
     }
     Ok((names, rows))
+}
+
+/// A Parquet file's rows, every column a number (integers, floats, booleans;
+/// nulls are NaN and fall in the first bin). pandas' index column, when it
+/// wrote one, is not a feature.
+fn read_parquet(path: &std::path::Path) -> std::result::Result<Data, String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    const PANDAS_INDEX: &str = "__index_level_0__";
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let reader = SerializedFileReader::new(file).map_err(|e| e.to_string())?;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let names: Vec<String> = schema
+        .columns()
+        .iter()
+        .map(|c| c.path().string())
+        .filter(|n| n != PANDAS_INDEX)
+        .collect();
+    let mut rows = Vec::new();
+    for (i, row) in reader
+        .get_row_iter(None)
+        .map_err(|e| e.to_string())?
+        .enumerate()
+    {
+        let row = row.map_err(|e| format!("row {}: {e}", i + 1))?;
+        let mut values = Vec::with_capacity(names.len());
+        for (name, field) in row.get_column_iter() {
+            if name == PANDAS_INDEX {
+                continue;
+            }
+            values.push(match *field {
+                Field::Null => f64::NAN,
+                Field::Bool(b) => f64::from(u8::from(b)),
+                Field::Byte(v) => v.into(),
+                Field::Short(v) => v.into(),
+                Field::Int(v) => v.into(),
+                Field::Long(v) => v as f64,
+                Field::UByte(v) => v.into(),
+                Field::UShort(v) => v.into(),
+                Field::UInt(v) => v.into(),
+                Field::ULong(v) => v as f64,
+                Field::Float16(v) => v.into(),
+                Field::Float(v) => v.into(),
+                Field::Double(v) => v,
+                ref other => {
+                    return Err(format!(
+                        "column '{name}' is not numeric (row {}: {other})",
+                        i + 1
+                    ))
+                }
+            });
+        }
+        rows.push(values);
+    }
+    Ok((Some(names), rows))
 }
 
 /// Runs the version in `dir` on the reference data at `data` and profiles its one

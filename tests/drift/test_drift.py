@@ -175,3 +175,36 @@ def test_rows_that_are_not_feature_vectors_are_summarised_by_mean_and_l2(switchy
     by_name = {f["feature"]: f for f in report_grid(2000)["features"]}
     assert by_name["input:mean"]["psi"] > 0.25, by_name["input:mean"]
     assert by_name["score"]["psi"] > 0.25, "the prediction drifts with it"
+
+
+def test_parquet_reference_data_profiles_as_its_csv_does(tmp_path):
+    """pyarrow writes iris' reference data as Parquet (snappy, zstd, gzip): the
+    profile is the one the CSV gives; a text column is refused by name."""
+    import os
+    import subprocess
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    binary = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchyard"))
+
+    def profile(data, out):
+        shutil.copytree(ROOT / "models" / "iris", tmp_path / out)
+        r = subprocess.run([binary, "profile", "--model", str(tmp_path / out / "1"), "--data", str(data),
+                            "--out", str(tmp_path / f"{out}.json")], capture_output=True, text=True, timeout=120)
+        return r, (json.loads((tmp_path / f"{out}.json").read_text()) if r.returncode == 0 else None)
+
+    r, want = profile(ROOT / "models" / "iris" / "reference.csv", "csv")
+    assert r.returncode == 0, r.stderr
+    table = pacsv.read_csv(ROOT / "models" / "iris" / "reference.csv")
+    for codec in ["snappy", "zstd", "gzip"]:
+        pq.write_table(table, tmp_path / f"{codec}.parquet", compression=codec)
+        r, got = profile(tmp_path / f"{codec}.parquet", codec)
+        assert r.returncode == 0, r.stderr
+        assert got == want, codec
+
+    pq.write_table(table.append_column("species", pa.array(["setosa"] * len(table))), tmp_path / "text.parquet")
+    r, _ = profile(tmp_path / "text.parquet", "text")
+    assert r.returncode != 0
+    assert "column 'species' is not numeric" in r.stderr, r.stderr
