@@ -473,6 +473,36 @@ impl CustomOp3 for Dense {
     }
 }
 
+/// `x · w` for row-major `x` `[m, k]` and `w` `[k, n]`: on this thread for small
+/// products, on all of them for large ones. `None` when the lengths disagree
+/// with the sizes.
+pub(super) fn gemm_rows(
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+) -> Option<Vec<f32>> {
+    if x.len() != m.checked_mul(k)? || w.len() != k.checked_mul(n)? {
+        return None;
+    }
+    let mut out = vec![0f32; m.checked_mul(n)?];
+    let parallelism = if m * n * k >= PARALLEL_MACS {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the lengths were checked: out is [m, n], x [m, k], w [k, n], row-major.
+    unsafe {
+        matmul(
+            (m, n, k),
+            (out.as_mut_ptr(), n),
+            (x.as_ptr(), k, 1),
+            (w.as_ptr(), n, 1),
+            parallelism,
+        );
+    }
+    Some(out)
+}
+
 /// `dst = lhs · rhs` for `(m, n, k)`: `dst` row-major `[m, n]` with row stride
 /// `dst.1`; `lhs` `[m, k]` and `rhs` `[k, n]` as (pointer, row stride, column
 /// stride), so a transposed view costs nothing.
@@ -525,7 +555,7 @@ fn map(out: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32 + Sync) {
 /// approximation; erf(±4) is ±1 in f32): no branch, so the loop vectorises, and
 /// within 1e-6 of the exact value (checked against libm in the tests).
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+pub(super) fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;
