@@ -37,14 +37,21 @@ build: $(ORT_LIB)
 	cp $(ORT_LIB) target/release/libonnxruntime.so
 
 ## The GPU build: ONNX Runtime with its CUDA provider from the onnxruntime-gpu
-## wheel, candle with CUDA (needs the CUDA toolkit: nvcc on PATH). The CUDA
-## runtime libraries ONNX Runtime loads come from the CUDA install or the
-## nvidia-* wheels (`pip install onnxruntime-gpu[cuda,cudnn]`) on LD_LIBRARY_PATH.
+## wheel, candle with CUDA, compiled by the CUDA 13.0 toolkit that
+## scripts/setup-cuda.sh lays out from NVIDIA's PyPI wheels in .cache/cuda (once).
+## Run it on the GPU machine: it links the driver's libcuda.so.1, and candle's
+## kernels are built for its GPU (CUDA_COMPUTE_CAP=90 for a Hopper chosen by hand).
+## Serve with LD_LIBRARY_PATH=.cache/cuda/lib64.
+CUDA_DIR    := $(CACHE)/cuda
 ORT_GPU_LIB := $(CACHE)/onnxruntime-gpu-$(ORT_VERSION)/libonnxruntime.so
 $(ORT_GPU_LIB):
 	ORT_PACKAGE=onnxruntime-gpu PYTHON=$(PYTHON) scripts/fetch-ort.sh $(ORT_VERSION) $@
-build-cuda: $(ORT_GPU_LIB)
-	$(CARGO) build --release --locked --features cuda --bin switchyard
+$(CUDA_DIR)/.done: scripts/setup-cuda.sh
+	PYTHON=$(PYTHON) scripts/setup-cuda.sh $(CUDA_DIR)
+	touch $@
+build-cuda: $(ORT_GPU_LIB) $(CUDA_DIR)/.done
+	PATH="$(abspath $(CUDA_DIR))/bin:$$PATH" CUDA_ROOT="$(abspath $(CUDA_DIR))" \
+	  $(CARGO) build --release --locked --features cuda --bin switchyard
 	cp $(dir $(ORT_GPU_LIB))lib*.so target/release/
 
 ## target/release/switchyard-loadtest, the load generator (loadtest/).

@@ -75,8 +75,14 @@ pub fn candle_device(device: crate::config::Device) -> Result<candle_core::Devic
     match device {
         crate::config::Device::Cpu => Ok(candle_core::Device::Cpu),
         #[cfg(feature = "cuda")]
-        crate::config::Device::Cuda(n) => candle_core::Device::new_cuda(n as usize)
-            .map_err(|e| crate::error::Error::load(format!("device '{device}': {e}"))),
+        crate::config::Device::Cuda(n) => candle_core::Device::new_cuda(n as usize).map_err(|e| {
+            // The reason, without the backtrace candle attaches to driver errors.
+            let e = match e {
+                candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                e => e,
+            };
+            crate::error::Error::load(format!("device '{device}': {e}"))
+        }),
         #[cfg(not(feature = "cuda"))]
         crate::config::Device::Cuda(_) => Err(crate::error::Error::load(format!(
             "device '{device}' needs a GPU build: this binary was built without the `cuda` \
