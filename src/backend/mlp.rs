@@ -27,7 +27,7 @@ impl Activation {
             Activation::None => v,
             Activation::Relu => v.max(0.0),
             Activation::Gelu => {
-                0.5 * v * (1.0 + super::transformer::erf(v * std::f32::consts::FRAC_1_SQRT_2))
+                0.5 * v * (1.0 + super::kernels::erf(v * std::f32::consts::FRAC_1_SQRT_2))
             }
             Activation::Tanh => v.tanh(),
             Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
@@ -218,7 +218,7 @@ impl Mlp {
                 return Err(Error::Internal("mlp: a device layer on the CPU".into()));
             };
             let (k, n) = l.sizes;
-            h = super::transformer::gemm_rows(&h, weight_t, (rows, k, n)).ok_or_else(|| {
+            h = super::kernels::gemm_rows(&h, weight_t, (rows, k, n)).ok_or_else(|| {
                 Error::Internal(format!(
                     "mlp: {} values are not {rows} rows of {k}",
                     h.len()
@@ -235,16 +235,8 @@ impl Mlp {
             }
         }
         if self.softmax {
-            let n = self.layers.last().map_or(1, |l| l.sizes.1).max(1);
-            for row in h.chunks_exact_mut(n) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for v in row.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                row.iter_mut().for_each(|v| *v /= sum);
-            }
+            let n = self.layers.last().map_or(1, |l| l.sizes.1);
+            super::kernels::softmax_rows(&mut h, n);
         }
         Ok(h)
     }

@@ -1,6 +1,7 @@
 //! Backends: what runs a model version. Each instance is owned by one worker thread.
 
 pub mod bert;
+mod kernels;
 pub mod mlp;
 pub mod onnx;
 pub mod transformer;
