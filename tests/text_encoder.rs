@@ -75,9 +75,10 @@ fn minilm_embeds_texts_the_same_alone_or_batched() {
     let (code, meta) = s.get("/v2/models/minilm");
     assert_eq!(code, 200, "{meta}");
     assert_eq!(meta["platform"], "safetensors_bert");
+    // One text a row: shown as [-1, 1], as Triton shows it; [n] and [n, 1] are both taken.
     assert_eq!(
         meta["inputs"],
-        json!([{"name": "text", "datatype": "BYTES", "shape": [-1]}])
+        json!([{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}])
     );
     assert_eq!(
         meta["outputs"],
@@ -109,6 +110,11 @@ fn minilm_embeds_texts_the_same_alone_or_batched() {
         let d = max_diff(&embeddings(&alone)[0], &e[i]);
         assert!(d < 1e-5, "text {i}: alone vs batched differ by {d}");
     }
+    let mut column = texts(&batch[..2]);
+    column["inputs"][0]["shape"] = json!([2, 1]);
+    let (code, resp) = s.post("/v2/models/minilm/infer", &column);
+    assert_eq!(code, 200, "{resp}");
+    assert!(max_diff(&embeddings(&resp)[1], &e[1]) < 1e-5);
     // A text over max_length (256 tokens) is cut, not refused, by default.
     let (code, _) = s.post("/v2/models/minilm/infer", &texts(&[&long.repeat(3)]));
     assert_eq!(code, 200);

@@ -9,7 +9,9 @@ use super::json::{parse_data, DataJson};
 use crate::config::VersionPolicy;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse, Parameters, RequestedOutput};
-use crate::model::{IndexEntry, Model, ModelMetadata, ServingConfig, TensorSpec, VersionState};
+use crate::model::{
+    ConfigTensor, IndexEntry, Model, ModelMetadata, ServingConfig, TensorSpec, VersionState,
+};
 use crate::tensor::{DataType, Tensor};
 
 #[derive(Deserialize)]
@@ -336,11 +338,12 @@ pub fn encode_model_metadata(model: &Model, version: Option<u64>) -> Result<Vec<
             .map(|u| u.reason.clone()),
         None => model.unavailable_reason(),
     };
+    let inputs = meta.map(|m| m.shown_inputs()).unwrap_or_default();
     let body = serde_json::json!({
         "name": &*model.name,
         "versions": versions,
         "platform": meta.map_or("", |m| m.platform),
-        "inputs": meta.map(|m| specs(&m.inputs)).unwrap_or_default(),
+        "inputs": specs(&inputs),
         "outputs": meta.map(|m| specs(&m.outputs)).unwrap_or_default(),
         "max_batch_size": meta.map_or(0, |m| m.max_batch_size),
         "state": if reason.is_none() { "READY" } else { "UNAVAILABLE" },
@@ -358,14 +361,18 @@ pub fn encode_model_metadata(model: &Model, version: Option<u64>) -> Result<Vec<
 /// Triton's model configuration as JSON (`GET .../config`), which perf_analyzer
 /// and tritonclient read; dims leave out the batch dim when `max_batch_size` > 0.
 pub fn encode_model_config(c: &ServingConfig) -> Vec<u8> {
-    let io = |v: &[(String, DataType, Vec<i64>)]| {
+    let io = |v: &[ConfigTensor]| {
         v.iter()
-            .map(|(name, dtype, dims)| {
-                serde_json::json!({
-                    "name": name,
-                    "data_type": dtype.triton_config_name(),
-                    "dims": dims,
-                })
+            .map(|t| {
+                let mut io = serde_json::json!({
+                    "name": t.name,
+                    "data_type": t.dtype.triton_config_name(),
+                    "dims": t.dims,
+                });
+                if let Some(shape) = &t.reshape {
+                    io["reshape"] = serde_json::json!({ "shape": shape });
+                }
+                io
             })
             .collect::<Vec<_>>()
     };

@@ -62,6 +62,40 @@ impl ModelMetadata {
             .all(|t| t.shape.first() == Some(&-1))
     }
 
+    /// The inputs as clients are told of them (model metadata): a batched input
+    /// of one value a row (`[-1]`, texts) is `[-1, 1]`, as Triton shows it with
+    /// its configuration's dims `[1]`; both shapes are taken.
+    pub fn shown_inputs(&self) -> Vec<TensorSpec> {
+        self.inputs
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                if self.max_batch_size > 0 && s.shape.len() == 1 {
+                    s.shape.push(1);
+                    s.symbols.push(None);
+                }
+                s
+            })
+            .collect()
+    }
+
+    /// Takes a `[batch, 1]` tensor for a batched input of one value a row
+    /// (`[-1]`), as the model configuration's reshape tells Triton's clients to
+    /// send it.
+    pub fn apply_reshapes(&self, req: &mut InferRequest) {
+        if self.max_batch_size == 0 {
+            return;
+        }
+        for t in &mut req.inputs {
+            if t.shape.len() == 2
+                && t.shape[1] == 1
+                && self.input(&t.name).is_some_and(|s| s.shape.len() == 1)
+            {
+                t.shape.pop();
+            }
+        }
+    }
+
     /// Checks a request against the declared inputs and outputs before it is queued,
     /// so that a mistake is a 400 naming the field and never reaches the runtime.
     pub fn validate(&self, req: &InferRequest) -> Result<()> {
@@ -178,9 +212,9 @@ pub struct ServingConfig {
     pub platform: &'static str,
     pub backend: &'static str,
     pub max_batch_size: u32,
-    /// Name, datatype and dims; with batching, dims leave out the batch dim.
-    pub inputs: Vec<(String, DataType, Vec<i64>)>,
-    pub outputs: Vec<(String, DataType, Vec<i64>)>,
+    /// With batching, dims leave out the batch dim.
+    pub inputs: Vec<ConfigTensor>,
+    pub outputs: Vec<ConfigTensor>,
     pub instances: usize,
     /// The GPU it runs on, if any.
     pub gpu: Option<u32>,
@@ -188,6 +222,19 @@ pub struct ServingConfig {
     pub dynamic_batching: Option<(Vec<usize>, u64)>,
     /// Which versions of the model are served.
     pub version_policy: crate::config::VersionPolicy,
+}
+
+/// An input or output as Triton's model configuration shows it.
+#[derive(Debug, Clone)]
+pub struct ConfigTensor {
+    pub name: String,
+    pub dtype: DataType,
+    pub dims: Vec<i64>,
+    /// Triton's `reshape`: the dims the model takes when `dims` differs. A
+    /// batched input of one value a row (texts, `[-1]`) is shown as dims `[1]`
+    /// reshaped to `[]`, as Triton requires dims to be non-empty; its clients
+    /// (perf_analyzer) then send `[batch, 1]`, which is taken as `[batch]`.
+    pub reshape: Option<Vec<i64>>,
 }
 
 /// One servable version of a model: its metadata and the workers that run it.
@@ -328,7 +375,8 @@ impl ModelVersion {
         result
     }
 
-    async fn run(&self, req: InferRequest) -> Result<InferResponse> {
+    async fn run(&self, mut req: InferRequest) -> Result<InferResponse> {
+        self.metadata.apply_reshapes(&mut req);
         self.metadata.validate(&req)?;
         let deadline = self.deadline(&req)?;
         let outputs: Vec<String> = if req.outputs.is_empty() {
@@ -454,12 +502,18 @@ impl ModelVersion {
     /// This version's configuration as Triton's clients read it.
     pub fn serving_config(&self, config: &crate::config::ModelConfig) -> ServingConfig {
         let batched = self.metadata.max_batch_size > 0;
-        let dims = |specs: &[TensorSpec]| {
+        let dims = |specs: &[TensorSpec], inputs: bool| {
             specs
                 .iter()
                 .map(|s| {
                     let d = if batched { &s.shape[1..] } else { &s.shape[..] };
-                    (s.name.clone(), s.dtype, d.to_vec())
+                    let scalar_rows = inputs && batched && d.is_empty();
+                    ConfigTensor {
+                        name: s.name.clone(),
+                        dtype: s.dtype,
+                        dims: if scalar_rows { vec![1] } else { d.to_vec() },
+                        reshape: scalar_rows.then(Vec::new),
+                    }
                 })
                 .collect()
         };
@@ -472,8 +526,8 @@ impl ModelVersion {
                 "candle"
             },
             max_batch_size: self.metadata.max_batch_size,
-            inputs: dims(&self.metadata.inputs),
-            outputs: dims(&self.metadata.outputs),
+            inputs: dims(&self.metadata.inputs, true),
+            outputs: dims(&self.metadata.outputs, false),
             instances: self.workers.instances(),
             gpu: match config.device() {
                 Ok(crate::config::Device::Cuda(n)) => Some(n),
@@ -539,6 +593,35 @@ mod tests {
             inputs,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn one_value_a_row_is_shown_as_dims_1_and_taken_either_way() {
+        let m = ModelMetadata {
+            platform: "safetensors_bert",
+            inputs: vec![spec("text", DataType::Bytes, &[-1], &[None])],
+            outputs: vec![spec("embedding", DataType::F32, &[-1, 384], &[None, None])],
+            max_batch_size: 32,
+        };
+        assert_eq!(m.shown_inputs()[0].shape, [-1, 1]);
+        let mut r = req(vec![Tensor {
+            name: "text".into(),
+            dtype: DataType::Bytes,
+            shape: vec![2, 1],
+            data: Bytes::from_static(b"\x01\0\0\0a\x01\0\0\0b"),
+        }]);
+        m.apply_reshapes(&mut r);
+        assert_eq!(r.inputs[0].shape, [2]);
+        m.validate(&r).unwrap();
+        let unbatched = ModelMetadata {
+            max_batch_size: 0,
+            ..m.clone()
+        };
+        assert_eq!(
+            unbatched.shown_inputs()[0].shape,
+            [-1],
+            "no batch dim to add to"
+        );
     }
 
     #[test]

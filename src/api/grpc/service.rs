@@ -221,7 +221,7 @@ impl GrpcInferenceService for InferenceService {
             name: r.name,
             versions,
             platform: mv.metadata.platform.into(),
-            inputs: tensor_meta(&mv.metadata.inputs),
+            inputs: tensor_meta(&mv.metadata.shown_inputs()),
             outputs: tensor_meta(&mv.metadata.outputs),
         }))
     }
@@ -311,19 +311,20 @@ impl GrpcInferenceService for InferenceService {
             input: c
                 .inputs
                 .into_iter()
-                .map(|(name, d, dims)| pb::ModelInput {
-                    name,
-                    data_type: config_type(d),
-                    dims,
+                .map(|t| pb::ModelInput {
+                    name: t.name,
+                    data_type: config_type(t.dtype),
+                    dims: t.dims,
+                    reshape: t.reshape.map(|shape| pb::ModelTensorReshape { shape }),
                 })
                 .collect(),
             output: c
                 .outputs
                 .into_iter()
-                .map(|(name, d, dims)| pb::ModelOutput {
-                    name,
-                    data_type: config_type(d),
-                    dims,
+                .map(|t| pb::ModelOutput {
+                    name: t.name,
+                    data_type: config_type(t.dtype),
+                    dims: t.dims,
                 })
                 .collect(),
             instance_group: vec![pb::ModelInstanceGroup {
