@@ -140,6 +140,12 @@ async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp
     }
 }
 
+/// A readiness probe's 503 while models load: an answer, not a failure to log
+/// (probes ask every second or so, and a slow start would fill the log).
+fn not_ready() -> Response<Body> {
+    error_response(&Error::Unavailable("models are still loading".into()))
+}
+
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -360,7 +366,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             if models.is_loaded() {
                 Ok(small_json(serde_json::json!({ "ready": true })))
             } else {
-                Err(Error::Unavailable("models are still loading".into()))
+                Ok(not_ready())
             }
         }
         Route::ModelMetadata(m, v) => {
@@ -535,7 +541,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                 );
                 Ok(r)
             } else {
-                Err(Error::Unavailable("models are still loading".into()))
+                Ok(not_ready())
             }
         }
         Route::Infer(m, v) => {
