@@ -296,3 +296,62 @@ fn config_toml_gives_the_initial_policy() {
         BTreeMap::from([("1".to_string(), 50)])
     );
 }
+
+/// gRPC requests carry the sticky key as metadata: a key lands on the version
+/// it lands on over HTTP.
+#[test]
+fn grpc_requests_follow_the_sticky_header_as_http_ones_do() {
+    use switchyard::api::grpc::proto as pb;
+    use switchyard::api::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+
+    let s = Server::start(&repo("traffic-sticky-grpc"), &[]);
+    let (code, t) = put(
+        &s,
+        "m",
+        &json!({"weights": {"1": 50, "2": 50}, "sticky_header": "X-User-Id"}),
+        None,
+    );
+    assert_eq!(code, 200, "{t}");
+    let keys: Vec<String> = (0..60).map(|k| format!("user-{k}")).collect();
+    let over_http: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            let r: Value = client()
+                .post(s.url("/v2/models/m/infer"))
+                .header("x-user-id", k)
+                .json(&row())
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            r["model_version"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let values: Vec<u8> = (0..16)
+        .flat_map(|i| (i as f32 / 16.0).to_le_bytes())
+        .collect();
+    let over_grpc: Vec<String> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut c = GrpcInferenceServiceClient::connect(s.grpc.clone())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for k in &keys {
+            let mut req = tonic::Request::new(pb::ModelInferRequest {
+                model_name: "m".into(),
+                inputs: vec![pb::model_infer_request::InferInputTensor {
+                    name: "input".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![1, 16],
+                    ..Default::default()
+                }],
+                raw_input_contents: vec![values.clone().into()],
+                ..Default::default()
+            });
+            req.metadata_mut().insert("x-user-id", k.parse().unwrap());
+            got.push(c.model_infer(req).await.unwrap().into_inner().model_version);
+        }
+        got
+    });
+    assert!(over_http.iter().any(|v| v == "1") && over_http.iter().any(|v| v == "2"));
+    assert_eq!(over_grpc, over_http);
+}
