@@ -34,8 +34,7 @@ for dev in cpu gpu; do
   { echo "device = \"$d\""; cat models/minilm/config.toml; } > "$W/models/minilm_$dev/config.toml"
   if [ -f "$W/bin/libonnxruntime_providers_cuda.so" ]; then
     cp -r models/mlp "$W/models/onnx_$dev"
-    { echo "device = \"$d\""; cat models/mlp/config.toml 2>/dev/null || true; } > "$W/models/onnx_$dev/config.toml.new"
-    mv "$W/models/onnx_$dev/config.toml.new" "$W/models/onnx_$dev/config.toml"
+    sed -i "1i device = \"$d\"" "$W/models/onnx_$dev/config.toml"
   fi
 done
 ORT_DYLIB_PATH="$W/bin/libonnxruntime.so" "$W/bin/switchyard" serve --models "$W/models" \

@@ -39,6 +39,19 @@ fn put(s: &Server, model: &str, policy: &Value, token: Option<&str>) -> (u16, Va
     (code, resp.json().unwrap_or(Value::Null))
 }
 
+/// The version that answers `m`'s request with sticky key `key` in `x-user-id`.
+fn version_for_key(s: &Server, key: &str) -> String {
+    let r: Value = client()
+        .post(s.url("/v2/models/m/infer"))
+        .header("x-user-id", key)
+        .json(&row())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    r["model_version"].as_str().unwrap().to_string()
+}
+
 /// Sends `n` requests from 8 threads; counts the answers by version.
 fn split(
     s: &Server,
@@ -103,17 +116,7 @@ fn weights_split_requests_and_sticky_keys_stay_put() {
     let keys = 400;
     let by_key = |s: &Server| -> Vec<String> {
         (0..keys)
-            .map(|k| {
-                let r: Value = client()
-                    .post(s.url("/v2/models/m/infer"))
-                    .header("x-user-id", format!("user-{k}"))
-                    .json(&row())
-                    .send()
-                    .unwrap()
-                    .json()
-                    .unwrap();
-                r["model_version"].as_str().unwrap().to_string()
-            })
+            .map(|k| version_for_key(s, &format!("user-{k}")))
             .collect()
     };
     let first = by_key(&s);
@@ -313,20 +316,7 @@ fn grpc_requests_follow_the_sticky_header_as_http_ones_do() {
     );
     assert_eq!(code, 200, "{t}");
     let keys: Vec<String> = (0..60).map(|k| format!("user-{k}")).collect();
-    let over_http: Vec<String> = keys
-        .iter()
-        .map(|k| {
-            let r: Value = client()
-                .post(s.url("/v2/models/m/infer"))
-                .header("x-user-id", k)
-                .json(&row())
-                .send()
-                .unwrap()
-                .json()
-                .unwrap();
-            r["model_version"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let over_http: Vec<String> = keys.iter().map(|k| version_for_key(&s, k)).collect();
     let values: Vec<u8> = (0..16)
         .flat_map(|i| (i as f32 / 16.0).to_le_bytes())
         .collect();
