@@ -57,6 +57,7 @@ fn round_trip(c: &mut Criterion) {
                 max_queue_delay: Duration::ZERO,
                 priority_levels: 0,
                 preferred: vec![],
+                outputs: vec![],
             },
             Arc::default(),
         )

@@ -210,8 +210,12 @@ impl ModelConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(Error::load(format!("{}: {e}", path.display()))),
         };
-        let cfg: ModelConfig = toml::from_str(&text)
-            .map_err(|e| Error::load(format!("{}: {}", path.display(), e.message())))?;
+        Self::parse(&text).map_err(|e| Error::load(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and checks the text of a `config.toml`.
+    pub fn parse(text: &str) -> Result<ModelConfig> {
+        let cfg: ModelConfig = toml::from_str(text).map_err(|e| Error::load(e.message()))?;
         cfg.check()?;
         Ok(cfg)
     }

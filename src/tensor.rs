@@ -101,6 +101,21 @@ impl DataType {
         DataType::ALL.into_iter().find(|d| d.as_str() == s)
     }
 
+    /// Whether it is a signed or unsigned integer type.
+    pub fn is_integer(self) -> bool {
+        matches!(
+            self,
+            DataType::U8
+                | DataType::U16
+                | DataType::U32
+                | DataType::U64
+                | DataType::I8
+                | DataType::I16
+                | DataType::I32
+                | DataType::I64
+        )
+    }
+
     /// Bytes per element; `None` for BYTES, whose elements vary in length.
     pub fn size(self) -> Option<usize> {
         Some(match self {
@@ -133,6 +148,47 @@ pub struct Tensor {
     pub data: Bytes,
 }
 
+/// The most dimensions a tensor may have (numpy's limit).
+pub const MAX_RANK: usize = 64;
+/// The largest size of one dimension (the largest `int32`, which runtimes index with).
+pub const MAX_DIM: i64 = i32::MAX as i64;
+/// The most elements a tensor may name, counting a zero-sized dim as one: a shape
+/// such as `[0, 2^62]` holds nothing but would still reach the runtime's
+/// arithmetic, so it is refused like a large one. 2^28: four times what a 64 MiB
+/// body of one-byte elements can carry.
+pub const MAX_ELEMENTS: usize = 1 << 28;
+
+/// Checks a client's shape against [`MAX_RANK`], [`MAX_DIM`] and
+/// [`MAX_ELEMENTS`]; the error names the tensor.
+pub fn check_shape(name: &str, shape: &[i64]) -> Result<usize, Error> {
+    if shape.len() > MAX_RANK {
+        return Err(Error::invalid(format!(
+            "tensor '{name}': {} dimensions, more than the {MAX_RANK} a tensor may have",
+            shape.len()
+        )));
+    }
+    if let Some(d) = shape.iter().find(|&&d| d < 0) {
+        return Err(Error::invalid(format!(
+            "tensor '{name}': shape {shape:?} has a negative dimension ({d})"
+        )));
+    }
+    if let Some(d) = shape.iter().find(|&&d| d > MAX_DIM) {
+        return Err(Error::invalid(format!(
+            "tensor '{name}': dimension {d} is larger than the {MAX_DIM} a dimension may be"
+        )));
+    }
+    let nominal = shape.iter().try_fold(1usize, |acc, &d| {
+        acc.checked_mul((d as usize).max(1))
+            .filter(|&n| n <= MAX_ELEMENTS)
+    });
+    if nominal.is_none() {
+        return Err(Error::invalid(format!(
+            "tensor '{name}': shape {shape:?} names more than {MAX_ELEMENTS} elements"
+        )));
+    }
+    Ok(element_count(shape).expect("bounded above"))
+}
+
 /// Number of elements a shape holds, or `None` on a negative dim or overflow.
 pub fn element_count(shape: &[i64]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| {
@@ -160,12 +216,7 @@ impl Tensor {
 
     /// Checks that `data` holds exactly the elements `shape` promises.
     pub fn validate_size(&self) -> Result<(), Error> {
-        let n = element_count(&self.shape).ok_or_else(|| {
-            Error::invalid(format!(
-                "tensor '{}': shape {:?} has a negative dimension or is too large",
-                self.name, self.shape
-            ))
-        })?;
+        let n = check_shape(&self.name, &self.shape)?;
         match self.dtype.size() {
             Some(sz) => {
                 let want = n.checked_mul(sz).ok_or_else(|| {
@@ -297,5 +348,21 @@ mod tests {
         assert_eq!(element_count(&[]), Some(1));
         assert_eq!(element_count(&[3, 0]), Some(0));
         assert_eq!(element_count(&[-1]), None);
+    }
+
+    #[test]
+    fn shapes_are_bounded_even_when_empty() {
+        assert_eq!(check_shape("x", &[0, 3]).unwrap(), 0);
+        assert_eq!(check_shape("x", &[]).unwrap(), 1);
+        for bad in [
+            vec![0, 1 << 62],
+            vec![0, MAX_DIM, MAX_DIM],
+            vec![-1, 2],
+            vec![1; MAX_RANK + 1],
+        ] {
+            let e = check_shape("x", &bad).unwrap_err();
+            assert_eq!(e.http_status(), http::StatusCode::BAD_REQUEST);
+            assert!(e.to_string().contains("tensor 'x'"), "{e}");
+        }
     }
 }

@@ -118,11 +118,29 @@ fn candle_loaded<B: Backend + Clone + 'static>(
 }
 
 /// The batch size a version runs with: `config.toml`'s, checked against the
-/// graph, or the default when every input and output has a dynamic first dim.
+/// graph, or the default when the graph shows a batch dim
+/// ([`ModelMetadata::inferred_batch_dim`]; the choice is logged).
 pub fn max_batch_size(config: &ModelConfig, metadata: &ModelMetadata) -> Result<u32> {
     Ok(match config.max_batch_size {
-        None if metadata.batchable_graph() => crate::config::DEFAULT_MAX_BATCH_SIZE,
-        None | Some(0) => 0,
+        None => {
+            let (batched, why) = metadata.inferred_batch_dim();
+            let n = if batched {
+                crate::config::DEFAULT_MAX_BATCH_SIZE
+            } else {
+                0
+            };
+            tracing::info!(
+                max_batch_size = n,
+                "{}: {why} (set max_batch_size in config.toml to choose)",
+                if batched {
+                    "dynamic batching on"
+                } else {
+                    "no batch dimension"
+                }
+            );
+            n
+        }
+        Some(0) => 0,
         Some(n) => {
             if let Some(t) = metadata
                 .inputs

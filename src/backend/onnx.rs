@@ -233,12 +233,7 @@ impl Backend for OnnxInstance {
         for t in inputs {
             feed.push((Cow::Borrowed(t.name.as_str()), to_ort(t)?.into()));
         }
-        let results = self
-            .session
-            .run(feed)
-            // Inputs were validated against the graph, so what ORT still refuses is
-            // about their values (e.g. an index out of range): the client's to fix.
-            .map_err(|e| Error::invalid(format!("the model could not run these inputs: {e}")))?;
+        let results = self.session.run(feed).map_err(|e| run_error(&e))?;
         outputs
             .iter()
             .map(|name| {
@@ -254,6 +249,37 @@ impl Backend for OnnxInstance {
                 from_ort(name, dtype, value)
             })
             .collect()
+    }
+}
+
+/// Whose fault a failed run is, from ONNX Runtime's status code. Inputs were
+/// validated against the graph, so what ORT still refuses with a plain failure is
+/// about their values or dynamic dims (an index out of range, shapes that do not
+/// broadcast): the client's to fix, a 400 for that request alone. Memory,
+/// engine and device faults are the server's: a 500 (503 when the device is
+/// gone), and the batch is not re-run request by request for them.
+fn run_error(e: &ort::Error) -> Error {
+    use ort::ErrorCode as C;
+    let msg = e.message();
+    let lower = msg.to_ascii_lowercase();
+    let out_of_memory = ["failed to allocate", "bad_alloc", "out of memory", "oom"]
+        .iter()
+        .any(|m| lower.contains(m));
+    match e.code() {
+        C::DeviceReset => Error::Unavailable(format!("the device was reset: {msg}")),
+        _ if out_of_memory => Error::Internal(format!("ONNX Runtime ran out of memory: {msg}")),
+        C::EngineError
+        | C::ExecutionProviderFailure
+        | C::NotImplemented
+        | C::NoModel
+        | C::NoSuchFile
+        | C::ModelLoaded
+        | C::ModelLoadCanceled
+        | C::CompilationRequired
+        | C::InvalidProtobuf => Error::Internal(format!("ONNX Runtime failed: {msg}")),
+        // InvalidArgument, InvalidGraph (an input the graph cannot take),
+        // GenericFailure and RuntimeException (a kernel's check on values).
+        _ => Error::invalid(format!("the model could not run these inputs: {msg}")),
     }
 }
 

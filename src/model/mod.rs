@@ -55,11 +55,51 @@ pub struct ModelMetadata {
 
 impl ModelMetadata {
     /// Whether every input and output has a dynamic first dimension.
-    pub fn batchable_graph(&self) -> bool {
+    pub fn dynamic_first_dims(&self) -> bool {
         self.inputs
             .iter()
             .chain(&self.outputs)
             .all(|t| t.shape.first() == Some(&-1))
+    }
+
+    /// Whether dim 0 is a batch dimension that requests can be joined along, as
+    /// read off a graph with no configuration, and why. A dynamic first dim alone
+    /// is not enough (`MatMul(a[M,K], b[K,N])` has two that differ): every input
+    /// and output must have one *and* the graph must name them all alike, or name
+    /// none of them with a single input.
+    pub fn inferred_batch_dim(&self) -> (bool, String) {
+        if !self.dynamic_first_dims() {
+            return (
+                false,
+                "not every input and output has a dynamic first dimension".into(),
+            );
+        }
+        let mut names = self
+            .inputs
+            .iter()
+            .chain(&self.outputs)
+            .map(|t| t.symbols.first().cloned().flatten());
+        let first = names.next().flatten();
+        let all_same = names.all(|n| n == first);
+        match (first, all_same) {
+            (Some(sym), true) => (
+                true,
+                format!("every input and output has dynamic first dimension '{sym}'"),
+            ),
+            (None, true) if self.inputs.len() == 1 => (
+                true,
+                "the only input and every output have an unnamed dynamic first dimension".into(),
+            ),
+            (None, true) => (
+                false,
+                "the inputs' dynamic first dimensions are unnamed, so nothing says they agree"
+                    .into(),
+            ),
+            (_, false) => (
+                false,
+                "the dynamic first dimensions have different names in the graph".into(),
+            ),
+        }
     }
 
     /// The inputs as clients are told of them (model metadata): a batched input
@@ -475,7 +515,8 @@ impl ModelVersion {
             None => None,
             Some(v) => match v.as_u64() {
                 Some(0) => None,
-                Some(us) => Some(now + std::time::Duration::from_micros(us)),
+                // Past what an Instant can hold is no deadline at all.
+                Some(us) => now.checked_add(std::time::Duration::from_micros(us)),
                 None => {
                     return Err(Error::invalid(format!(
                         "parameter 'timeout' is in microseconds, a non-negative integer; got {v}"
@@ -483,7 +524,7 @@ impl ModelVersion {
                 }
             },
         };
-        let default = self.default_timeout.map(|d| now + d);
+        let default = self.default_timeout.and_then(|d| now.checked_add(d));
         Ok([req.deadline, param, default].into_iter().flatten().min())
     }
 
@@ -622,6 +663,45 @@ mod tests {
             [-1],
             "no batch dim to add to"
         );
+    }
+
+    #[test]
+    fn dim_0_is_a_batch_dim_only_when_the_graph_says_so() {
+        let m = |ins: Vec<TensorSpec>, outs: Vec<TensorSpec>| {
+            ModelMetadata {
+                platform: "onnxruntime_onnx",
+                inputs: ins,
+                outputs: outs,
+                max_batch_size: 0,
+            }
+            .inferred_batch_dim()
+            .0
+        };
+        let f = DataType::F32;
+        // MatMul(a[M,K], b[K,N]): two dynamic first dims, named apart.
+        assert!(!m(
+            vec![
+                spec("a", f, &[-1, -1], &[Some("M"), Some("K")]),
+                spec("b", f, &[-1, -1], &[Some("K"), Some("N")])
+            ],
+            vec![spec("y", f, &[-1, -1], &[Some("M"), Some("N")])]
+        ));
+        // Unnamed and two inputs: nothing says they agree.
+        assert!(!m(
+            vec![spec("a", f, &[-1], &[None]), spec("b", f, &[-1], &[None])],
+            vec![spec("y", f, &[-1], &[None])]
+        ));
+        // Unnamed, one input; or one name throughout.
+        assert!(m(
+            vec![spec("a", f, &[-1, 3], &[None, None])],
+            vec![spec("y", f, &[-1], &[None])]
+        ));
+        assert!(m(meta(0).inputs, meta(0).outputs));
+        // A fixed first dim anywhere.
+        assert!(!m(
+            vec![spec("a", f, &[2, 3], &[None, None])],
+            vec![spec("y", f, &[-1], &[None])]
+        ));
     }
 
     #[test]

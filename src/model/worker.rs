@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use std::sync::Arc;
 
-use super::{batch, Stats};
+use super::{batch, Stats, TensorSpec};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -68,6 +68,9 @@ pub struct BatchPolicy {
     pub priority_levels: usize,
     /// Batch sizes (rows) to prefer; empty: any size up to `max_batch_size`.
     pub preferred: Vec<usize>,
+    /// The outputs the model declares: a batched run's outputs are checked
+    /// against them before they are split by rows. Empty: not checked.
+    pub outputs: Vec<TensorSpec>,
 }
 
 impl BatchPolicy {
@@ -102,13 +105,18 @@ impl Workers {
             .unzip();
         let rx = Queues(rx);
         let mut threads = Vec::with_capacity(instances.len());
+        let check = Arc::new(OutputCheck {
+            label: label.to_string(),
+            logged: Default::default(),
+        });
         for (i, backend) in instances.into_iter().enumerate() {
             let rx = rx.clone();
             let stats = stats.clone();
             let policy = policy.clone();
+            let check = check.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("{label}#{i}"))
-                .spawn(move || run(backend, rx, idle_spin, &policy, &stats))
+                .spawn(move || run(backend, rx, idle_spin, &policy, &stats, &check))
                 .map_err(|e| Error::load(format!("cannot start worker thread: {e}")))?;
             threads.push(handle);
         }
@@ -224,6 +232,7 @@ fn run(
     idle_spin: Duration,
     policy: &BatchPolicy,
     stats: &Stats,
+    check: &OutputCheck,
 ) {
     // Jobs taken from the queue that did not fit a batch: they start the next ones,
     // in their order.
@@ -245,7 +254,7 @@ fn run(
         if policy.max_batch_size > 0 {
             fill(&mut batch, &mut carry, &rx, policy);
         }
-        execute(backend.as_mut(), batch, policy, stats);
+        execute(backend.as_mut(), batch, policy, stats, check);
     }
 }
 
@@ -316,8 +325,53 @@ fn fill(batch: &mut Vec<Job>, carry: &mut VecDeque<Job>, rx: &Queues, policy: &B
     }
 }
 
+/// Where a batched run's outputs are checked, and whether a mismatch was logged.
+struct OutputCheck {
+    /// `model/version`, for the error and the log.
+    label: String,
+    logged: std::sync::atomic::AtomicBool,
+}
+
+impl OutputCheck {
+    /// A batched run's outputs must have the declared rank, the batch's rows at
+    /// dim 0 and the declared fixed dims after it: otherwise its rows cannot be
+    /// told apart, and splitting them would hand one client another's values.
+    /// As Triton refuses an output that disagrees with its configuration, the
+    /// run fails (500, logged once per version).
+    fn batched(&self, declared: &[TensorSpec], outputs: &[Tensor], rows: usize) -> Result<()> {
+        for t in outputs {
+            let Some(spec) = declared.iter().find(|s| s.name == t.name) else {
+                continue;
+            };
+            let fits = t.shape.len() == spec.shape.len()
+                && t.shape.first() == Some(&(rows as i64))
+                && spec.shape[1..]
+                    .iter()
+                    .zip(&t.shape[1..])
+                    .all(|(&want, &got)| want < 0 || want == got);
+            if !fits {
+                let e = format!(
+                    "model {}: output '{}' of a batched run of {rows} rows came back with                      shape {:?}, but the model declares {:?}; its rows cannot be split between                      the requests, so none of them is answered with it (set max_batch_size = 0                      in config.toml if the model has no batch dimension)",
+                    self.label, t.name, t.shape, spec.shape
+                );
+                if !self.logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::error!("{e}");
+                }
+                return Err(Error::Internal(e));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs one batch and answers every job in it.
-fn execute(backend: &mut dyn Backend, batch: Vec<Job>, policy: &BatchPolicy, stats: &Stats) {
+fn execute(
+    backend: &mut dyn Backend,
+    batch: Vec<Job>,
+    policy: &BatchPolicy,
+    stats: &Stats,
+    check: &OutputCheck,
+) {
     let started = Instant::now();
     let exporting = stats.exporting();
     for j in &batch {
@@ -329,11 +383,17 @@ fn execute(backend: &mut dyn Backend, batch: Vec<Job>, policy: &BatchPolicy, sta
                 .record((started - j.enqueued).as_secs_f64());
         }
     }
-    answer(backend, batch, policy, stats);
+    answer(backend, batch, policy, stats, check);
 }
 
 /// Runs jobs together and answers each of them.
-fn answer(backend: &mut dyn Backend, batch: Vec<Job>, policy: &BatchPolicy, stats: &Stats) {
+fn answer(
+    backend: &mut dyn Backend,
+    batch: Vec<Job>,
+    policy: &BatchPolicy,
+    stats: &Stats,
+    check: &OutputCheck,
+) {
     let started = Instant::now();
     let rows: Vec<usize> = batch.iter().map(Job::rows).collect();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -342,6 +402,7 @@ fn answer(backend: &mut dyn Backend, batch: Vec<Job>, policy: &BatchPolicy, stat
         }
         let inputs: Vec<&[Tensor]> = batch.iter().map(|j| j.inputs.as_slice()).collect();
         let outputs = backend.infer(&batch::concat(&inputs), &batch[0].outputs)?;
+        check.batched(&policy.outputs, &outputs, rows.iter().sum())?;
         batch::split(outputs, &rows)
     }))
     .unwrap_or_else(|_| Err(Error::Internal("the backend panicked".into())));
@@ -364,7 +425,7 @@ fn answer(backend: &mut dyn Backend, batch: Vec<Job>, policy: &BatchPolicy, stat
         // request runs again alone, so only the one that brought it gets the error.
         Err(Error::InvalidInput(_)) if batch.len() > 1 => {
             for job in batch {
-                answer(backend, vec![job], policy, stats);
+                answer(backend, vec![job], policy, stats, check);
             }
         }
         Err(e) => {
@@ -471,16 +532,67 @@ mod tests {
             max_queue_delay: Duration::ZERO,
             priority_levels: 1,
             preferred: vec![],
+            outputs: vec![],
         };
         let stats = Stats::new(8);
         let (a, mut ra) = rows_job(0, 2, 1);
         let (b, mut rb) = rows_job(-5, 1, 1);
         let (c, mut rc) = rows_job(7, 3, 1);
-        execute(&mut NoNegatives, vec![a, b, c], &policy, &stats);
+        execute(&mut NoNegatives, vec![a, b, c], &policy, &stats, &check());
         let ok = |r: &mut oneshot::Receiver<Result<Vec<Tensor>>>| r.try_recv().unwrap();
         assert_eq!(ok(&mut ra).unwrap()[0].shape, vec![2, 1]);
         assert!(ok(&mut rb).unwrap_err().to_string().contains("negative"));
         assert_eq!(ok(&mut rc).unwrap()[0].shape, vec![3, 1]);
+    }
+
+    fn check() -> OutputCheck {
+        OutputCheck {
+            label: "m/1".into(),
+            logged: Default::default(),
+        }
+    }
+
+    /// Answers every run with one row of `[rows * 2]` values: the rank the model
+    /// declares ([-1, 2]) flattened, as a faulty or mis-declared model would.
+    struct Flattens;
+
+    impl Backend for Flattens {
+        fn infer(&mut self, inputs: &[Tensor], _outputs: &[String]) -> Result<Vec<Tensor>> {
+            let x = &inputs[0];
+            Ok(vec![Tensor {
+                shape: vec![x.shape[0] * x.shape[1]],
+                ..x.clone()
+            }])
+        }
+    }
+
+    #[test]
+    fn a_batched_output_unlike_the_declared_one_reaches_no_client() {
+        let policy = BatchPolicy {
+            max_batch_size: 8,
+            outputs: vec![TensorSpec {
+                name: "x".into(),
+                dtype: crate::tensor::DataType::I64,
+                shape: vec![-1, 2],
+                symbols: vec![None, None],
+            }],
+            ..Default::default()
+        };
+        let stats = Stats::new(8);
+        // 1 + 1 rows of 2: the flat output has 4 values at dim 0, which
+        // `split` alone would cut as 1 + 1 "rows" of the first request's data.
+        let (a, mut ra) = rows_job(0, 1, 2);
+        let (b, mut rb) = rows_job(100, 1, 2);
+        execute(&mut Flattens, vec![a, b], &policy, &stats, &check());
+        for r in [&mut ra, &mut rb] {
+            let e = r.try_recv().unwrap().unwrap_err();
+            assert_eq!(e.http_status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(e.to_string().contains("output 'x'"), "{e}");
+        }
+        // Alone, a request gets what the model answered: no one else's rows in it.
+        let (c, mut rc) = rows_job(7, 1, 2);
+        execute(&mut Flattens, vec![c], &policy, &stats, &check());
+        assert_eq!(rc.try_recv().unwrap().unwrap()[0].shape, vec![2]);
     }
 
     #[test]
@@ -493,6 +605,7 @@ mod tests {
             max_queue_delay: Duration::ZERO,
             priority_levels: 0,
             preferred: vec![],
+            outputs: vec![],
         };
         let w = Workers::spawn(
             "b",
@@ -598,6 +711,7 @@ mod tests {
             max_queue_delay: Duration::ZERO,
             priority_levels: 0,
             preferred,
+            outputs: vec![],
         };
         // 5 rows queued: without preferred sizes they run together; with [2, 4]
         // the worker sends 4 and the fifth row starts the next batch.
@@ -619,6 +733,7 @@ mod tests {
             max_queue_delay: Duration::from_secs(30),
             priority_levels: 0,
             preferred: vec![2],
+            outputs: vec![],
         };
         // Without the preferred size, the worker would hold each batch for 30 s.
         assert_eq!(runs_of(policy, 2, &[1, 1]), vec![2, 2]);
@@ -634,6 +749,7 @@ mod tests {
             max_queue_delay: Duration::ZERO,
             priority_levels: 2,
             preferred: vec![],
+            outputs: vec![],
         };
         let w = Workers::spawn(
             "p",

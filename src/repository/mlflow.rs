@@ -349,7 +349,12 @@ fn io_err(p: &Path, e: std::io::Error) -> Error {
 fn onnx_data(mlmodel: &Path) -> Result<String> {
     let text = std::fs::read_to_string(mlmodel)
         .map_err(|e| Error::load(format!("the version has no readable MLmodel: {e}")))?;
-    let docs = yaml_rust2::YamlLoader::load_from_str(&text)
+    onnx_data_of(&text)
+}
+
+/// [`onnx_data`] of an `MLmodel`'s text.
+pub fn onnx_data_of(text: &str) -> Result<String> {
+    let docs = yaml_rust2::YamlLoader::load_from_str(text)
         .map_err(|e| Error::load(format!("MLmodel is not YAML: {e}")))?;
     let flavors = &docs
         .first()

@@ -4,7 +4,7 @@
 
 pub mod mlflow;
 pub mod source;
-mod warmup;
+pub(crate) mod warmup;
 pub mod watcher;
 
 pub use mlflow::{Follow, MlflowSource};
@@ -117,7 +117,8 @@ pub fn load_version(
     path: &Path,
     config: &ModelConfig,
 ) -> Result<ModelVersion> {
-    let loaded = backend::load(path, config)?;
+    let loaded = tracing::info_span!("load", model = %name, version = v)
+        .in_scope(|| backend::load(path, config))?;
     let max_batch_size = loaded.metadata.max_batch_size as usize;
     let preferred = config.batching.preferred_batch_size.clone();
     if let Some(&p) = preferred.iter().find(|&&p| p > max_batch_size) {
@@ -139,6 +140,7 @@ pub fn load_version(
             max_queue_delay: config.max_queue_delay(),
             priority_levels: config.priorities().0,
             preferred,
+            outputs: loaded.metadata.outputs.clone(),
         },
         stats.clone(),
     )?;

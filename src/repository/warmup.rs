@@ -1,7 +1,9 @@
 //! Warm-up of a freshly loaded version before it is published: requests run
-//! through its real workers (the files in its `warmup/` folder, or one generated
-//! from its metadata), and every answer is checked against the outputs the
-//! version declares. A version that fails here never serves.
+//! through its real workers so that the first client's request is not the slow
+//! one. Requests the user wrote (`warmup/*.json`) are a contract and can fail the
+//! load; the one generated from the metadata is best effort and never can, since
+//! a gateway must not be stricter than the runtime it wraps (an all-zeros `k` of
+//! TopK, an empty NonZero, …: models whose outputs follow their input values).
 
 use std::path::Path;
 
@@ -10,26 +12,87 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::infer::InferRequest;
 use crate::model::{ModelMetadata, ModelVersion, TensorSpec};
-use crate::tensor::Tensor;
+use crate::tensor::{DataType, Tensor};
 
-/// Runs the warm-up requests of `mv`, whose files are in `dir`; returns how many ran.
-pub fn warm_up(mv: &ModelVersion, dir: &Path) -> Result<usize> {
-    let requests = match from_folder(mv, &dir.join("warmup"))? {
-        Some(r) => r,
-        None => vec![(
-            "the generated warm-up request".to_string(),
-            generated(&mv.model, &mv.metadata)?,
-        )],
+/// What the warm-up of one version did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// This many requests ran and answered as declared.
+    Ran(usize),
+    /// The generated request was not sent, or its answer was not as declared;
+    /// the version serves anyway. The reason is logged.
+    BestEffort(String),
+}
+
+/// Runs the warm-up requests of `mv`, whose files are in `dir`.
+pub fn warm_up(mv: &ModelVersion, dir: &Path) -> Result<Outcome> {
+    let outcome = match from_folder(mv, &dir.join("warmup"))? {
+        Some(requests) => {
+            for (what, req) in &requests {
+                let outputs = mv
+                    .infer_blocking(req.clone())
+                    .map_err(|e| Error::load(format!("{what}: {e}")))?;
+                match check_outputs(&mv.metadata, &outputs) {
+                    Ok(()) => {}
+                    Err(Mismatch::Fatal(e)) => return Err(Error::load(format!("{what}: {e}"))),
+                    // ONNX shape inference is advisory: the runtime's shapes win.
+                    Err(Mismatch::Dims(e)) => tracing::warn!(
+                        model = %mv.model, version = mv.version, "{what}: {e}"
+                    ),
+                }
+            }
+            Outcome::Ran(requests.len())
+        }
+        None => generated_run(mv),
     };
-    for (what, req) in &requests {
-        let outputs = mv
-            .infer_blocking(req.clone())
-            .map_err(|e| Error::load(format!("{what}: {e}")))?;
-        check_outputs(&mv.metadata, &outputs).map_err(|e| Error::load(format!("{what}: {e}")))?;
+    if let Outcome::BestEffort(reason) = &outcome {
+        tracing::info!(
+            model = %mv.model, version = mv.version,
+            "generated warm-up: {reason}; the version serves anyway (give warmup/*.json to check it at load)"
+        );
     }
     // last_compute_ns stays: it is what the first lone request can expect.
     mv.stats.reset();
-    Ok(requests.len())
+    Ok(outcome)
+}
+
+/// Runs the generated request, if one is likely to run; never an error.
+fn generated_run(mv: &ModelVersion) -> Outcome {
+    if let Some(s) = mv.metadata.inputs.iter().find(|s| looks_like_shape(s)) {
+        return Outcome::BestEffort(format!(
+            "not sent: input '{}' ({} {:?}) looks like a shape, count, axis or index, \
+             whose values no generated request can guess",
+            s.name, s.dtype, s.shape
+        ));
+    }
+    let req = match generated(&mv.model, &mv.metadata) {
+        Ok(r) => r,
+        Err(e) => return Outcome::BestEffort(format!("not sent: {e}")),
+    };
+    match mv.infer_blocking(req) {
+        Err(e) => Outcome::BestEffort(format!("the runtime refused it: {e}")),
+        Ok(outputs) => match check_outputs(&mv.metadata, &outputs) {
+            Ok(()) => Outcome::Ran(1),
+            Err(Mismatch::Fatal(e) | Mismatch::Dims(e)) => Outcome::BestEffort(e),
+        },
+    }
+}
+
+/// An integer input of rank 0 or 1 usually steers the graph (TopK's `k`, Range's
+/// limits, Reshape's shape, axes, gather indices): a made-up value fails the run.
+fn looks_like_shape(s: &TensorSpec) -> bool {
+    let integer = matches!(
+        s.dtype,
+        DataType::I8
+            | DataType::I16
+            | DataType::I32
+            | DataType::I64
+            | DataType::U8
+            | DataType::U16
+            | DataType::U32
+            | DataType::U64
+    );
+    integer && s.shape.len() <= 1
 }
 
 /// `warmup/*.json`: V2 infer request bodies, run in name order, each with the
@@ -46,17 +109,38 @@ fn from_folder(mv: &ModelVersion, folder: &Path) -> Result<Option<Vec<(String, I
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        let body = std::fs::read(&f)
+        let req = read_file(&f, mv)
             .map_err(|e| Error::load(format!("warm-up file {}: {e}", f.display())))?;
-        let (req, _) =
-            crate::api::v2::decode_request(&Bytes::from(body), None, &mv.model, Some(mv.version))
-                .map_err(|e| Error::load(format!("warm-up file {}: {e}", f.display())))?;
         out.push((format!("warm-up file {}", f.display()), req));
     }
     Ok((!out.is_empty()).then_some(out))
 }
 
-/// One request of zeros (empty strings for BYTES), every dynamic dim 1.
+/// The most a warm-up file may hold: the same bound as a client's request body.
+pub const MAX_FILE_BYTES: u64 = crate::api::http::DEFAULT_MAX_BODY_BYTES as u64;
+
+fn read_file(f: &Path, mv: &ModelVersion) -> Result<InferRequest> {
+    let len = std::fs::metadata(f)
+        .map_err(|e| Error::load(e.to_string()))?
+        .len();
+    if len > MAX_FILE_BYTES {
+        return Err(Error::load(format!(
+            "{len} bytes, more than the {MAX_FILE_BYTES} a request body may hold"
+        )));
+    }
+    let body = std::fs::read(f).map_err(|e| Error::load(e.to_string()))?;
+    decode_file(&body, &mv.model, mv.version)
+}
+
+/// Decodes one warm-up file's bytes as a V2 request body to `model`.
+pub fn decode_file(body: &[u8], model: &str, version: u64) -> Result<InferRequest> {
+    let (req, _) =
+        crate::api::v2::decode_request(&Bytes::copy_from_slice(body), None, model, Some(version))?;
+    Ok(req)
+}
+
+/// One request, every dynamic dim 1: ones for integers (a zero count or divisor
+/// is what fails most), zeros for floats, false, and empty strings for BYTES.
 pub fn generated(model: &str, meta: &ModelMetadata) -> Result<InferRequest> {
     let inputs = meta
         .inputs
@@ -67,45 +151,134 @@ pub fn generated(model: &str, meta: &ModelMetadata) -> Result<InferRequest> {
                 .iter()
                 .map(|&d| if d < 0 { 1 } else { d })
                 .collect();
-            let n = shape.iter().product::<i64>().max(0) as usize;
-            // A BYTES element is a 4-byte length; zero is the empty string.
-            let width = spec.dtype.size().unwrap_or(4);
-            Tensor::new(
-                spec.name.clone(),
-                spec.dtype,
-                shape,
-                Bytes::from(vec![0u8; n * width]),
-            )
+            let n = crate::tensor::element_count(&shape)
+                .filter(|&n| n <= crate::tensor::MAX_ELEMENTS)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "input '{}' has shape {:?}, too large to generate",
+                        spec.name, spec.shape
+                    ))
+                })?;
+            let data = match spec.dtype {
+                // A BYTES element is a 4-byte length; zero is the empty string.
+                DataType::Bytes | DataType::Bool => vec![0u8; n * spec.dtype.size().unwrap_or(4)],
+                d if d.is_integer() => one_of(d).repeat(n),
+                d => vec![0u8; n * d.size().unwrap_or(1)],
+            };
+            Tensor::new(spec.name.clone(), spec.dtype, shape, Bytes::from(data))
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     InferRequest::of_inputs(model, None, inputs)
 }
 
+/// The little-endian bytes of 1 in an integer type.
+fn one_of(d: DataType) -> Vec<u8> {
+    let mut v = vec![0u8; d.size().unwrap_or(1)];
+    v[0] = 1;
+    v
+}
+
+/// How an answer differs from the declared outputs.
+enum Mismatch {
+    /// An undeclared output, another datatype or another rank.
+    Fatal(String),
+    /// A dim the graph gives as a number came back as another.
+    Dims(String),
+}
+
 /// Every output is declared, with its declared datatype, rank and fixed dims.
-fn check_outputs(meta: &ModelMetadata, outputs: &[Tensor]) -> Result<()> {
+fn check_outputs(meta: &ModelMetadata, outputs: &[Tensor]) -> std::result::Result<(), Mismatch> {
     for t in outputs {
         let spec: &TensorSpec =
             meta.outputs
                 .iter()
                 .find(|s| s.name == t.name)
                 .ok_or_else(|| {
-                    Error::load(format!(
+                    Mismatch::Fatal(format!(
                         "the model answered an undeclared output '{}'",
                         t.name
                     ))
                 })?;
-        let fits = t.shape.len() == spec.shape.len()
-            && spec
-                .shape
-                .iter()
-                .zip(&t.shape)
-                .all(|(&want, &got)| want < 0 || want == got);
-        if t.dtype != spec.dtype || !fits {
-            return Err(Error::load(format!(
+        let said = || {
+            format!(
                 "output '{}' came back as {} {:?}, but the model declares {} {:?}",
                 t.name, t.dtype, t.shape, spec.dtype, spec.shape
-            )));
+            )
+        };
+        if t.dtype != spec.dtype || t.shape.len() != spec.shape.len() {
+            return Err(Mismatch::Fatal(said()));
+        }
+        if !spec
+            .shape
+            .iter()
+            .zip(&t.shape)
+            .all(|(&want, &got)| want < 0 || want == got)
+        {
+            return Err(Mismatch::Dims(said()));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, dtype: DataType, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            symbols: vec![None; shape.len()],
+        }
+    }
+
+    #[test]
+    fn integer_inputs_are_ones_and_shape_like_ones_are_not_guessed() {
+        let meta = ModelMetadata {
+            platform: "onnxruntime_onnx",
+            inputs: vec![
+                spec("x", DataType::F32, &[-1, 2]),
+                spec("ids", DataType::I32, &[1, 2]),
+            ],
+            outputs: vec![],
+            max_batch_size: 0,
+        };
+        let r = generated("m", &meta).unwrap();
+        assert_eq!(&r.inputs[0].data[..], &[0u8; 8][..]);
+        assert_eq!(&r.inputs[1].data[..], &[1, 0, 0, 0, 1, 0, 0, 0][..]);
+        assert!(!looks_like_shape(&meta.inputs[1]));
+        assert!(looks_like_shape(&spec("k", DataType::I64, &[1])));
+        assert!(looks_like_shape(&spec("axis", DataType::I32, &[])));
+        assert!(!looks_like_shape(&spec("x", DataType::F32, &[1])));
+    }
+
+    #[test]
+    fn only_datatype_and_rank_are_fatal() {
+        let meta = ModelMetadata {
+            platform: "onnxruntime_onnx",
+            inputs: vec![],
+            outputs: vec![spec("y", DataType::F32, &[-1, 3])],
+            max_batch_size: 0,
+        };
+        let t = |dtype, shape: &[i64]| Tensor {
+            name: "y".into(),
+            dtype,
+            shape: shape.to_vec(),
+            data: Bytes::new(),
+        };
+        assert!(check_outputs(&meta, &[t(DataType::F32, &[2, 3])]).is_ok());
+        assert!(matches!(
+            check_outputs(&meta, &[t(DataType::F32, &[2, 0])]),
+            Err(Mismatch::Dims(_))
+        ));
+        assert!(matches!(
+            check_outputs(&meta, &[t(DataType::F32, &[6])]),
+            Err(Mismatch::Fatal(_))
+        ));
+        assert!(matches!(
+            check_outputs(&meta, &[t(DataType::F64, &[2, 3])]),
+            Err(Mismatch::Fatal(_))
+        ));
+    }
 }

@@ -76,7 +76,7 @@ impl InferenceService {
         metadata: Option<&tonic::metadata::MetadataMap>,
     ) -> Result<pb::ModelInferResponse> {
         let (mut request, raw) = codec::decode_request(req)?;
-        request.deadline = timeout.map(|d| std::time::Instant::now() + d);
+        request.deadline = timeout.and_then(|d| std::time::Instant::now().checked_add(d));
         let model = models.model(&request.model)?;
         // The sticky key: `parameters.routing_key`, else the policy's header.
         let header = model
