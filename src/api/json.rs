@@ -14,7 +14,7 @@ use crate::tensor::{BytesIter, DataType, Tensor};
 
 /// A JSON scalar as it came off the wire.
 #[derive(Clone, Copy)]
-enum Scalar<'a> {
+pub(super) enum Scalar<'a> {
     Bool(bool),
     I64(i64),
     U64(u64),
@@ -35,9 +35,9 @@ impl fmt::Display for Scalar<'_> {
 }
 
 /// Collects elements of one datatype, little-endian, in row-major order.
-struct Sink {
-    dtype: DataType,
-    out: Vec<u8>,
+pub(super) struct Sink {
+    pub(super) dtype: DataType,
+    pub(super) out: Vec<u8>,
 }
 
 macro_rules! push_int {
@@ -63,7 +63,7 @@ macro_rules! push_int {
 }
 
 impl Sink {
-    fn push(&mut self, v: Scalar<'_>) -> std::result::Result<(), String> {
+    pub(super) fn push(&mut self, v: Scalar<'_>) -> std::result::Result<(), String> {
         let out = &mut self.out;
         let bad = |v: Scalar<'_>, d: DataType| format!("{v} is not a valid {d} value");
         match self.dtype {

@@ -5,7 +5,8 @@
 use serde_json::{json, Map, Value};
 
 use super::json::{flat_values, tensor_from_value, tensor_to_value};
-use super::v1::{tensors_from_columns, tensors_from_rows};
+use super::rows;
+use super::v1::tensors_from_columns;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
 use crate::model::ModelMetadata;
@@ -62,39 +63,6 @@ fn frame_from_split(v: Value) -> Result<Frame> {
     Ok(Frame { columns, rows })
 }
 
-fn frame_from_records(v: Value) -> Result<Frame> {
-    let Value::Array(records) = v else {
-        return Err(Error::invalid(
-            "'dataframe_records' must be a list of objects",
-        ));
-    };
-    let mut columns: Vec<String> = Vec::new();
-    let mut objects = Vec::with_capacity(records.len());
-    for (i, r) in records.into_iter().enumerate() {
-        let Value::Object(o) = r else {
-            return Err(Error::invalid(format!(
-                "dataframe_records[{i}] is not an object"
-            )));
-        };
-        for k in o.keys() {
-            if !columns.contains(k) {
-                columns.push(k.clone());
-            }
-        }
-        objects.push(o);
-    }
-    let rows = objects
-        .into_iter()
-        .map(|mut o| {
-            columns
-                .iter()
-                .map(|c| o.remove(c).unwrap_or(Value::Null))
-                .collect()
-        })
-        .collect();
-    Ok(Frame { columns, rows })
-}
-
 /// CSV with a header row; a field is a number when it reads as one, else a string.
 fn frame_from_csv(body: &[u8]) -> Result<Frame> {
     let mut r = csv::ReaderBuilder::new()
@@ -135,7 +103,15 @@ fn frame_from_csv(body: &[u8]) -> Result<Frame> {
 fn tensors_from_frame(f: Frame, meta: &ModelMetadata) -> Result<Vec<Tensor>> {
     if let [only] = meta.inputs.as_slice() {
         let value = if only.shape.len() == 1 && f.columns.len() == 1 {
-            Value::Array(f.rows.into_iter().map(|mut r| r.remove(0)).collect())
+            let cells = f.rows.into_iter().enumerate().map(|(i, r)| {
+                <[Value; 1]>::try_from(r).map(|[v]| v).map_err(|r| {
+                    Error::invalid(format!(
+                        "row {i} has {} values, but the DataFrame has one column",
+                        r.len()
+                    ))
+                })
+            });
+            Value::Array(cells.collect::<Result<_>>()?)
         } else {
             Value::Array(f.rows.into_iter().map(Value::Array).collect())
         };
@@ -186,51 +162,36 @@ pub fn decode(
             Shape::Frame,
         )
     } else {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| Error::invalid(format!("malformed JSON request: {e}")))?;
-        let Value::Object(mut o) = v else {
-            return Err(Error::invalid(
-                "the request must be an object with one of dataframe_split, dataframe_records, instances, inputs",
-            ));
-        };
         let keys = [
             "dataframe_split",
             "dataframe_records",
             "instances",
             "inputs",
         ];
-        let given: Vec<&str> = keys
-            .iter()
-            .copied()
-            .filter(|k| o.contains_key(*k))
-            .collect();
-        match given.as_slice() {
-            ["dataframe_split"] => (
-                tensors_from_frame(
-                    frame_from_split(o.remove("dataframe_split").unwrap())?,
-                    meta,
-                )?,
+        let mut b = rows::parse(
+            body,
+            meta,
+            &[
+                ("dataframe_records", rows::RowsOf::Records),
+                ("instances", rows::RowsOf::Instances),
+            ],
+            &["dataframe_split", "inputs"],
+        )?;
+        match (b.given.as_slice(), b.rows.take(), b.values.pop()) {
+            ([_], Some((rows::RowsOf::Records, t)), None) => (t, Shape::Frame),
+            ([_], Some((rows::RowsOf::Instances, t)), None) => (t, Shape::Tensors),
+            (["dataframe_split"], None, Some((_, v))) => (
+                tensors_from_frame(frame_from_split(v)?, meta)?,
                 Shape::Frame,
             ),
-            ["dataframe_records"] => (
-                tensors_from_frame(
-                    frame_from_records(o.remove("dataframe_records").unwrap())?,
-                    meta,
-                )?,
-                Shape::Frame,
-            ),
-            ["instances"] => match o.remove("instances").unwrap() {
-                Value::Array(rows) => (tensors_from_rows(&rows, meta)?, Shape::Tensors),
-                _ => return Err(Error::invalid("'instances' must be a list")),
-            },
-            ["inputs"] => (tensors_from_columns(&o["inputs"], meta)?, Shape::Tensors),
-            [] => {
+            (["inputs"], None, Some((_, v))) => (tensors_from_columns(&v, meta)?, Shape::Tensors),
+            ([], ..) => {
                 return Err(Error::invalid(format!(
                     "the request has none of {}",
                     keys.join(", ")
                 )))
             }
-            _ => {
+            (given, ..) => {
                 return Err(Error::invalid(format!(
                     "give only one of {}",
                     given.join(", ")

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod http;
 pub mod json;
 pub mod mlflow;
+pub mod rows;
 mod server;
 pub mod v1;
 pub mod v2;

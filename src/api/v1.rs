@@ -4,6 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use super::json::{rows_of, tensor_from_value, tensor_to_value};
+use super::rows;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
 use crate::model::ModelMetadata;
@@ -16,41 +17,6 @@ pub enum Layout {
     Rows,
     /// `inputs`: whole tensors; answered with `outputs`.
     Columns,
-}
-
-/// Tensors from rows: with one input, each instance is a row of it; with several,
-/// each instance is an object that names every input.
-pub fn tensors_from_rows(rows: &[Value], meta: &ModelMetadata) -> Result<Vec<Tensor>> {
-    if let [only] = meta.inputs.as_slice() {
-        let single_named = rows
-            .iter()
-            .all(|r| r.as_object().is_some_and(|o| o.contains_key(&only.name)));
-        if !single_named || rows.is_empty() {
-            return Ok(vec![tensor_from_value(
-                &only.name,
-                only.dtype,
-                &Value::Array(rows.to_vec()),
-            )?]);
-        }
-    }
-    meta.inputs
-        .iter()
-        .map(|spec| {
-            let column = rows
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    r.as_object().and_then(|o| o.get(&spec.name)).cloned().ok_or_else(|| {
-                        Error::invalid(format!(
-                            "instance {i} has no '{}'; with several inputs each instance is an object naming every input",
-                            spec.name
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            tensor_from_value(&spec.name, spec.dtype, &Value::Array(column))
-        })
-        .collect()
 }
 
 /// Tensors from columns: the value of the only input, or an object naming each input.
@@ -75,24 +41,23 @@ pub fn tensors_from_columns(inputs: &Value, meta: &ModelMetadata) -> Result<Vec<
     }
 }
 
-/// Decodes a `:predict` body against the model's inputs.
+/// Decodes a `:predict` body against the model's inputs; `instances` are read
+/// straight into tensors ([`super::rows`]).
 pub fn decode_predict(
     body: &[u8],
     meta: &ModelMetadata,
     model: &str,
     version: Option<u64>,
 ) -> Result<(InferRequest, Layout)> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid(format!("malformed JSON request: {e}")))?;
-    let Value::Object(mut o) = v else {
-        return Err(Error::invalid(
-            "the request must be a JSON object with 'instances' or 'inputs'",
-        ));
-    };
-    let (inputs, layout) = match (o.remove("instances"), o.remove("inputs")) {
-        (Some(Value::Array(rows)), None) => (tensors_from_rows(&rows, meta)?, Layout::Rows),
-        (Some(_), None) => return Err(Error::invalid("'instances' must be a list")),
-        (None, Some(cols)) => (tensors_from_columns(&cols, meta)?, Layout::Columns),
+    let mut b = rows::parse(
+        body,
+        meta,
+        &[("instances", rows::RowsOf::Instances)],
+        &["inputs"],
+    )?;
+    let (inputs, layout) = match (b.rows.take(), b.values.pop()) {
+        (Some((_, t)), None) => (t, Layout::Rows),
+        (None, Some((_, cols))) => (tensors_from_columns(&cols, meta)?, Layout::Columns),
         (Some(_), Some(_)) => return Err(Error::invalid("give 'instances' or 'inputs', not both")),
         (None, None) => {
             return Err(Error::invalid(

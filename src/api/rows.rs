@@ -1,0 +1,682 @@
+//! Row-shaped JSON (KServe V1 `instances`, MLflow `dataframe_records`) decoded
+//! straight into typed tensors of the model's inputs while it is parsed: no JSON
+//! tree and no grid of cells, so memory follows the model's inputs, not what
+//! keys a client can invent (20k records of distinct keys once asked for
+//! gigabytes). A key that names no input or column is a 400 naming it.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use super::json::{Scalar, Sink};
+use crate::error::{Error, Result};
+use crate::model::ModelMetadata;
+use crate::tensor::{Tensor, MAX_RANK};
+
+/// How a list of rows maps to the inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowsOf {
+    /// TF Serving / KServe V1 `instances`: with one input each row is a row of
+    /// it (or an object naming it); with several, an object naming each input.
+    Instances,
+    /// A DataFrame as records: with one input, the record's columns in order
+    /// are its row (MLflow's ONNX flavour feeds the value matrix); with
+    /// several, each input is the column of its name.
+    Records,
+}
+
+/// A request body, its row list decoded into tensors and its other known
+/// fields kept as JSON.
+#[derive(Debug, Default)]
+pub struct Body {
+    /// The known fields the body gave, in order.
+    pub given: Vec<&'static str>,
+    pub rows: Option<(RowsOf, Vec<Tensor>)>,
+    pub values: Vec<(&'static str, Value)>,
+}
+
+/// Parses a JSON object whose `row_keys` are decoded against `meta` as they are
+/// read and whose `value_keys` are kept; other keys are skipped unread.
+pub fn parse(
+    body: &[u8],
+    meta: &ModelMetadata,
+    row_keys: &[(&'static str, RowsOf)],
+    value_keys: &[&'static str],
+) -> Result<Body> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = Request {
+        meta,
+        row_keys,
+        value_keys,
+    }
+    .deserialize(&mut de)
+    .and_then(|b| de.end().map(|_| b));
+    parsed.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Error::invalid(e.to_string()),
+        _ => Error::invalid(format!("malformed JSON request: {e}")),
+    })
+}
+
+struct Request<'m> {
+    meta: &'m ModelMetadata,
+    row_keys: &'m [(&'static str, RowsOf)],
+    value_keys: &'m [&'static str],
+}
+
+impl<'de> DeserializeSeed<'de> for Request<'_> {
+    type Value = Body;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Body, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Request<'_> {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self
+            .row_keys
+            .iter()
+            .map(|(k, _)| *k)
+            .chain(self.value_keys.iter().copied())
+            .collect();
+        write!(f, "a JSON object with one of {}", keys.join(", "))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Body, A::Error> {
+        let mut body = Body::default();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let row = self.row_keys.iter().find(|(k, _)| *k == key);
+            let value = self.value_keys.iter().find(|k| **k == key);
+            let Some(name) = row.map(|(k, _)| *k).or(value.copied()) else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            if body.given.contains(&name) {
+                return Err(de::Error::custom(format!("'{name}' is given twice")));
+            }
+            body.given.push(name);
+            match row {
+                Some(&(_, what)) => {
+                    let tensors = map.next_value_seed(Rows::new(what, self.meta, name))?;
+                    body.rows = Some((what, tensors));
+                }
+                None => body.values.push((name, map.next_value()?)),
+            }
+        }
+        Ok(body)
+    }
+}
+
+/// One input's tensor as it is read: its elements, and its dims as far as seen.
+struct Shaped {
+    name: String,
+    sink: Sink,
+    /// The length of the lists at each depth (0: the rows), once one is complete.
+    dims: Vec<Option<i64>>,
+    /// The depth of the scalars, once one is seen.
+    rank: Option<usize>,
+}
+
+impl Shaped {
+    fn new(spec: &crate::model::TensorSpec) -> Self {
+        Shaped {
+            name: spec.name.clone(),
+            sink: Sink {
+                dtype: spec.dtype,
+                out: Vec::new(),
+            },
+            dims: Vec::new(),
+            rank: None,
+        }
+    }
+
+    fn scalar(&mut self, depth: usize, v: Scalar<'_>) -> std::result::Result<(), String> {
+        let deeper_lists = self
+            .dims
+            .get(depth..)
+            .is_some_and(|d| d.iter().any(Option::is_some));
+        match self.rank {
+            Some(r) if r != depth => return Err(self.ragged("depths")),
+            None if deeper_lists => return Err(self.ragged("depths")),
+            _ => self.rank = Some(depth),
+        }
+        self.sink
+            .push(v)
+            .map_err(|e| format!("input '{}': {e}", self.name))
+    }
+
+    fn list_done(&mut self, depth: usize, n: i64) -> std::result::Result<(), String> {
+        if self.dims.len() <= depth {
+            self.dims.resize(depth + 1, None);
+        }
+        match self.dims[depth] {
+            Some(m) if m != n => Err(self.ragged("lengths")),
+            _ => {
+                self.dims[depth] = Some(n);
+                Ok(())
+            }
+        }
+    }
+
+    fn ragged(&self, what: &str) -> String {
+        format!(
+            "input '{}': nested lists of different {what} (not a tensor)",
+            self.name
+        )
+    }
+
+    /// The tensor of `rows` rows read.
+    fn finish(mut self, rows: usize) -> Result<Tensor> {
+        if self.dims.is_empty() {
+            self.dims.push(None);
+        }
+        self.dims[0] = Some(rows as i64);
+        let rank = self
+            .rank
+            .unwrap_or_else(|| self.dims.iter().take_while(|d| d.is_some()).count());
+        let shape = self.dims[..rank].iter().map(|d| d.unwrap_or(0)).collect();
+        Tensor::new(self.name, self.sink.dtype, shape, self.sink.out.into())
+    }
+}
+
+/// A value at `depth` of one input's nesting (1: a row's value).
+struct Cell<'s> {
+    t: &'s mut Shaped,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Cell<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Cell<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a value or nested list of {} values for input '{}'",
+            self.t.sink.dtype, self.t.name
+        )
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        if self.t.rank.is_some_and(|r| self.depth >= r) {
+            return Err(de::Error::custom(self.t.ragged("depths")));
+        }
+        if self.depth >= MAX_RANK {
+            return Err(de::Error::custom(format!(
+                "input '{}': nested deeper than the {MAX_RANK} dimensions a tensor may have",
+                self.t.name
+            )));
+        }
+        let mut n = 0i64;
+        while seq
+            .next_element_seed(Cell {
+                t: &mut *self.t,
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {
+            n += 1;
+        }
+        self.t.list_done(self.depth, n).map_err(de::Error::custom)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<(), E> {
+        self.t
+            .scalar(self.depth, Scalar::Bool(v))
+            .map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<(), E> {
+        self.t.scalar(self.depth, Scalar::I64(v)).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<(), E> {
+        self.t.scalar(self.depth, Scalar::U64(v)).map_err(E::custom)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<(), E> {
+        self.t.scalar(self.depth, Scalar::F64(v)).map_err(E::custom)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        self.t.scalar(self.depth, Scalar::Str(v)).map_err(E::custom)
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
+        Err(E::custom(format!(
+            "input '{}': null is not a valid {} value",
+            self.t.name, self.t.sink.dtype
+        )))
+    }
+}
+
+/// A single value of a DataFrame cell, kept until its record's row is complete.
+#[derive(Debug)]
+enum Owned {
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(String),
+}
+
+impl Owned {
+    fn scalar(&self) -> Scalar<'_> {
+        match self {
+            Owned::Bool(b) => Scalar::Bool(*b),
+            Owned::I64(i) => Scalar::I64(*i),
+            Owned::U64(u) => Scalar::U64(*u),
+            Owned::F64(f) => Scalar::F64(*f),
+            Owned::Str(s) => Scalar::Str(s),
+        }
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Owned {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Owned;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a single value (a DataFrame cell of a one-input model)")
+            }
+            fn visit_bool<E>(self, v: bool) -> std::result::Result<Owned, E> {
+                Ok(Owned::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> std::result::Result<Owned, E> {
+                Ok(Owned::I64(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<Owned, E> {
+                Ok(Owned::U64(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> std::result::Result<Owned, E> {
+                Ok(Owned::F64(v))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Owned, E> {
+                Ok(Owned::Str(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The columns of a one-input DataFrame, from its first record.
+#[derive(Default)]
+struct Columns {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+}
+
+/// The row list: one [`Shaped`] per input, filled row by row.
+struct Rows<'m> {
+    what: RowsOf,
+    key: &'static str,
+    meta: &'m ModelMetadata,
+    inputs: Vec<Shaped>,
+    rows: usize,
+    /// Whether rows are objects (decided by the first).
+    objects: Option<bool>,
+    /// Records of a one-input model whose first record is not `{input: ...}`.
+    columns: Option<Columns>,
+}
+
+impl<'m> Rows<'m> {
+    fn new(what: RowsOf, meta: &'m ModelMetadata, key: &'static str) -> Self {
+        Rows {
+            what,
+            key,
+            meta,
+            inputs: meta.inputs.iter().map(Shaped::new).collect(),
+            rows: 0,
+            objects: None,
+            columns: None,
+        }
+    }
+
+    fn input_names(&self) -> String {
+        let v: Vec<String> = self
+            .meta
+            .inputs
+            .iter()
+            .map(|s| format!("'{}'", s.name))
+            .collect();
+        v.join(", ")
+    }
+
+    fn finish(self) -> Result<Vec<Tensor>> {
+        if let Some(cols) = &self.columns {
+            let [only] = <[Shaped; 1]>::try_from(self.inputs).map_err(|_| {
+                Error::Internal("DataFrame columns are read for one input only".into())
+            })?;
+            // One column of a 1-D input is that input; otherwise rows × columns.
+            let shape = if cols.names.len() == 1 && self.meta.inputs[0].shape.len() == 1 {
+                vec![self.rows as i64]
+            } else {
+                vec![self.rows as i64, cols.names.len() as i64]
+            };
+            return Ok(vec![Tensor::new(
+                only.name,
+                only.sink.dtype,
+                shape,
+                only.sink.out.into(),
+            )?]);
+        }
+        self.inputs
+            .into_iter()
+            .map(|t| t.finish(self.rows))
+            .collect()
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Rows<'_> {
+    type Value = Vec<Tensor>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Vec<Tensor>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Rows<'_> {
+    type Value = Vec<Tensor>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.what {
+            RowsOf::Instances => write!(f, "'{}' to be a list", self.key),
+            RowsOf::Records => write!(f, "'{}' to be a list of objects", self.key),
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(
+        mut self,
+        mut seq: A,
+    ) -> std::result::Result<Vec<Tensor>, A::Error> {
+        while seq.next_element_seed(Row { rows: &mut self })?.is_some() {
+            self.rows += 1;
+        }
+        self.finish().map_err(|e| de::Error::custom(e.to_string()))
+    }
+}
+
+/// One element of the row list.
+struct Row<'r, 'm> {
+    rows: &'r mut Rows<'m>,
+}
+
+impl Row<'_, '_> {
+    /// A row that is not an object: a row of the only input (instances only).
+    fn value(&mut self) -> std::result::Result<Cell<'_>, String> {
+        let r = &mut *self.rows;
+        let (i, key) = (r.rows, r.key);
+        if r.what == RowsOf::Records {
+            return Err(format!("{key}[{i}] is not an object"));
+        }
+        if r.inputs.len() != 1 {
+            return Err(format!(
+                "{key}[{i}] is not an object; with several inputs each instance is an object \
+                 naming every input: {}",
+                r.input_names()
+            ));
+        }
+        if *r.objects.get_or_insert(false) {
+            return Err(format!(
+                "{key}[{i}] is not an object, but the instances before it are"
+            ));
+        }
+        Ok(Cell {
+            t: &mut r.inputs[0],
+            depth: 1,
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Row<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+macro_rules! value_row {
+    ($name:ident, $t:ty) => {
+        fn $name<E: de::Error>(mut self, v: $t) -> std::result::Result<(), E> {
+            let cell = self.value().map_err(E::custom)?;
+            cell.$name(v)
+        }
+    };
+}
+
+impl<'de> Visitor<'de> for Row<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a row: a value, a list, or an object naming inputs")
+    }
+
+    value_row!(visit_bool, bool);
+    value_row!(visit_i64, i64);
+    value_row!(visit_u64, u64);
+    value_row!(visit_f64, f64);
+    value_row!(visit_str, &str);
+
+    fn visit_unit<E: de::Error>(mut self) -> std::result::Result<(), E> {
+        self.value().map_err(E::custom)?.visit_unit()
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, seq: A) -> std::result::Result<(), A::Error> {
+        self.value().map_err(de::Error::custom)?.visit_seq(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let r = self.rows;
+        let (i, key) = (r.rows, r.key);
+        if r.objects == Some(false) {
+            return Err(de::Error::custom(format!(
+                "{key}[{i}] is an object, but the instances before it are not"
+            )));
+        }
+        r.objects = Some(true);
+        let Some(first) = map.next_key::<std::borrow::Cow<'de, str>>()? else {
+            return Err(de::Error::custom(format!("{key}[{i}] is an empty object")));
+        };
+        // A one-input DataFrame whose columns are not just the input: its cells
+        // in column order are the row.
+        let one_input = r.inputs.len() == 1;
+        if r.what == RowsOf::Records
+            && one_input
+            && (r.columns.is_some() || (i == 0 && first != r.inputs[0].name))
+        {
+            return record_row(r, first.into_owned(), map);
+        }
+        let mut seen = vec![false; r.inputs.len()];
+        let mut next = Some(first);
+        while let Some(k) = next {
+            let Some(at) = r.inputs.iter().position(|t| t.name == k) else {
+                return Err(de::Error::custom(format!(
+                    "{key}[{i}] has '{k}', which is not an input of the model; its inputs are {}",
+                    r.input_names()
+                )));
+            };
+            if std::mem::replace(&mut seen[at], true) {
+                return Err(de::Error::custom(format!("{key}[{i}] gives '{k}' twice")));
+            }
+            map.next_value_seed(Cell {
+                t: &mut r.inputs[at],
+                depth: 1,
+            })?;
+            next = map.next_key::<std::borrow::Cow<'de, str>>()?;
+        }
+        if let Some(at) = seen.iter().position(|s| !s) {
+            return Err(de::Error::custom(format!(
+                "{key}[{i}] has no '{}'; each row names every input: {}",
+                r.inputs[at].name,
+                r.input_names()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One record of a one-input DataFrame: its cells, put in the first record's
+/// column order.
+fn record_row<'de, A: MapAccess<'de>>(
+    r: &mut Rows<'_>,
+    first: String,
+    mut map: A,
+) -> std::result::Result<(), A::Error> {
+    let (i, key) = (r.rows, r.key);
+    let defining = r.columns.is_none();
+    let cols = r.columns.get_or_insert_with(Columns::default);
+    let mut cells: Vec<Option<Owned>> = (0..cols.names.len()).map(|_| None).collect();
+    let mut next = Some(first);
+    while let Some(k) = next {
+        let at = match cols.index.get(&k) {
+            Some(&at) => at,
+            None if defining => {
+                cols.index.insert(k.clone(), cols.names.len());
+                cols.names.push(k.clone());
+                cells.push(None);
+                cols.names.len() - 1
+            }
+            None => {
+                return Err(de::Error::custom(format!(
+                    "{key}[{i}] has column '{k}', which the first record does not have"
+                )))
+            }
+        };
+        let cell: Owned = map
+            .next_value()
+            .map_err(|e: A::Error| de::Error::custom(format!("{key}[{i}], column '{k}': {e}")))?;
+        if cells[at].replace(cell).is_some() {
+            return Err(de::Error::custom(format!("{key}[{i}] gives '{k}' twice")));
+        }
+        next = map.next_key::<String>()?;
+    }
+    let t = &mut r.inputs[0];
+    for (c, cell) in cells.iter().enumerate() {
+        let cell = cell.as_ref().ok_or_else(|| {
+            de::Error::custom(format!("{key}[{i}] has no column '{}'", cols.names[c]))
+        })?;
+        t.sink
+            .push(cell.scalar())
+            .map_err(|e| de::Error::custom(format!("column '{}': {e}", cols.names[c])))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TensorSpec;
+    use crate::tensor::DataType;
+
+    fn meta(inputs: &[(&str, DataType, &[i64])]) -> ModelMetadata {
+        ModelMetadata {
+            platform: "onnxruntime_onnx",
+            inputs: inputs
+                .iter()
+                .map(|(n, d, s)| TensorSpec {
+                    name: n.to_string(),
+                    dtype: *d,
+                    shape: s.to_vec(),
+                    symbols: vec![None; s.len()],
+                })
+                .collect(),
+            outputs: vec![],
+            max_batch_size: 0,
+        }
+    }
+
+    fn rows(body: &str, m: &ModelMetadata, what: RowsOf) -> Result<Vec<Tensor>> {
+        let b = parse(body.as_bytes(), m, &[("rows", what)], &[])?;
+        Ok(b.rows.map(|r| r.1).unwrap_or_default())
+    }
+
+    #[test]
+    fn instances_of_one_input_are_its_rows() {
+        let m = meta(&[("x", DataType::F32, &[-1, 2])]);
+        let t = rows(r#"{"rows": [[1, 2], [3, 4.5]]}"#, &m, RowsOf::Instances).unwrap();
+        assert_eq!(t[0].shape, vec![2, 2]);
+        let t = rows(r#"{"rows": [{"x": [1, 2]}]}"#, &m, RowsOf::Instances).unwrap();
+        assert_eq!(t[0].shape, vec![1, 2]);
+        let t = rows(r#"{"rows": []}"#, &m, RowsOf::Instances).unwrap();
+        assert_eq!(t[0].shape, vec![0]);
+        for (body, want) in [
+            (r#"{"rows": [[1, 2], [3]]}"#, "different lengths"),
+            (r#"{"rows": [[1, 2], 3]}"#, "different depths"),
+            (r#"{"rows": [[1, 2], {"x": [1, 2]}]}"#, "before it are not"),
+            (r#"{"rows": [{"y": 1}]}"#, "'y', which is not an input"),
+            (r#"{"rows": [[null, 1]]}"#, "null"),
+            (r#"{"rows": 3}"#, "a list"),
+            (r#"{"rows": [1, 2]"#, "malformed JSON"),
+        ] {
+            let e = rows(body, &m, RowsOf::Instances).unwrap_err();
+            assert_eq!(e.http_status(), http::StatusCode::BAD_REQUEST);
+            assert!(e.to_string().contains(want), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn records_of_one_input_are_rows_of_its_columns_in_order() {
+        let m = meta(&[("x", DataType::I64, &[-1, 2])]);
+        let t = rows(
+            r#"{"rows": [{"a": 1, "b": 2}, {"b": 4, "a": 3}]}"#,
+            &m,
+            RowsOf::Records,
+        )
+        .unwrap();
+        assert_eq!(t[0].shape, vec![2, 2]);
+        let v: Vec<i64> = t[0]
+            .data
+            .chunks(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(v, vec![1, 2, 3, 4]);
+        let one = meta(&[("x", DataType::I64, &[-1])]);
+        let t = rows(r#"{"rows": [{"a": 1}, {"a": 2}]}"#, &one, RowsOf::Records).unwrap();
+        assert_eq!(t[0].shape, vec![2]);
+        for (body, want) in [
+            (
+                r#"{"rows": [{"a": 1, "b": 2}, {"a": 3, "c": 4}]}"#,
+                "column 'c'",
+            ),
+            (r#"{"rows": [{"a": 1, "b": 2}, {"a": 3}]}"#, "no column 'b'"),
+            (r#"{"rows": [{"a": [1]}]}"#, "single value"),
+            (r#"{"rows": [[1, 2]]}"#, "not an object"),
+            (r#"{"rows": [{}]}"#, "empty object"),
+        ] {
+            let e = rows(body, &m, RowsOf::Records).unwrap_err();
+            assert!(e.to_string().contains(want), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn records_of_several_inputs_name_each_and_nothing_else() {
+        let m = meta(&[("a", DataType::F32, &[-1]), ("b", DataType::I32, &[-1, 2])]);
+        let t = rows(
+            r#"{"rows": [{"a": 1, "b": [1, 2]}, {"b": [3, 4], "a": 2}]}"#,
+            &m,
+            RowsOf::Records,
+        )
+        .unwrap();
+        assert_eq!(
+            (t[0].shape.clone(), t[1].shape.clone()),
+            (vec![2], vec![2, 2])
+        );
+        // Many invented keys cost one error, not a grid of them.
+        let mut body = String::from(r#"{"rows": ["#);
+        for i in 0..20_000 {
+            body.push_str(&format!(r#"{{"k{i}": 1}},"#));
+        }
+        body.push_str("{}]}");
+        let e = rows(&body, &m, RowsOf::Records).unwrap_err();
+        assert!(e.to_string().contains("'k0', which is not an input"), "{e}");
+        let e = rows(r#"{"rows": [{"a": 1}]}"#, &m, RowsOf::Records).unwrap_err();
+        assert!(e.to_string().contains("has no 'b'"), "{e}");
+    }
+}
