@@ -19,7 +19,7 @@ class Switchyard:
     """One `switchyard serve` on ephemeral ports: `http` and `grpc` are HOST:PORT;
     `models=None` serves no repository folder (an MLflow registry instead)."""
 
-    def __init__(self, *extra, models=ROOT / "models"):
+    def __init__(self, *extra, models=ROOT / "models", ready_timeout=60):
         repo = ["--models", str(models)] if models is not None else []
         self.proc = subprocess.Popen(
             [BIN, "serve", *repo, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *extra],
@@ -27,7 +27,7 @@ class Switchyard:
             text=True,
         )
         found, lines = {}, []
-        deadline = time.time() + 60
+        deadline = time.time() + ready_timeout
         while len(found) < 2 and time.time() < deadline:
             line = self.proc.stderr.readline()
             if not line:

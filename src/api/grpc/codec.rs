@@ -39,8 +39,11 @@ fn params(map: &HashMap<String, pb::InferParameter>, what: &str) -> Result<Param
 /// `raw_input_contents`, in which case the answer uses `raw_output_contents`.
 pub fn decode_request(req: pb::ModelInferRequest) -> Result<(InferRequest, bool)> {
     let version = crate::model::parse_version(&req.model_name, &req.model_version)?;
-    let raw = !req.raw_input_contents.is_empty();
-    if raw && req.raw_input_contents.len() != req.inputs.len() {
+    // Answered in kind: typed contents only to a request that sent typed
+    // contents; raw otherwise, as Triton always answers (a model with no inputs
+    // too: tritonclient reads only raw contents).
+    let raw = !req.inputs.iter().any(|i| i.contents.is_some());
+    if !req.raw_input_contents.is_empty() && req.raw_input_contents.len() != req.inputs.len() {
         return Err(Error::invalid(format!(
             "raw_input_contents has {} entries but the request has {} inputs; \
              with raw contents every input needs one",
