@@ -6,6 +6,8 @@ pub mod backend;
 pub mod config;
 pub mod drift;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod infer;
 pub mod metrics;
 pub mod model;

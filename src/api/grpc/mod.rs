@@ -1,7 +1,7 @@
 //! The gRPC front end: Triton's `inference.GRPCInferenceService` (the Open Inference
 //! Protocol plus Triton's additions) over tonic, served by the shared accept loop.
 
-mod codec;
+pub(crate) mod codec;
 mod service;
 
 /// Messages and service generated from `proto/grpc_predict_v2.proto`.

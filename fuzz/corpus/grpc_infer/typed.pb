@@ -1,0 +1,6 @@
+
+m"
+timeout(ÿÿÿÿÿÿÿÿÿ"
+priority*
+idsINT64**
+textBYTES*BaBbc

@@ -1,0 +1,270 @@
+//! Entry points of the fuzz targets (`fuzz/`, run by `cargo fuzz`) and of the
+//! test that replays their corpora (`tests/fuzz_corpus.rs`): each feeds
+//! arbitrary bytes to one decoder that a client or a model file reaches. A
+//! target panics only where the code broke its contract: a panic of its own, a
+//! client's mistake answered as anything but a 4xx, or a decoded request whose
+//! batching arithmetic does not give it back unchanged.
+
+use bytes::Bytes;
+
+use crate::error::Error;
+use crate::infer::{InferRequest, InferResponse};
+use crate::model::{batch, ModelMetadata, TensorSpec};
+use crate::tensor::DataType;
+
+/// A fuzz target: takes any bytes.
+pub type Target = fn(&[u8]);
+
+/// Every target by name, as `fuzz/fuzz_targets/` and `fuzz/corpus/` name them.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("v2_json", v2_json),
+    ("v2_binary", v2_binary),
+    ("grpc_infer", grpc_infer),
+    ("v1_predict", v1_predict),
+    ("mlflow_json", mlflow_json),
+    ("mlflow_csv", mlflow_csv),
+    ("compressed_body", compressed_body),
+    ("config_toml", config_toml),
+    ("safetensors", safetensors),
+    ("warmup_file", warmup_file),
+    ("mlmodel_yaml", mlmodel_yaml),
+];
+
+/// The model signatures requests are decoded and validated against: a batched
+/// one-input model, a batched two-input model with texts, and an unbatched one
+/// of many datatypes with fixed and dynamic dims.
+pub fn signatures() -> Vec<ModelMetadata> {
+    let spec = |name: &str, dtype, shape: &[i64], sym: &[Option<&str>]| TensorSpec {
+        name: name.into(),
+        dtype,
+        shape: shape.to_vec(),
+        symbols: sym.iter().map(|s| s.map(String::from)).collect(),
+    };
+    vec![
+        ModelMetadata {
+            platform: "onnxruntime_onnx",
+            inputs: vec![spec("input", DataType::F32, &[-1, 4], &[None, None])],
+            outputs: vec![spec("output", DataType::F32, &[-1, 3], &[None, None])],
+            max_batch_size: 64,
+        },
+        ModelMetadata {
+            platform: "onnxruntime_onnx",
+            inputs: vec![
+                spec("ids", DataType::I64, &[-1, -1], &[Some("n"), Some("seq")]),
+                spec("text", DataType::Bytes, &[-1], &[Some("n")]),
+            ],
+            outputs: vec![spec("y", DataType::F16, &[-1], &[Some("n")])],
+            max_batch_size: 8,
+        },
+        ModelMetadata {
+            platform: "onnxruntime_onnx",
+            inputs: vec![
+                spec("x", DataType::BF16, &[2, -1, 3], &[None, Some("k"), None]),
+                spec("k", DataType::U8, &[], &[]),
+                spec("b", DataType::Bool, &[-1], &[Some("k")]),
+            ],
+            outputs: vec![spec("z", DataType::U64, &[-1, -1], &[None, None])],
+            max_batch_size: 0,
+        },
+    ]
+}
+
+/// A client's mistake must be a 4xx.
+fn client_error(what: &str, e: &Error) {
+    assert!(
+        e.http_status().is_client_error(),
+        "{what}: a client's bytes gave a {} error: {e}",
+        e.http_status()
+    );
+}
+
+/// What the server does next with a decoded request: validate it against each
+/// signature, and for those it fits, join it with itself as a batch and split
+/// the batch back, which must give the request's own tensors.
+fn serve(req: &InferRequest) {
+    for meta in signatures() {
+        let mut r = req.clone();
+        meta.apply_reshapes(&mut r);
+        match meta.validate(&r) {
+            Err(e) => client_error("validate", &e),
+            Ok(()) if meta.max_batch_size > 0 && !r.inputs.is_empty() => {
+                let rows = batch::rows_of(&r.inputs);
+                let joined = batch::concat(&[&r.inputs, &r.inputs]);
+                let back = batch::split(joined, &[rows, rows]).expect("a batch of valid inputs");
+                assert_eq!(back[0], r.inputs, "split gave back other tensors");
+                assert_eq!(back[1], r.inputs, "split gave back other tensors");
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+/// Encodes the request's inputs as an answer, as every codec would.
+fn answer(req: &InferRequest) {
+    let resp = InferResponse {
+        id: req.id.clone(),
+        model: "m".into(),
+        version: 1,
+        outputs: req.inputs.clone(),
+        parameters: Default::default(),
+    };
+    let _ = crate::api::grpc::codec::encode_response(resp.clone(), true);
+    let _ = crate::api::v1::encode_predict(&resp, crate::api::v1::Layout::Columns);
+    let _ = crate::api::mlflow::encode(&resp, crate::api::mlflow::Shape::Tensors);
+}
+
+/// A V2 JSON infer request body.
+pub fn v2_json(data: &[u8]) {
+    v2(Bytes::copy_from_slice(data), None);
+}
+
+/// A V2 request with the binary tensor extension: the first two bytes give the
+/// JSON header's length (`Inference-Header-Content-Length`).
+pub fn v2_binary(data: &[u8]) {
+    let Some((len, body)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    v2(
+        Bytes::copy_from_slice(body),
+        Some(u16::from_le_bytes(*len) as usize),
+    );
+}
+
+fn v2(body: Bytes, header: Option<usize>) {
+    match crate::api::v2::decode_request(&body, header, "m", None) {
+        Ok((req, format)) => {
+            serve(&req);
+            let resp = InferResponse {
+                id: req.id.clone(),
+                model: "m".into(),
+                version: 1,
+                outputs: req.inputs.clone(),
+                parameters: Default::default(),
+            };
+            let _ = crate::api::v2::encode_response(&resp, &format);
+        }
+        Err(e) => client_error("V2 request", &e),
+    }
+}
+
+/// A gRPC `ModelInferRequest` message (protobuf bytes).
+pub fn grpc_infer(data: &[u8]) {
+    use prost::Message;
+    let Ok(msg) = crate::api::grpc::proto::ModelInferRequest::decode(data) else {
+        return;
+    };
+    match crate::api::grpc::codec::decode_request(msg) {
+        Ok((req, _)) => {
+            serve(&req);
+            answer(&req);
+        }
+        Err(e) => client_error("gRPC request", &e),
+    }
+}
+
+/// A KServe V1 `:predict` body, against each signature.
+pub fn v1_predict(data: &[u8]) {
+    for meta in signatures() {
+        match crate::api::v1::decode_predict(data, &meta, "m", None) {
+            Ok((req, _)) => {
+                serve(&req);
+                answer(&req);
+            }
+            Err(e) => client_error("V1 request", &e),
+        }
+    }
+}
+
+fn mlflow(data: &[u8], content_type: &str) {
+    for meta in signatures() {
+        match crate::api::mlflow::decode(data, Some(content_type), &meta, "m", None) {
+            Ok((req, _)) => {
+                serve(&req);
+                answer(&req);
+                let resp = InferResponse {
+                    id: None,
+                    model: "m".into(),
+                    version: 1,
+                    outputs: req.inputs.clone(),
+                    parameters: Default::default(),
+                };
+                if let Err(e) = crate::api::mlflow::encode(&resp, crate::api::mlflow::Shape::Frame)
+                {
+                    client_error("MLflow answer", &e);
+                }
+            }
+            Err(e) => client_error("MLflow request", &e),
+        }
+    }
+}
+
+/// An MLflow `/invocations` JSON body (split, records, instances, inputs).
+pub fn mlflow_json(data: &[u8]) {
+    mlflow(data, "application/json");
+}
+
+/// An MLflow `/invocations` CSV body.
+pub fn mlflow_csv(data: &[u8]) {
+    mlflow(data, "text/csv");
+}
+
+/// A gzip (first byte even) or deflate body, inflated within a 1 MiB limit.
+pub fn compressed_body(data: &[u8]) {
+    use crate::api::compression::{decompress, Encoding};
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    let encoding = if which % 2 == 0 {
+        Encoding::Gzip
+    } else {
+        Encoding::Deflate
+    };
+    const LIMIT: usize = 1 << 20;
+    match decompress(Bytes::copy_from_slice(body), Some(encoding), LIMIT) {
+        Ok(out) => assert!(out.len() <= LIMIT, "inflated past the limit"),
+        Err(e) => client_error("compressed body", &e),
+    }
+}
+
+/// A model's `config.toml`: parsed, checked, and every derived setting read.
+pub fn config_toml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(c) = crate::config::ModelConfig::parse(text) {
+        let _ = c.device();
+        let _ = c.version_policy();
+        let _ = c.priorities();
+        let _ = c.max_queue_delay();
+        let _ = c.idle_spin();
+        let _ = c.max_queue_size();
+        let _ = c.instances();
+        let _ = c.intra_op_threads();
+    }
+}
+
+/// A `.safetensors` file as candle reads a version's weights.
+pub fn safetensors(data: &[u8]) {
+    let _ = candle_core::safetensors::load_buffer(data, &candle_core::Device::Cpu);
+}
+
+/// A `warmup/*.json` file of a version.
+pub fn warmup_file(data: &[u8]) {
+    match crate::repository::warmup::decode_file(data, "m", 1) {
+        Ok(req) => serve(&req),
+        Err(e) => client_error("warm-up file", &e),
+    }
+}
+
+/// An MLflow model version's `MLmodel` (YAML), as the registry source reads it.
+pub fn mlmodel_yaml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(file) = crate::repository::mlflow::onnx_data_of(text) {
+        assert!(
+            std::path::Path::new(&file).file_name() == Some(std::ffi::OsStr::new(&file)),
+            "the onnx flavour's data '{file}' left the version's folder"
+        );
+    }
+}
