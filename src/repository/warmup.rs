@@ -58,7 +58,13 @@ pub fn warm_up(mv: &ModelVersion, dir: &Path) -> Result<Outcome> {
 
 /// Runs the generated request, if one is likely to run; never an error.
 fn generated_run(mv: &ModelVersion) -> Outcome {
-    if let Some(s) = mv.metadata.inputs.iter().find(|s| looks_like_shape(s)) {
+    let batched = mv.metadata.max_batch_size > 0;
+    if let Some(s) = mv
+        .metadata
+        .inputs
+        .iter()
+        .find(|s| looks_like_shape(s, batched))
+    {
         return Outcome::BestEffort(format!(
             "not sent: input '{}' ({} {:?}) looks like a shape, count, axis or index, \
              whose values no generated request can guess",
@@ -80,7 +86,8 @@ fn generated_run(mv: &ModelVersion) -> Outcome {
 
 /// An integer input of rank 0 or 1 usually steers the graph (TopK's `k`, Range's
 /// limits, Reshape's shape, axes, gather indices): a made-up value fails the run.
-fn looks_like_shape(s: &TensorSpec) -> bool {
+/// Not so a batched model's `[batch]` input: one value a row.
+fn looks_like_shape(s: &TensorSpec, batched: bool) -> bool {
     let integer = matches!(
         s.dtype,
         DataType::I8
@@ -92,7 +99,7 @@ fn looks_like_shape(s: &TensorSpec) -> bool {
             | DataType::U32
             | DataType::U64
     );
-    integer && s.shape.len() <= 1
+    integer && (s.shape.is_empty() || (s.shape.len() == 1 && !batched))
 }
 
 /// `warmup/*.json`: V2 infer request bodies, run in name order, each with the
@@ -247,10 +254,12 @@ mod tests {
         let r = generated("m", &meta).unwrap();
         assert_eq!(&r.inputs[0].data[..], &[0u8; 8][..]);
         assert_eq!(&r.inputs[1].data[..], &[1, 0, 0, 0, 1, 0, 0, 0][..]);
-        assert!(!looks_like_shape(&meta.inputs[1]));
-        assert!(looks_like_shape(&spec("k", DataType::I64, &[1])));
-        assert!(looks_like_shape(&spec("axis", DataType::I32, &[])));
-        assert!(!looks_like_shape(&spec("x", DataType::F32, &[1])));
+        assert!(!looks_like_shape(&meta.inputs[1], false));
+        assert!(looks_like_shape(&spec("k", DataType::I64, &[1]), false));
+        assert!(looks_like_shape(&spec("axis", DataType::I32, &[]), true));
+        assert!(!looks_like_shape(&spec("x", DataType::F32, &[1]), false));
+        // A batched model's [batch] of ids: one value a row.
+        assert!(!looks_like_shape(&spec("ids", DataType::I64, &[-1]), true));
     }
 
     #[test]
