@@ -16,7 +16,7 @@ MODELS_VENV := .venv-models
 ENCODER_VENV := .venv-encoder
 MINILM      := models/minilm/1/model.safetensors
 
-.PHONY: all build build-cuda serve test ort minilm rust-test interop-test models lint fmt clean loadtest
+.PHONY: all build build-cuda serve test ort minilm rust-test interop-test models lint fmt clean loadtest fuzz conformance
 
 all: build
 
@@ -107,6 +107,22 @@ interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done $(KSERVE_
 	$(MLFLOW_VENV)/bin/python -m pytest -q tests/mlflow
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	$(ENCODER_VENV)/bin/python -m pytest -q tests/encoder
+
+## Every fuzz target (fuzz/) for FUZZ_SECONDS each under cargo fuzz (installed
+## from crates.io if missing); what adds coverage joins fuzz/corpus, which
+## `make test` replays. Prints the table the README's Fuzzing section shows.
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## The ONNX node-test conformance run alone, its counts and exclusions written
+## to results/onnx-conformance.md (make test runs it too, without the file).
+conformance: $(TEST_VENV)/.done $(ORT_LIB)
+	$(CARGO) build --locked --bin switchyard
+	cp $(ORT_LIB) target/debug/libonnxruntime.so
+	rm -f results/onnx-conformance.md
+	SWITCHYARD_BIN=$(abspath target/debug/switchyard) CONFORMANCE_REPORT=$(abspath results/onnx-conformance.md) \
+	$(TEST_VENV)/bin/python -m pytest -q -p no:warnings tests/interop/test_onnx_conformance.py
 
 ## Regenerate the sample models and expected outputs (deterministic).
 $(MODELS_VENV)/.done: models/requirements.txt

@@ -262,7 +262,7 @@ fn run_error(e: &ort::Error) -> Error {
     use ort::ErrorCode as C;
     let msg = e.message();
     let lower = msg.to_ascii_lowercase();
-    let out_of_memory = ["failed to allocate", "bad_alloc", "out of memory", "oom"]
+    let out_of_memory = ["failed to allocate", "bad_alloc", "out of memory"]
         .iter()
         .any(|m| lower.contains(m));
     match e.code() {
@@ -353,4 +353,41 @@ fn from_ort(name: &str, dtype: DataType, value: &DynValue) -> Result<Tensor> {
         shape,
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ort::ErrorCode as C;
+
+    #[test]
+    fn run_failures_are_the_clients_unless_the_runtime_or_device_failed() {
+        let status =
+            |code, msg: &str| run_error(&ort::Error::new_with_code(code, msg)).http_status();
+        let bad = http::StatusCode::BAD_REQUEST;
+        assert_eq!(
+            status(C::InvalidArgument, "indices element out of data bounds"),
+            bad
+        );
+        assert_eq!(status(C::GenericFailure, "cannot broadcast"), bad);
+        assert_eq!(status(C::RuntimeException, "k must be positive"), bad);
+        let ours = http::StatusCode::INTERNAL_SERVER_ERROR;
+        assert_eq!(status(C::EngineError, "kernel failed"), ours);
+        assert_eq!(
+            status(C::ExecutionProviderFailure, "CUDA failure 700"),
+            ours
+        );
+        assert_eq!(
+            status(
+                C::GenericFailure,
+                "Failed to allocate memory for requested buffer"
+            ),
+            ours
+        );
+        assert_eq!(status(C::RuntimeException, "std::bad_alloc"), ours);
+        assert_eq!(
+            status(C::DeviceReset, "device lost"),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }

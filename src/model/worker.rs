@@ -566,6 +566,33 @@ mod tests {
         }
     }
 
+    /// Fails every run as the server's fault, counting the runs.
+    struct Broken(usize);
+
+    impl Backend for Broken {
+        fn infer(&mut self, _inputs: &[Tensor], _outputs: &[String]) -> Result<Vec<Tensor>> {
+            self.0 += 1;
+            Err(Error::Internal("out of memory".into()))
+        }
+    }
+
+    #[test]
+    fn a_fault_of_the_server_fails_the_batch_once_without_re_runs() {
+        let policy = BatchPolicy {
+            max_batch_size: 8,
+            ..Default::default()
+        };
+        let stats = Stats::new(8);
+        let (jobs, mut replies): (Vec<_>, Vec<_>) = (0..3).map(|i| rows_job(i, 1, 1)).unzip();
+        let mut backend = Broken(0);
+        execute(&mut backend, jobs, &policy, &stats, &check());
+        assert_eq!(backend.0, 1, "one run for the batch, no run per request");
+        for r in &mut replies {
+            let e = r.try_recv().unwrap().unwrap_err();
+            assert_eq!(e.http_status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    }
+
     #[test]
     fn a_batched_output_unlike_the_declared_one_reaches_no_client() {
         let policy = BatchPolicy {

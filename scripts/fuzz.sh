@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every fuzz target (fuzz/fuzz_targets) for SECONDS each under libFuzzer
+# (cargo fuzz, stable Rust: no sanitizer), bounded as the server is: inputs up
+# to 1 MiB, 256 MiB of memory (-rss_limit_mb also caps any one allocation), 10 s
+# an input. The working corpus (fuzz/work/<target>, kept between runs) starts
+# from fuzz/corpus/<target>, the committed one that `make test` replays; inputs
+# that add coverage are merged back into it. Prints a Markdown table (target, time, runs, corpus)
+# and fails on any crash, leak of the bounds or timeout (fuzz/artifacts/).
+#   scripts/fuzz.sh [SECONDS] [TARGET...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-60}
+shift || true
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    targets=($(ls fuzz/fuzz_targets | sed 's/\.rs$//'))
+fi
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
+cargo fuzz build -s none 2>&1 | grep -v "^ *Compiling" >&2 || true
+bin=fuzz/target/x86_64-unknown-linux-gnu/release
+echo "| target | time | runs | corpus (files) |"
+echo "|---|---|---|---|"
+status=0
+for t in "${targets[@]}"; do
+    work=fuzz/work/$t
+    mkdir -p "$work" "fuzz/artifacts/$t"
+    log=fuzz/work/$t.log
+    if ! "$bin/$t" "$work" "fuzz/corpus/$t" -max_total_time="$secs" -rss_limit_mb=256 \
+        -max_len=1048576 -timeout=10 -print_final_stats=1 \
+        -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1; then
+        status=1
+        echo "$t: FAILED, see $log and fuzz/artifacts/$t" >&2
+    fi
+    # What adds coverage joins the committed corpus, cut to 4 KiB an input so
+    # that it stays small enough to keep in git (edges only, not hit counts);
+    # the rest stays in fuzz/work.
+    "$bin/$t" -merge=1 -max_len=4096 -use_counters=0 "fuzz/corpus/$t" "$work" >/dev/null 2>&1 || true
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
+    took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o '[0-9]* second' | grep -o '[0-9]*' || echo "$secs")
+    echo "| $t | ${took} s | $runs | $(ls "fuzz/corpus/$t" | wc -l) |"
+done
+exit $status
