@@ -19,6 +19,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("v2_json", v2_json),
     ("v2_binary", v2_binary),
+    ("v2_structured", v2_structured),
     ("grpc_infer", grpc_infer),
     ("v1_predict", v1_predict),
     ("mlflow_json", mlflow_json),
@@ -267,4 +268,145 @@ pub fn mlmodel_yaml(data: &[u8]) {
             "the onnx flavour's data '{file}' left the version's folder"
         );
     }
+}
+
+/// A V2 request built from the bytes as a series of choices (structure-aware):
+/// one of the [`signatures`], each input given or left out, its datatype and
+/// dims as declared or not, dynamic dims of any small size, values of the
+/// datatype's whole range, as JSON or binary data. Most requests it makes are
+/// valid, so validation, batching arithmetic and both encoders are reached far
+/// more often than from bytes alone.
+pub fn v2_structured(data: &[u8]) {
+    let mut u = arbitrary::Unstructured::new(data);
+    if let Ok((body, header)) = structured_request(&mut u) {
+        v2(Bytes::from(body), header);
+    }
+}
+
+fn structured_request(
+    u: &mut arbitrary::Unstructured<'_>,
+) -> arbitrary::Result<(Vec<u8>, Option<usize>)> {
+    use serde_json::{json, Value};
+    let sigs = signatures();
+    let meta = u.choose(&sigs)?;
+    let mut inputs = Vec::new();
+    let mut binary = Vec::new();
+    let rows = u.int_in_range(0..=4i64)?;
+    for spec in &meta.inputs {
+        if u.ratio(1, 16)? {
+            continue; // a missing input
+        }
+        let dtype = if u.ratio(1, 16)? {
+            *u.choose(&DataType::ALL)?
+        } else {
+            spec.dtype
+        };
+        let mut shape: Vec<i64> = Vec::new();
+        for (axis, &d) in spec.shape.iter().enumerate() {
+            shape.push(match d {
+                _ if axis == 0 && meta.max_batch_size > 0 => rows,
+                -1 => u.int_in_range(0..=3)?,
+                d => d,
+            });
+        }
+        if u.ratio(1, 16)? {
+            shape.push(u.int_in_range(0..=2)?); // another rank
+        }
+        let n = crate::tensor::element_count(&shape).unwrap_or(0);
+        let mut values = Vec::with_capacity(n);
+        let mut raw = Vec::new();
+        for _ in 0..n {
+            let (v, bytes) = structured_value(u, dtype)?;
+            values.push(v);
+            raw.extend_from_slice(&bytes);
+        }
+        let mut input = json!({"name": spec.name, "datatype": dtype.as_str(), "shape": shape});
+        if dtype != DataType::BF16 && !u.arbitrary::<bool>()? {
+            input["data"] = Value::Array(values);
+        } else {
+            input["parameters"] = json!({"binary_data_size": raw.len()});
+            binary.extend_from_slice(&raw);
+        }
+        inputs.push(input);
+    }
+    let mut req = json!({"inputs": inputs});
+    if u.arbitrary::<bool>()? {
+        let names: Vec<Value> = meta
+            .outputs
+            .iter()
+            .map(|o| json!({"name": o.name}))
+            .collect();
+        req["outputs"] = Value::Array(names);
+    }
+    let mut body = serde_json::to_vec(&req).expect("plain data");
+    let header = (!binary.is_empty()).then_some(body.len());
+    body.extend_from_slice(&binary);
+    Ok((body, header))
+}
+
+/// One element of `dtype`: as JSON, and as its little-endian bytes.
+fn structured_value(
+    u: &mut arbitrary::Unstructured<'_>,
+    dtype: DataType,
+) -> arbitrary::Result<(serde_json::Value, Vec<u8>)> {
+    use serde_json::json;
+    Ok(match dtype {
+        DataType::Bool => {
+            let b: bool = u.arbitrary()?;
+            (json!(b), vec![b as u8])
+        }
+        DataType::U8 => {
+            let x: u8 = u.arbitrary()?;
+            (json!(x), x.to_le_bytes().to_vec())
+        }
+        DataType::U16 => {
+            let x: u16 = u.arbitrary()?;
+            (json!(x), x.to_le_bytes().to_vec())
+        }
+        DataType::U32 => {
+            let x: u32 = u.arbitrary()?;
+            (json!(x), x.to_le_bytes().to_vec())
+        }
+        DataType::U64 => {
+            let x: u64 = u.arbitrary()?;
+            (json!(x), x.to_le_bytes().to_vec())
+        }
+        DataType::I8 => {
+            let x: i8 = u.arbitrary()?;
+            (json!(x), x.to_le_bytes().to_vec())
+        }
+        DataType::I16 => {
+            let x: i16 = u.arbitrary()?;
+            (json!(x), x.to_le_bytes().to_vec())
+        }
+        DataType::I32 => {
+            let x: i32 = u.arbitrary()?;
+            (json!(x), x.to_le_bytes().to_vec())
+        }
+        DataType::I64 => {
+            let x: i64 = u.arbitrary()?;
+            (json!(x), x.to_le_bytes().to_vec())
+        }
+        DataType::F16 | DataType::BF16 | DataType::F32 => {
+            let x: f32 = u.arbitrary()?;
+            let x = if x.is_finite() { x } else { 0.0 };
+            let bytes = match dtype {
+                DataType::F16 => half::f16::from_f32(x).to_le_bytes().to_vec(),
+                DataType::BF16 => half::bf16::from_f32(x).to_le_bytes().to_vec(),
+                _ => x.to_le_bytes().to_vec(),
+            };
+            (json!(x), bytes)
+        }
+        DataType::F64 => {
+            let x: f64 = u.arbitrary()?;
+            let x = if x.is_finite() { x } else { 0.0 };
+            (json!(x), x.to_le_bytes().to_vec())
+        }
+        DataType::Bytes => {
+            let s: String = u.arbitrary()?;
+            let mut b = (s.len() as u32).to_le_bytes().to_vec();
+            b.extend_from_slice(s.as_bytes());
+            (json!(s), b)
+        }
+    })
 }

@@ -216,75 +216,6 @@ impl Serialize for DataJson<'_> {
     }
 }
 
-impl Sink {
-    fn push_value(&mut self, v: &Value) -> std::result::Result<(), String> {
-        match v {
-            Value::Bool(b) => self.push(Scalar::Bool(*b)),
-            Value::Number(n) => self.push(if let Some(i) = n.as_i64() {
-                Scalar::I64(i)
-            } else if let Some(u) = n.as_u64() {
-                Scalar::U64(u)
-            } else {
-                Scalar::F64(n.as_f64().unwrap_or(f64::NAN))
-            }),
-            Value::String(s) => self.push(Scalar::Str(s)),
-            Value::Null => Err(format!("null is not a valid {} value", self.dtype)),
-            Value::Array(_) | Value::Object(_) => Err("not a scalar".into()),
-        }
-    }
-}
-
-/// The shape of a nested JSON array (rectangular, or an error naming `name`).
-fn shape_of(name: &str, v: &Value) -> Result<Vec<i64>> {
-    let mut shape = Vec::new();
-    let mut cur = v;
-    while let Value::Array(items) = cur {
-        shape.push(items.len() as i64);
-        match items.first() {
-            Some(first) => cur = first,
-            None => break,
-        }
-    }
-    fn check(name: &str, v: &Value, shape: &[i64]) -> Result<()> {
-        match (v, shape.split_first()) {
-            (Value::Array(items), Some((&n, rest))) if items.len() as i64 == n => {
-                items.iter().try_for_each(|i| check(name, i, rest))
-            }
-            (Value::Array(_), _) => Err(Error::invalid(format!(
-                "'{name}': nested lists of different lengths (not a tensor)"
-            ))),
-            (_, None) => Ok(()),
-            (_, Some(_)) => Err(Error::invalid(format!(
-                "'{name}': nested lists of different depths (not a tensor)"
-            ))),
-        }
-    }
-    check(name, v, &shape)?;
-    Ok(shape)
-}
-
-/// A tensor from a nested JSON array (or a scalar), its shape read off the nesting.
-pub fn tensor_from_value(name: &str, dtype: DataType, v: &Value) -> Result<Tensor> {
-    let shape = shape_of(name, v)?;
-    let mut sink = Sink {
-        dtype,
-        out: Vec::new(),
-    };
-    fn walk(sink: &mut Sink, v: &Value) -> std::result::Result<(), String> {
-        match v {
-            Value::Array(items) => items.iter().try_for_each(|i| walk(sink, i)),
-            _ => sink.push_value(v),
-        }
-    }
-    walk(&mut sink, v).map_err(|e| Error::invalid(format!("'{name}': {e}")))?;
-    Ok(Tensor {
-        name: name.to_string(),
-        dtype,
-        shape,
-        data: Bytes::from(sink.out),
-    })
-}
-
 /// A float of a 32- or 16-bit type as a JSON number that prints as briefly as the
 /// type allows (`0.1`, not the f64 `0.10000000149011612`), yet reads back to it.
 fn short_float(x: f32) -> Value {
@@ -352,16 +283,28 @@ mod tests {
 
     #[test]
     fn values_nest_and_unnest() {
-        let t = tensor_from_value("x", DataType::I32, &json!([[1, 2, 3], [4, 5, 6]])).unwrap();
-        assert_eq!(t.shape, vec![2, 3]);
+        let t = Tensor {
+            name: "x".into(),
+            dtype: DataType::I32,
+            shape: vec![2, 3],
+            data: (1..=6i32)
+                .flat_map(i32::to_le_bytes)
+                .collect::<Vec<_>>()
+                .into(),
+        };
         assert_eq!(tensor_to_value(&t), json!([[1, 2, 3], [4, 5, 6]]));
         assert_eq!(rows_of(&t).unwrap()[1], json!([4, 5, 6]));
-        let s = tensor_from_value("s", DataType::F64, &json!(2.5)).unwrap();
-        assert_eq!(s.shape, Vec::<i64>::new());
+        let s = Tensor {
+            name: "s".into(),
+            dtype: DataType::F64,
+            shape: vec![],
+            data: 2.5f64.to_le_bytes().to_vec().into(),
+        };
         assert_eq!(tensor_to_value(&s), json!(2.5));
-        let e = tensor_from_value("r", DataType::F32, &json!([[1, 2], [3]])).unwrap_err();
-        assert!(e.to_string().contains("different lengths"), "{e}");
-        let e = tensor_from_value("b", DataType::Bool, &json!([1])).unwrap_err();
+        assert!(rows_of(&s).is_err());
+        let data = Bytes::from_static(b"[1, true]");
+        let raw: Box<RawValue> = serde_json::from_slice(&data).unwrap();
+        let e = parse_data("b", DataType::Bool, &raw, 2).unwrap_err();
         assert!(e.to_string().contains("BOOL"), "{e}");
     }
 }

@@ -4,9 +4,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::json::{flat_values, tensor_from_value, tensor_to_value};
+use super::json::{flat_values, tensor_to_value, Scalar, Sink};
 use super::rows;
-use super::v1::tensors_from_columns;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
 use crate::model::ModelMetadata;
@@ -19,128 +18,88 @@ pub enum Shape {
     Tensors,
 }
 
-/// A DataFrame as columns and rows of JSON scalars.
-struct Frame {
-    columns: Vec<String>,
-    rows: Vec<Vec<Value>>,
-}
-
-fn frame_from_split(v: Value) -> Result<Frame> {
-    let Value::Object(mut o) = v else {
-        return Err(Error::invalid(
-            "'dataframe_split' must be an object with 'columns' and 'data'",
-        ));
-    };
-    let rows = match o.remove("data") {
-        Some(Value::Array(rows)) => rows
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| match r {
-                Value::Array(cells) => Ok(cells),
-                _ => Err(Error::invalid(format!(
-                    "dataframe_split.data[{i}] is not a list"
-                ))),
-            })
-            .collect::<Result<Vec<_>>>()?,
-        _ => {
-            return Err(Error::invalid(
-                "dataframe_split needs 'data', a list of rows",
-            ))
-        }
-    };
-    let width = rows.first().map_or(0, Vec::len);
-    let columns = match o.remove("columns") {
-        Some(Value::Array(c)) => c
-            .into_iter()
-            .map(|c| match c {
-                Value::String(s) => s,
-                other => other.to_string(),
-            })
-            .collect(),
-        None => (0..width).map(|i| i.to_string()).collect(),
-        Some(_) => return Err(Error::invalid("dataframe_split.columns must be a list")),
-    };
-    Ok(Frame { columns, rows })
-}
-
-/// CSV with a header row; a field is a number when it reads as one, else a string.
-fn frame_from_csv(body: &[u8]) -> Result<Frame> {
+/// A CSV DataFrame with a header row, straight into the inputs' tensors (as a
+/// JSON DataFrame is, [`rows::RowsOf::Split`]): a field is a number when it
+/// reads as one, a boolean, else a string. One input takes the rows of values
+/// (one column of a 1-D input is that input); several take a column each, by name.
+fn tensors_from_csv(body: &[u8], meta: &ModelMetadata) -> Result<Vec<Tensor>> {
+    let bad = |e: csv::Error| Error::invalid(format!("malformed CSV: {e}"));
     let mut r = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(body);
-    let columns = r
+    let columns: Vec<String> = r
         .headers()
-        .map_err(|e| Error::invalid(format!("malformed CSV: {e}")))?
+        .map_err(bad)?
         .iter()
         .map(str::to_string)
         .collect();
-    let mut rows = Vec::new();
+    let one = meta.inputs.len() == 1;
+    // The input each column feeds.
+    let feeds: Vec<Option<usize>> = if one {
+        vec![Some(0); columns.len()]
+    } else {
+        columns
+            .iter()
+            .map(|c| meta.inputs.iter().position(|s| &s.name == c))
+            .collect()
+    };
+    if let Some(spec) = meta
+        .inputs
+        .iter()
+        .enumerate()
+        .find(|(i, _)| !one && !feeds.contains(&Some(*i)))
+        .map(|(_, s)| s)
+    {
+        return Err(Error::invalid(format!(
+            "the DataFrame has no column '{}'; this model's inputs are the columns {}",
+            spec.name,
+            meta.inputs
+                .iter()
+                .map(|s| format!("'{}'", s.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let mut sinks: Vec<Sink> = meta
+        .inputs
+        .iter()
+        .map(|s| Sink {
+            dtype: s.dtype,
+            out: Vec::new(),
+        })
+        .collect();
+    let mut rows = 0i64;
     for rec in r.records() {
-        let rec = rec.map_err(|e| Error::invalid(format!("malformed CSV: {e}")))?;
-        rows.push(
-            rec.iter()
-                .map(|f| {
-                    let f = f.trim();
-                    if let Ok(i) = f.parse::<i64>() {
-                        json!(i)
-                    } else if let Ok(x) = f.parse::<f64>() {
-                        json!(x)
-                    } else if f.eq_ignore_ascii_case("true") || f.eq_ignore_ascii_case("false") {
-                        json!(f.eq_ignore_ascii_case("true"))
-                    } else {
-                        json!(f)
-                    }
-                })
-                .collect(),
-        );
+        let rec = rec.map_err(bad)?;
+        for ((field, at), col) in rec.iter().zip(&feeds).zip(&columns) {
+            let Some(at) = *at else { continue };
+            let f = field.trim();
+            let v = if let Ok(i) = f.parse::<i64>() {
+                Scalar::I64(i)
+            } else if let Ok(x) = f.parse::<f64>() {
+                Scalar::F64(x)
+            } else if f.eq_ignore_ascii_case("true") || f.eq_ignore_ascii_case("false") {
+                Scalar::Bool(f.eq_ignore_ascii_case("true"))
+            } else {
+                Scalar::Str(f)
+            };
+            sinks[at]
+                .push(v)
+                .map_err(|e| Error::invalid(format!("row {rows}, column '{col}': {e}")))?;
+        }
+        rows += 1;
     }
-    Ok(Frame { columns, rows })
-}
-
-/// As MLflow's ONNX flavour feeds a DataFrame: one input takes the whole matrix of
-/// values (or its one column, for a 1-D input); several inputs take one column each,
-/// by name.
-fn tensors_from_frame(f: Frame, meta: &ModelMetadata) -> Result<Vec<Tensor>> {
-    if let [only] = meta.inputs.as_slice() {
-        let value = if only.shape.len() == 1 && f.columns.len() == 1 {
-            let cells = f.rows.into_iter().enumerate().map(|(i, r)| {
-                <[Value; 1]>::try_from(r).map(|[v]| v).map_err(|r| {
-                    Error::invalid(format!(
-                        "row {i} has {} values, but the DataFrame has one column",
-                        r.len()
-                    ))
-                })
-            });
-            Value::Array(cells.collect::<Result<_>>()?)
-        } else {
-            Value::Array(f.rows.into_iter().map(Value::Array).collect())
-        };
-        return Ok(vec![tensor_from_value(&only.name, only.dtype, &value)?]);
-    }
+    let flat = one && columns.len() == 1 && meta.inputs[0].shape.len() == 1;
     meta.inputs
         .iter()
-        .map(|spec| {
-            let i = f
-                .columns
-                .iter()
-                .position(|c| c == &spec.name)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "the DataFrame has no column '{}'; this model's inputs are the columns {}",
-                        spec.name,
-                        meta.inputs
-                            .iter()
-                            .map(|s| format!("'{}'", s.name))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })?;
-            let column = f
-                .rows
-                .iter()
-                .map(|r| r.get(i).cloned().unwrap_or(Value::Null))
-                .collect();
-            tensor_from_value(&spec.name, spec.dtype, &Value::Array(column))
+        .zip(sinks)
+        .map(|(spec, sink)| {
+            let shape = if one && !flat {
+                vec![rows, columns.len() as i64]
+            } else {
+                vec![rows]
+            };
+            Tensor::new(spec.name.clone(), spec.dtype, shape, sink.out.into())
         })
         .collect()
 }
@@ -157,10 +116,7 @@ pub fn decode(
         .and_then(|c| c.split(';').next())
         .map(|c| c.trim().to_ascii_lowercase());
     let (inputs, shape) = if media.as_deref() == Some("text/csv") {
-        (
-            tensors_from_frame(frame_from_csv(body)?, meta)?,
-            Shape::Frame,
-        )
+        (tensors_from_csv(body, meta)?, Shape::Frame)
     } else {
         let keys = [
             "dataframe_split",
@@ -168,30 +124,26 @@ pub fn decode(
             "instances",
             "inputs",
         ];
-        let mut b = rows::parse(
+        let b = rows::parse(
             body,
             meta,
             &[
+                ("dataframe_split", rows::RowsOf::Split),
                 ("dataframe_records", rows::RowsOf::Records),
                 ("instances", rows::RowsOf::Instances),
+                ("inputs", rows::RowsOf::Inputs),
             ],
-            &["dataframe_split", "inputs"],
         )?;
-        match (b.given.as_slice(), b.rows.take(), b.values.pop()) {
-            ([_], Some((rows::RowsOf::Records, t)), None) => (t, Shape::Frame),
-            ([_], Some((rows::RowsOf::Instances, t)), None) => (t, Shape::Tensors),
-            (["dataframe_split"], None, Some((_, v))) => (
-                tensors_from_frame(frame_from_split(v)?, meta)?,
-                Shape::Frame,
-            ),
-            (["inputs"], None, Some((_, v))) => (tensors_from_columns(&v, meta)?, Shape::Tensors),
-            ([], ..) => {
+        match (b.given.as_slice(), b.rows) {
+            ([_], Some((rows::RowsOf::Split | rows::RowsOf::Records, t))) => (t, Shape::Frame),
+            ([_], Some((_, t))) => (t, Shape::Tensors),
+            ([], _) => {
                 return Err(Error::invalid(format!(
                     "the request has none of {}",
                     keys.join(", ")
                 )))
             }
-            (given, ..) => {
+            (given, _) => {
                 return Err(Error::invalid(format!(
                     "give only one of {}",
                     given.join(", ")

@@ -1,23 +1,29 @@
-//! Row-shaped JSON (KServe V1 `instances`, MLflow `dataframe_records`) decoded
-//! straight into typed tensors of the model's inputs while it is parsed: no JSON
-//! tree and no grid of cells, so memory follows the model's inputs, not what
-//! keys a client can invent (20k records of distinct keys once asked for
-//! gigabytes). A key that names no input or column is a 400 naming it.
+//! The JSON bodies of KServe V1 (`instances`, `inputs`) and MLflow scoring
+//! (`dataframe_split`, `dataframe_records`, `instances`, `inputs`) decoded
+//! straight into typed tensors of the model's inputs while they are parsed: no
+//! JSON tree (16-32x the body) and no grid of cells, so memory follows the
+//! model's inputs, not what a client sends (20k records of invented keys once
+//! asked for gigabytes). A key that names no input or column is a 400 naming it.
 
 use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
 
 use super::json::{Scalar, Sink};
 use crate::error::{Error, Result};
 use crate::model::ModelMetadata;
 use crate::tensor::{Tensor, MAX_RANK};
 
-/// How a list of rows maps to the inputs.
+/// How a field of the body maps to the inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowsOf {
+    /// `inputs`: the only input's tensor, or an object naming each input.
+    Inputs,
+    /// `dataframe_split`: `{"columns": [...], "data": [[...], ...]}`; with one
+    /// input the rows of values are its rows, with several each input is the
+    /// column of its name (`columns` before `data`, as pandas writes it).
+    Split,
     /// TF Serving / KServe V1 `instances`: with one input each row is a row of
     /// it (or an object naming it); with several, an object naming each input.
     Instances,
@@ -27,32 +33,21 @@ pub enum RowsOf {
     Records,
 }
 
-/// A request body, its row list decoded into tensors and its other known
-/// fields kept as JSON.
+/// A request body: the known fields it gave, and the last one decoded.
 #[derive(Debug, Default)]
 pub struct Body {
     /// The known fields the body gave, in order.
     pub given: Vec<&'static str>,
     pub rows: Option<(RowsOf, Vec<Tensor>)>,
-    pub values: Vec<(&'static str, Value)>,
 }
 
-/// Parses a JSON object whose `row_keys` are decoded against `meta` as they are
-/// read and whose `value_keys` are kept; other keys are skipped unread.
-pub fn parse(
-    body: &[u8],
-    meta: &ModelMetadata,
-    row_keys: &[(&'static str, RowsOf)],
-    value_keys: &[&'static str],
-) -> Result<Body> {
+/// Parses a JSON object whose `keys` are decoded against `meta` as they are
+/// read; other keys are skipped unread.
+pub fn parse(body: &[u8], meta: &ModelMetadata, keys: &[(&'static str, RowsOf)]) -> Result<Body> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = Request {
-        meta,
-        row_keys,
-        value_keys,
-    }
-    .deserialize(&mut de)
-    .and_then(|b| de.end().map(|_| b));
+    let parsed = Request { meta, keys }
+        .deserialize(&mut de)
+        .and_then(|b| de.end().map(|_| b));
     parsed.map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Error::invalid(e.to_string()),
         _ => Error::invalid(format!("malformed JSON request: {e}")),
@@ -61,8 +56,7 @@ pub fn parse(
 
 struct Request<'m> {
     meta: &'m ModelMetadata,
-    row_keys: &'m [(&'static str, RowsOf)],
-    value_keys: &'m [&'static str],
+    keys: &'m [(&'static str, RowsOf)],
 }
 
 impl<'de> DeserializeSeed<'de> for Request<'_> {
@@ -76,21 +70,14 @@ impl<'de> Visitor<'de> for Request<'_> {
     type Value = Body;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys: Vec<&str> = self
-            .row_keys
-            .iter()
-            .map(|(k, _)| *k)
-            .chain(self.value_keys.iter().copied())
-            .collect();
+        let keys: Vec<&str> = self.keys.iter().map(|(k, _)| *k).collect();
         write!(f, "a JSON object with one of {}", keys.join(", "))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Body, A::Error> {
         let mut body = Body::default();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let row = self.row_keys.iter().find(|(k, _)| *k == key);
-            let value = self.value_keys.iter().find(|k| **k == key);
-            let Some(name) = row.map(|(k, _)| *k).or(value.copied()) else {
+            let Some(&(name, what)) = self.keys.iter().find(|(k, _)| *k == key) else {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
@@ -98,13 +85,14 @@ impl<'de> Visitor<'de> for Request<'_> {
                 return Err(de::Error::custom(format!("'{name}' is given twice")));
             }
             body.given.push(name);
-            match row {
-                Some(&(_, what)) => {
-                    let tensors = map.next_value_seed(Rows::new(what, self.meta, name))?;
-                    body.rows = Some((what, tensors));
+            let tensors = match what {
+                RowsOf::Instances | RowsOf::Records => {
+                    map.next_value_seed(Rows::new(what, self.meta, name))?
                 }
-                None => body.values.push((name, map.next_value()?)),
-            }
+                RowsOf::Inputs => map.next_value_seed(Inputs::new(self.meta, name))?,
+                RowsOf::Split => map.next_value_seed(Split::new(self.meta))?,
+            };
+            body.rows = Some((what, tensors));
         }
         Ok(body)
     }
@@ -168,12 +156,14 @@ impl Shaped {
         )
     }
 
-    /// The tensor of `rows` rows read.
-    fn finish(mut self, rows: usize) -> Result<Tensor> {
-        if self.dims.is_empty() {
-            self.dims.push(None);
+    /// The tensor read: of `rows` rows when its values were given row by row.
+    fn finish(mut self, rows: Option<usize>) -> Result<Tensor> {
+        if let Some(rows) = rows {
+            if self.dims.is_empty() {
+                self.dims.push(None);
+            }
+            self.dims[0] = Some(rows as i64);
         }
-        self.dims[0] = Some(rows as i64);
         let rank = self
             .rank
             .unwrap_or_else(|| self.dims.iter().take_while(|d| d.is_some()).count());
@@ -367,7 +357,7 @@ impl<'m> Rows<'m> {
         }
         self.inputs
             .into_iter()
-            .map(|t| t.finish(self.rows))
+            .map(|t| t.finish(Some(self.rows)))
             .collect()
     }
 }
@@ -388,7 +378,7 @@ impl<'de> Visitor<'de> for Rows<'_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.what {
             RowsOf::Instances => write!(f, "'{}' to be a list", self.key),
-            RowsOf::Records => write!(f, "'{}' to be a list of objects", self.key),
+            _ => write!(f, "'{}' to be a list of objects", self.key),
         }
     }
 
@@ -569,6 +559,393 @@ fn record_row<'de, A: MapAccess<'de>>(
     Ok(())
 }
 
+/// `inputs`: the only input's whole tensor, or an object naming every input.
+struct Inputs<'m> {
+    key: &'static str,
+    meta: &'m ModelMetadata,
+    inputs: Vec<Shaped>,
+}
+
+impl<'m> Inputs<'m> {
+    fn new(meta: &'m ModelMetadata, key: &'static str) -> Self {
+        Inputs {
+            key,
+            meta,
+            inputs: meta.inputs.iter().map(Shaped::new).collect(),
+        }
+    }
+
+    fn names(&self) -> String {
+        let v: Vec<&str> = self.meta.inputs.iter().map(|s| s.name.as_str()).collect();
+        v.join(", ")
+    }
+
+    fn finish<E: de::Error>(self) -> std::result::Result<Vec<Tensor>, E> {
+        self.inputs
+            .into_iter()
+            .map(|t| t.finish(None).map_err(|e| E::custom(e.to_string())))
+            .collect()
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Inputs<'_> {
+    type Value = Vec<Tensor>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Vec<Tensor>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// The value of `inputs` when it is not an object: the only input's tensor.
+struct Whole<'m>(Inputs<'m>);
+
+impl Whole<'_> {
+    fn cell(&mut self) -> std::result::Result<Cell<'_>, String> {
+        if self.0.inputs.len() != 1 {
+            return Err(format!(
+                "this model has several inputs: '{}' must be an object naming each: {}",
+                self.0.key,
+                self.0.names()
+            ));
+        }
+        Ok(Cell {
+            t: &mut self.0.inputs[0],
+            depth: 0,
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for Inputs<'_> {
+    type Value = Vec<Tensor>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "'{}': a tensor, or an object naming every input",
+            self.key
+        )
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        mut self,
+        mut map: A,
+    ) -> std::result::Result<Vec<Tensor>, A::Error> {
+        let mut seen = vec![false; self.inputs.len()];
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let Some(at) = self.inputs.iter().position(|t| t.name == k) else {
+                return Err(de::Error::custom(format!(
+                    "'{}' has '{k}', which is not an input of the model; its inputs are {}",
+                    self.key,
+                    self.names()
+                )));
+            };
+            if std::mem::replace(&mut seen[at], true) {
+                return Err(de::Error::custom(format!(
+                    "'{}' gives '{k}' twice",
+                    self.key
+                )));
+            }
+            map.next_value_seed(Cell {
+                t: &mut self.inputs[at],
+                depth: 0,
+            })?;
+        }
+        if seen.iter().any(|s| !s) {
+            return Err(de::Error::custom(format!(
+                "'{}' must name every input: {}",
+                self.key,
+                self.names()
+            )));
+        }
+        self.finish()
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Vec<Tensor>, A::Error> {
+        let mut w = Whole(self);
+        w.cell().map_err(de::Error::custom)?.visit_seq(seq)?;
+        w.0.finish()
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<Vec<Tensor>, E> {
+        Whole(self).scalar(Scalar::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Vec<Tensor>, E> {
+        Whole(self).scalar(Scalar::I64(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Vec<Tensor>, E> {
+        Whole(self).scalar(Scalar::U64(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Vec<Tensor>, E> {
+        Whole(self).scalar(Scalar::F64(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Vec<Tensor>, E> {
+        Whole(self).scalar(Scalar::Str(v))
+    }
+}
+
+impl Whole<'_> {
+    fn scalar<E: de::Error>(mut self, v: Scalar<'_>) -> std::result::Result<Vec<Tensor>, E> {
+        let cell = self.cell().map_err(E::custom)?;
+        cell.t.scalar(0, v).map_err(E::custom)?;
+        self.0.finish()
+    }
+}
+
+/// `dataframe_split`: columns, then rows of cells.
+struct Split<'m> {
+    meta: &'m ModelMetadata,
+    inputs: Vec<Shaped>,
+    /// The input each column feeds (several inputs), once `columns` is read.
+    feeds: Option<Vec<Option<usize>>>,
+    columns: Option<Vec<String>>,
+    rows: usize,
+    /// Cells a row, from the first row.
+    width: Option<usize>,
+    data: bool,
+}
+
+impl<'m> Split<'m> {
+    fn new(meta: &'m ModelMetadata) -> Self {
+        Split {
+            meta,
+            inputs: meta.inputs.iter().map(Shaped::new).collect(),
+            feeds: None,
+            columns: None,
+            rows: 0,
+            width: None,
+            data: false,
+        }
+    }
+
+    fn names(&self) -> String {
+        let v: Vec<String> = self
+            .meta
+            .inputs
+            .iter()
+            .map(|s| format!("'{}'", s.name))
+            .collect();
+        v.join(", ")
+    }
+
+    fn finish(self) -> std::result::Result<Vec<Tensor>, String> {
+        if !self.data {
+            return Err("dataframe_split needs 'data', a list of rows".into());
+        }
+        let one = self.inputs.len() == 1;
+        let rank1 = self.meta.inputs.first().is_some_and(|s| s.shape.len() == 1);
+        let width = self
+            .columns
+            .as_ref()
+            .map(Vec::len)
+            .or(self.width)
+            .unwrap_or(0);
+        let mut out = Vec::with_capacity(self.inputs.len());
+        for t in self.inputs {
+            let mut t = t.finish(Some(self.rows)).map_err(|e| e.to_string())?;
+            // One column of a 1-D input is that input, as MLflow's ONNX flavour feeds it.
+            if one && rank1 && width == 1 && t.shape.len() == 2 {
+                t.shape.pop();
+            }
+            out.push(t);
+        }
+        Ok(out)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Split<'_> {
+    type Value = Vec<Tensor>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Vec<Tensor>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Split<'_> {
+    type Value = Vec<Tensor>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("'dataframe_split' to be an object with 'columns' and 'data'")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        mut self,
+        mut map: A,
+    ) -> std::result::Result<Vec<Tensor>, A::Error> {
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*k {
+                "columns" if self.data => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                "columns" => {
+                    let cols: Vec<Owned> = map.next_value().map_err(|e: A::Error| {
+                        de::Error::custom(format!(
+                            "dataframe_split.columns must be a list of names: {e}"
+                        ))
+                    })?;
+                    let cols: Vec<String> = cols
+                        .into_iter()
+                        .map(|c| match c {
+                            Owned::Str(s) => s,
+                            Owned::Bool(b) => b.to_string(),
+                            Owned::I64(i) => i.to_string(),
+                            Owned::U64(u) => u.to_string(),
+                            Owned::F64(f) => f.to_string(),
+                        })
+                        .collect();
+                    if self.inputs.len() > 1 {
+                        let feeds: Vec<Option<usize>> = cols
+                            .iter()
+                            .map(|c| self.inputs.iter().position(|t| &t.name == c))
+                            .collect();
+                        if let Some(t) = self
+                            .inputs
+                            .iter()
+                            .enumerate()
+                            .find(|(i, _)| !feeds.contains(&Some(*i)))
+                        {
+                            return Err(de::Error::custom(format!(
+                                "the DataFrame has no column '{}'; this model's inputs are the columns {}",
+                                t.1.name,
+                                self.names()
+                            )));
+                        }
+                        self.feeds = Some(feeds);
+                    }
+                    self.columns = Some(cols);
+                }
+                "data" => {
+                    if self.inputs.len() > 1 && self.feeds.is_none() {
+                        return Err(de::Error::custom(format!(
+                            "dataframe_split: this model's inputs are the columns {}, so                              'columns' must come before 'data' (as pandas writes it)",
+                            self.names()
+                        )));
+                    }
+                    self.data = true;
+                    map.next_value_seed(SplitRows(&mut self))?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        self.finish().map_err(de::Error::custom)
+    }
+}
+
+/// `dataframe_split.data`: the list of rows.
+struct SplitRows<'s, 'm>(&'s mut Split<'m>);
+
+impl<'de> DeserializeSeed<'de> for SplitRows<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SplitRows<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("dataframe_split.data to be a list of rows")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let s = self.0;
+        loop {
+            let more = match &s.feeds {
+                // One input: each row is a row of it.
+                None => seq
+                    .next_element_seed(Cell {
+                        t: &mut s.inputs[0],
+                        depth: 1,
+                    })?
+                    .is_some(),
+                Some(_) => seq.next_element_seed(SplitRow { s: &mut *s })?.is_some(),
+            };
+            if !more {
+                break;
+            }
+            s.rows += 1;
+        }
+        // Every row had the same number of cells (the tensor's dim 1).
+        s.width = s.inputs[0]
+            .dims
+            .get(1)
+            .copied()
+            .flatten()
+            .map(|w| w as usize);
+        if let (None, Some(cols), Some(w)) = (&s.feeds, &s.columns, s.width) {
+            if cols.len() != w && s.rows > 0 {
+                return Err(de::Error::custom(format!(
+                    "dataframe_split has {} columns but its rows have {w} values",
+                    cols.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One row of a several-input DataFrame: each cell goes to its column's input.
+struct SplitRow<'s, 'm> {
+    s: &'s mut Split<'m>,
+}
+
+impl<'de> DeserializeSeed<'de> for SplitRow<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SplitRow<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "dataframe_split.data[{}] to be a list of cells",
+            self.s.rows
+        )
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let s = self.s;
+        let feeds = s
+            .feeds
+            .as_ref()
+            .expect("several inputs read their columns first");
+        let mut i = 0;
+        loop {
+            let more = match feeds.get(i).copied().flatten() {
+                Some(at) => seq
+                    .next_element_seed(Cell {
+                        t: &mut s.inputs[at],
+                        depth: 1,
+                    })?
+                    .is_some(),
+                None => seq.next_element::<IgnoredAny>()?.is_some(),
+            };
+            if !more {
+                break;
+            }
+            i += 1;
+        }
+        if i != feeds.len() {
+            return Err(de::Error::custom(format!(
+                "dataframe_split.data[{}] has {i} values, but the DataFrame has {} columns",
+                s.rows,
+                feeds.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,7 +970,7 @@ mod tests {
     }
 
     fn rows(body: &str, m: &ModelMetadata, what: RowsOf) -> Result<Vec<Tensor>> {
-        let b = parse(body.as_bytes(), m, &[("rows", what)], &[])?;
+        let b = parse(body.as_bytes(), m, &[("rows", what)])?;
         Ok(b.rows.map(|r| r.1).unwrap_or_default())
     }
 
@@ -651,6 +1028,96 @@ mod tests {
             (r#"{"rows": [{}]}"#, "empty object"),
         ] {
             let e = rows(body, &m, RowsOf::Records).unwrap_err();
+            assert!(e.to_string().contains(want), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn inputs_are_the_tensor_or_name_every_input() {
+        let one = meta(&[("x", DataType::F32, &[-1, 2])]);
+        let t = rows(r#"{"rows": [[1, 2]]}"#, &one, RowsOf::Inputs).unwrap();
+        assert_eq!(t[0].shape, vec![1, 2]);
+        let t = rows(r#"{"rows": {"x": [[1, 2], [3, 4]]}}"#, &one, RowsOf::Inputs).unwrap();
+        assert_eq!(t[0].shape, vec![2, 2]);
+        let t = rows(r#"{"rows": 2.5}"#, &one, RowsOf::Inputs).unwrap();
+        assert_eq!(t[0].shape, Vec::<i64>::new());
+        let two = meta(&[("a", DataType::F32, &[-1]), ("b", DataType::I32, &[-1, 2])]);
+        let t = rows(
+            r#"{"rows": {"b": [[1, 2]], "a": [1]}}"#,
+            &two,
+            RowsOf::Inputs,
+        )
+        .unwrap();
+        assert_eq!(
+            (t[0].shape.clone(), t[1].shape.clone()),
+            (vec![1], vec![1, 2])
+        );
+        for (body, m, want) in [
+            (r#"{"rows": {"a": [1]}}"#, &two, "must name every input"),
+            (
+                r#"{"rows": {"a": [1], "c": 2}}"#,
+                &two,
+                "'c', which is not an input",
+            ),
+            (r#"{"rows": [1]}"#, &two, "several inputs"),
+            (r#"{"rows": {"y": [1]}}"#, &one, "'y'"),
+        ] {
+            let e = rows(body, m, RowsOf::Inputs).unwrap_err();
+            assert!(e.to_string().contains(want), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn split_frames_feed_the_matrix_or_a_column_per_input() {
+        let one = meta(&[("x", DataType::F32, &[-1, 2])]);
+        let t = rows(
+            r#"{"rows": {"columns": ["p", "q"], "index": [0, 1], "data": [[1, 2], [3, 4]]}}"#,
+            &one,
+            RowsOf::Split,
+        )
+        .unwrap();
+        assert_eq!(t[0].shape, vec![2, 2]);
+        let flat = meta(&[("x", DataType::F32, &[-1])]);
+        let t = rows(
+            r#"{"rows": {"columns": ["p"], "data": [[1], [2]]}}"#,
+            &flat,
+            RowsOf::Split,
+        )
+        .unwrap();
+        assert_eq!(t[0].shape, vec![2]);
+        let two = meta(&[("a", DataType::F32, &[-1]), ("b", DataType::Bytes, &[-1])]);
+        let t = rows(
+            r#"{"rows": {"columns": ["b", "extra", "a"], "data": [["x", 0, 1.5], ["y", 0, 2]]}}"#,
+            &two,
+            RowsOf::Split,
+        )
+        .unwrap();
+        assert_eq!((t[0].shape.clone(), t[1].shape.clone()), (vec![2], vec![2]));
+        for (body, m, want) in [
+            (
+                r#"{"rows": {"columns": ["x"], "data": [[]]}}"#,
+                &flat,
+                "1 columns but its rows have 0",
+            ),
+            (
+                r#"{"rows": {"columns": ["a"], "data": []}}"#,
+                &two,
+                "no column 'b'",
+            ),
+            (
+                r#"{"rows": {"data": [[1, "x"]], "columns": ["a", "b"]}}"#,
+                &two,
+                "must come before",
+            ),
+            (
+                r#"{"rows": {"columns": ["a", "b"], "data": [[1]]}}"#,
+                &two,
+                "has 1 values",
+            ),
+            (r#"{"rows": {"columns": ["p"]}}"#, &one, "needs 'data'"),
+            (r#"{"rows": [1]}"#, &one, "an object"),
+        ] {
+            let e = rows(body, m, RowsOf::Split).unwrap_err();
             assert!(e.to_string().contains(want), "{body}: {e}");
         }
     }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::json::{rows_of, tensor_from_value, tensor_to_value};
+use super::json::{rows_of, tensor_to_value};
 use super::rows;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
@@ -19,28 +19,6 @@ pub enum Layout {
     Columns,
 }
 
-/// Tensors from columns: the value of the only input, or an object naming each input.
-pub fn tensors_from_columns(inputs: &Value, meta: &ModelMetadata) -> Result<Vec<Tensor>> {
-    match (inputs, meta.inputs.as_slice()) {
-        (Value::Object(o), specs) if specs.iter().all(|s| o.contains_key(&s.name)) => specs
-            .iter()
-            .map(|s| tensor_from_value(&s.name, s.dtype, &o[&s.name]))
-            .collect(),
-        (Value::Object(_), [_, _, ..]) | (Value::Object(_), []) => Err(Error::invalid(format!(
-            "'inputs' must name every input: {}",
-            meta.inputs
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-        (v, [only]) => Ok(vec![tensor_from_value(&only.name, only.dtype, v)?]),
-        (_, _) => Err(Error::invalid(
-            "this model has several inputs: 'inputs' must be an object naming each",
-        )),
-    }
-}
-
 /// Decodes a `:predict` body against the model's inputs; `instances` are read
 /// straight into tensors ([`super::rows`]).
 pub fn decode_predict(
@@ -49,21 +27,23 @@ pub fn decode_predict(
     model: &str,
     version: Option<u64>,
 ) -> Result<(InferRequest, Layout)> {
-    let mut b = rows::parse(
+    let b = rows::parse(
         body,
         meta,
-        &[("instances", rows::RowsOf::Instances)],
-        &["inputs"],
+        &[
+            ("instances", rows::RowsOf::Instances),
+            ("inputs", rows::RowsOf::Inputs),
+        ],
     )?;
-    let (inputs, layout) = match (b.rows.take(), b.values.pop()) {
-        (Some((_, t)), None) => (t, Layout::Rows),
-        (None, Some((_, cols))) => (tensors_from_columns(&cols, meta)?, Layout::Columns),
-        (Some(_), Some(_)) => return Err(Error::invalid("give 'instances' or 'inputs', not both")),
-        (None, None) => {
+    let (inputs, layout) = match (b.given.as_slice(), b.rows) {
+        ([_], Some((rows::RowsOf::Instances, t))) => (t, Layout::Rows),
+        ([_], Some((_, t))) => (t, Layout::Columns),
+        ([], _) => {
             return Err(Error::invalid(
                 "the request has neither 'instances' nor 'inputs'",
             ))
         }
+        _ => return Err(Error::invalid("give 'instances' or 'inputs', not both")),
     };
     Ok((InferRequest::of_inputs(model, version, inputs)?, layout))
 }
