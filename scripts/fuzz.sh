@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (fuzz/fuzz_targets) for SECONDS each under libFuzzer
 # (cargo fuzz, stable Rust: no sanitizer), bounded as the server is: inputs up
-# to 1 MiB, 256 MiB of memory (-rss_limit_mb also caps any one allocation), 10 s
-# an input. The working corpus (fuzz/work/<target>, kept between runs) starts
+# to 1 MiB, 256 MiB of resident memory (-rss_limit_mb, checked by libFuzzer's
+# own thread: without a sanitizer's malloc hooks, one allocation is not capped),
+# 10 s an input. The working corpus (fuzz/work/<target>, kept between runs) starts
 # from fuzz/corpus/<target>, the committed one that `make test` replays; inputs
 # that add coverage are merged back into it. Prints a Markdown table (target, time, runs, corpus)
 # and fails on any crash, leak of the bounds or timeout (fuzz/artifacts/).

@@ -50,6 +50,11 @@ pub enum Error {
     /// A fault of the server itself.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The runtime ran out of memory in a run. The server's condition, but the
+    /// request may have caused it (a shape input asking for a huge output), so
+    /// a batch that fails so is re-run request by request.
+    #[error("{0}")]
+    OutOfMemory(String),
 }
 
 impl Error {
@@ -77,7 +82,7 @@ impl Error {
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Unavailable(_) | Error::Load(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Internal(_) | Error::OutOfMemory(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -88,7 +93,9 @@ impl Error {
             Error::InvalidInput(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::MethodNotAllowed { .. } => Code::Unimplemented,
-            Error::PayloadTooLarge { .. } | Error::QueueFull { .. } => Code::ResourceExhausted,
+            Error::PayloadTooLarge { .. } | Error::QueueFull { .. } | Error::OutOfMemory(_) => {
+                Code::ResourceExhausted
+            }
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Forbidden(_) => Code::PermissionDenied,

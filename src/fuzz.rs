@@ -32,8 +32,8 @@ pub const TARGETS: &[(&str, Target)] = &[
 ];
 
 /// The model signatures requests are decoded and validated against: a batched
-/// one-input model, a batched two-input model with texts, and an unbatched one
-/// of many datatypes with fixed and dynamic dims.
+/// one-input model, a batched two-input model with texts, an unbatched one of
+/// many datatypes with fixed and dynamic dims, and one of no inputs.
 pub fn signatures() -> Vec<ModelMetadata> {
     let spec = |name: &str, dtype, shape: &[i64], sym: &[Option<&str>]| TensorSpec {
         name: name.into(),
@@ -65,6 +65,13 @@ pub fn signatures() -> Vec<ModelMetadata> {
                 spec("b", DataType::Bool, &[-1], &[Some("k")]),
             ],
             outputs: vec![spec("z", DataType::U64, &[-1, -1], &[None, None])],
+            max_batch_size: 0,
+        },
+        // A model of no inputs (a Constant): nothing a body gives can feed it.
+        ModelMetadata {
+            platform: "onnxruntime_onnx",
+            inputs: vec![],
+            outputs: vec![spec("c", DataType::F32, &[5], &[None])],
             max_batch_size: 0,
         },
     ]
@@ -293,8 +300,9 @@ fn structured_request(
     let mut binary = Vec::new();
     let rows = u.int_in_range(0..=4i64)?;
     for spec in &meta.inputs {
+        // Now and then a request that must fail validation, naming why.
         if u.ratio(1, 16)? {
-            continue; // a missing input
+            continue;
         }
         let dtype = if u.ratio(1, 16)? {
             *u.choose(&DataType::ALL)?
@@ -310,7 +318,7 @@ fn structured_request(
             });
         }
         if u.ratio(1, 16)? {
-            shape.push(u.int_in_range(0..=2)?); // another rank
+            shape.push(u.int_in_range(0..=2)?);
         }
         let n = crate::tensor::element_count(&shape).unwrap_or(0);
         let mut values = Vec::with_capacity(n);

@@ -253,8 +253,33 @@ pub fn flat_values(t: &Tensor) -> Vec<Value> {
     }
 }
 
-/// A tensor as nested JSON arrays, following its shape.
-pub fn tensor_to_value(t: &Tensor) -> Value {
+/// Lists written for a tensor's nesting beyond what its elements need: a shape
+/// such as `[126, 16224, 0]` holds nothing but would be two million empty
+/// lists (a model with shape inputs answers what the client asks for).
+pub const MAX_EMPTY_LISTS: usize = 1 << 16;
+
+/// A tensor as nested JSON arrays, following its shape; refused (400) when the
+/// nesting would hold far more lists than the tensor has elements.
+pub fn tensor_to_value(t: &Tensor) -> Result<Value> {
+    let mut lists = 0usize;
+    let mut level = 1usize;
+    for &d in t.shape.iter().take(t.shape.len().saturating_sub(1)) {
+        level = level.saturating_mul(d.max(0) as usize);
+        lists = lists.saturating_add(level);
+    }
+    let bound = t
+        .len()
+        .max(1)
+        .saturating_mul(t.shape.len())
+        .saturating_add(MAX_EMPTY_LISTS);
+    if lists > bound {
+        return Err(Error::invalid(format!(
+            "output '{}' has shape {:?}: as nested JSON it would be {lists} lists holding {} values; ask for it as V2 JSON (flat data) or binary",
+            t.name,
+            t.shape,
+            t.len()
+        )));
+    }
     let items = flat_values(t);
     fn nest(items: &mut std::vec::IntoIter<Value>, shape: &[i64]) -> Value {
         match shape.split_first() {
@@ -262,12 +287,12 @@ pub fn tensor_to_value(t: &Tensor) -> Value {
             Some((&n, rest)) => Value::Array((0..n).map(|_| nest(items, rest)).collect()),
         }
     }
-    nest(&mut items.into_iter(), &t.shape)
+    Ok(nest(&mut items.into_iter(), &t.shape))
 }
 
 /// Splits a tensor's nested JSON along dim 0: one value per row.
 pub fn rows_of(t: &Tensor) -> Result<Vec<Value>> {
-    match tensor_to_value(t) {
+    match tensor_to_value(t)? {
         Value::Array(rows) => Ok(rows),
         _ => Err(Error::invalid(format!(
             "output '{}' is a scalar; it has no rows to give per instance",
@@ -292,7 +317,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .into(),
         };
-        assert_eq!(tensor_to_value(&t), json!([[1, 2, 3], [4, 5, 6]]));
+        assert_eq!(tensor_to_value(&t).unwrap(), json!([[1, 2, 3], [4, 5, 6]]));
         assert_eq!(rows_of(&t).unwrap()[1], json!([4, 5, 6]));
         let s = Tensor {
             name: "s".into(),
@@ -300,7 +325,21 @@ mod tests {
             shape: vec![],
             data: 2.5f64.to_le_bytes().to_vec().into(),
         };
-        assert_eq!(tensor_to_value(&s), json!(2.5));
+        assert_eq!(tensor_to_value(&s).unwrap(), json!(2.5));
+        // Nothing in it, but two million lists of nothing: refused.
+        let empty = Tensor {
+            name: "e".into(),
+            dtype: DataType::F32,
+            shape: vec![126, 16224, 0],
+            data: Bytes::new(),
+        };
+        let e = tensor_to_value(&empty).unwrap_err().to_string();
+        assert!(e.contains("'e'") && e.contains("binary"), "{e}");
+        let few = Tensor {
+            shape: vec![3, 0],
+            ..empty
+        };
+        assert_eq!(tensor_to_value(&few).unwrap(), json!([[], [], []]));
         assert!(rows_of(&s).is_err());
         let data = Bytes::from_static(b"[1, true]");
         let raw: Box<RawValue> = serde_json::from_slice(&data).unwrap();

@@ -38,10 +38,7 @@ fn tensors_from_csv(body: &[u8], meta: &ModelMetadata) -> Result<Vec<Tensor>> {
     let feeds: Vec<Option<usize>> = if one {
         vec![Some(0); columns.len()]
     } else {
-        columns
-            .iter()
-            .map(|c| meta.inputs.iter().position(|s| &s.name == c))
-            .collect()
+        rows::column_feeds(&columns, meta)
     };
     if let Some(spec) = meta
         .inputs
@@ -77,6 +74,12 @@ fn tensors_from_csv(body: &[u8], meta: &ModelMetadata) -> Result<Vec<Tensor>> {
             let v = if let Ok(i) = f.parse::<i64>() {
                 Scalar::I64(i)
             } else if let Ok(x) = f.parse::<f64>() {
+                // As a JSON DataFrame cannot carry them, nor can a CSV one.
+                if !x.is_finite() {
+                    return Err(Error::invalid(format!(
+                        "row {rows}, column '{col}': {f} is not a finite number"
+                    )));
+                }
                 Scalar::F64(x)
             } else if f.eq_ignore_ascii_case("true") || f.eq_ignore_ascii_case("false") {
                 Scalar::Bool(f.eq_ignore_ascii_case("true"))
@@ -162,8 +165,8 @@ pub fn encode(resp: &InferResponse, shape: Shape) -> Result<Vec<u8>> {
         Shape::Tensors => Value::Object(
             resp.outputs
                 .iter()
-                .map(|t| (t.name.clone(), tensor_to_value(t)))
-                .collect::<Map<_, _>>(),
+                .map(|t| Ok((t.name.clone(), tensor_to_value(t)?)))
+                .collect::<Result<Map<_, _>>>()?,
         ),
         Shape::Frame => {
             let columns: Vec<Vec<Value>> = resp.outputs.iter().map(flat_values).collect();

@@ -408,8 +408,8 @@ impl Row<'_, '_> {
         }
         if r.inputs.len() != 1 {
             return Err(format!(
-                "{key}[{i}] is not an object; with several inputs each instance is an object \
-                 naming every input: {}",
+                "{key}[{i}] is not an object; unless the model has one input, each instance \
+                 is an object naming every input: {}",
                 r.input_names()
             ));
         }
@@ -476,17 +476,22 @@ impl<'de> Visitor<'de> for Row<'_, '_> {
         };
         // A one-input DataFrame whose columns are not just the input: its cells
         // in column order are the row.
-        let one_input = r.inputs.len() == 1;
-        if r.what == RowsOf::Records
-            && one_input
-            && (r.columns.is_some() || (i == 0 && first != r.inputs[0].name))
-        {
+        // A one-input DataFrame: its cells in column order are the row, as
+        // MLflow's ONNX flavour feeds `data.values`, whatever the columns' names.
+        if r.what == RowsOf::Records && r.inputs.len() == 1 {
             return record_row(r, first.into_owned(), map);
         }
         let mut seen = vec![false; r.inputs.len()];
         let mut next = Some(first);
         while let Some(k) = next {
             let Some(at) = r.inputs.iter().position(|t| t.name == k) else {
+                // A DataFrame's other columns are not fed (as MLflow does); an
+                // instance names inputs only.
+                if r.what == RowsOf::Records {
+                    map.next_value::<IgnoredAny>()?;
+                    next = map.next_key::<std::borrow::Cow<'de, str>>()?;
+                    continue;
+                }
                 return Err(de::Error::custom(format!(
                     "{key}[{i}] has '{k}', which is not an input of the model; its inputs are {}",
                     r.input_names()
@@ -603,12 +608,21 @@ struct Whole<'m>(Inputs<'m>);
 
 impl Whole<'_> {
     fn cell(&mut self) -> std::result::Result<Cell<'_>, String> {
-        if self.0.inputs.len() != 1 {
-            return Err(format!(
-                "this model has several inputs: '{}' must be an object naming each: {}",
-                self.0.key,
-                self.0.names()
-            ));
+        match self.0.inputs.len() {
+            1 => {}
+            0 => {
+                return Err(format!(
+                    "this model has no inputs: '{}' must be {{}}",
+                    self.0.key
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "this model has several inputs: '{}' must be an object naming each: {}",
+                    self.0.key,
+                    self.0.names()
+                ))
+            }
         }
         Ok(Cell {
             t: &mut self.0.inputs[0],
@@ -797,10 +811,7 @@ impl<'de> Visitor<'de> for Split<'_> {
                         })
                         .collect();
                     if self.inputs.len() > 1 {
-                        let feeds: Vec<Option<usize>> = cols
-                            .iter()
-                            .map(|c| self.inputs.iter().position(|t| &t.name == c))
-                            .collect();
+                        let feeds = column_feeds(&cols, self.meta);
                         if let Some(t) = self
                             .inputs
                             .iter()
@@ -818,9 +829,14 @@ impl<'de> Visitor<'de> for Split<'_> {
                     self.columns = Some(cols);
                 }
                 "data" => {
+                    if self.inputs.is_empty() {
+                        return Err(de::Error::custom(
+                            "this model has no inputs, so a DataFrame has nothing to feed",
+                        ));
+                    }
                     if self.inputs.len() > 1 && self.feeds.is_none() {
                         return Err(de::Error::custom(format!(
-                            "dataframe_split: this model's inputs are the columns {}, so                              'columns' must come before 'data' (as pandas writes it)",
+                            "dataframe_split: this model's inputs are the columns {}, so 'columns' must come before 'data' (as pandas writes it)",
                             self.names()
                         )));
                     }
@@ -834,6 +850,19 @@ impl<'de> Visitor<'de> for Split<'_> {
         }
         self.finish().map_err(de::Error::custom)
     }
+}
+
+/// The input each column feeds: the first column of an input's name does;
+/// another of the same name, or of no input's name, feeds nothing.
+pub fn column_feeds(columns: &[String], meta: &ModelMetadata) -> Vec<Option<usize>> {
+    let mut fed = vec![false; meta.inputs.len()];
+    columns
+        .iter()
+        .map(|c| {
+            let at = meta.inputs.iter().position(|s| &s.name == c)?;
+            (!std::mem::replace(&mut fed[at], true)).then_some(at)
+        })
+        .collect()
 }
 
 /// `dataframe_split.data`: the list of rows.
@@ -1017,6 +1046,10 @@ mod tests {
         let one = meta(&[("x", DataType::I64, &[-1])]);
         let t = rows(r#"{"rows": [{"a": 1}, {"a": 2}]}"#, &one, RowsOf::Records).unwrap();
         assert_eq!(t[0].shape, vec![2]);
+        // A column named as the input is a column too: MLflow's `data.values`.
+        let col = meta(&[("x", DataType::I64, &[-1, 1])]);
+        let t = rows(r#"{"rows": [{"x": 1}, {"x": 2}]}"#, &col, RowsOf::Records).unwrap();
+        assert_eq!(t[0].shape, vec![2, 1]);
         for (body, want) in [
             (
                 r#"{"rows": [{"a": 1, "b": 2}, {"a": 3, "c": 4}]}"#,
@@ -1093,6 +1126,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!((t[0].shape.clone(), t[1].shape.clone()), (vec![2], vec![2]));
+        // The first column of a name feeds its input; a second one nothing.
+        let t = rows(
+            r#"{"rows": {"columns": ["a", "a", "b"], "data": [[1, 9, "x"]]}}"#,
+            &two,
+            RowsOf::Split,
+        )
+        .unwrap();
+        assert_eq!(&t[0].data[..], &1f32.to_le_bytes()[..]);
+        let none = meta(&[]);
+        let e = rows(r#"{"rows": {"data": []}}"#, &none, RowsOf::Split).unwrap_err();
+        assert!(e.to_string().contains("no inputs"), "{e}");
         for (body, m, want) in [
             (
                 r#"{"rows": {"columns": ["x"], "data": [[]]}}"#,
@@ -1126,7 +1170,7 @@ mod tests {
     fn records_of_several_inputs_name_each_and_nothing_else() {
         let m = meta(&[("a", DataType::F32, &[-1]), ("b", DataType::I32, &[-1, 2])]);
         let t = rows(
-            r#"{"rows": [{"a": 1, "b": [1, 2]}, {"b": [3, 4], "a": 2}]}"#,
+            r#"{"rows": [{"a": 1, "b": [1, 2], "extra": {}}, {"b": [3, 4], "a": 2}]}"#,
             &m,
             RowsOf::Records,
         )
@@ -1142,7 +1186,7 @@ mod tests {
         }
         body.push_str("{}]}");
         let e = rows(&body, &m, RowsOf::Records).unwrap_err();
-        assert!(e.to_string().contains("'k0', which is not an input"), "{e}");
+        assert!(e.to_string().contains("has no 'a'"), "{e}");
         let e = rows(r#"{"rows": [{"a": 1}]}"#, &m, RowsOf::Records).unwrap_err();
         assert!(e.to_string().contains("has no 'b'"), "{e}");
     }

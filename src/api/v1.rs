@@ -74,22 +74,22 @@ pub fn predictions_by_row(outputs: &[Tensor]) -> Result<Vec<Value>> {
 }
 
 /// Whole output tensors: the only one's value, or an object naming each.
-pub fn outputs_by_name(outputs: &[Tensor]) -> Value {
+pub fn outputs_by_name(outputs: &[Tensor]) -> Result<Value> {
     if let [only] = outputs {
         return tensor_to_value(only);
     }
-    Value::Object(
+    Ok(Value::Object(
         outputs
             .iter()
-            .map(|t| (t.name.clone(), tensor_to_value(t)))
-            .collect(),
-    )
+            .map(|t| Ok((t.name.clone(), tensor_to_value(t)?)))
+            .collect::<Result<Map<_, _>>>()?,
+    ))
 }
 
 pub fn encode_predict(resp: &InferResponse, layout: Layout) -> Result<Vec<u8>> {
     let body = match layout {
         Layout::Rows => json!({ "predictions": predictions_by_row(&resp.outputs)? }),
-        Layout::Columns => json!({ "outputs": outputs_by_name(&resp.outputs) }),
+        Layout::Columns => json!({ "outputs": outputs_by_name(&resp.outputs)? }),
     };
     Ok(serde_json::to_vec(&body).expect("plain data"))
 }

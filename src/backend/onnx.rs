@@ -267,7 +267,19 @@ fn run_error(e: &ort::Error) -> Error {
         .any(|m| lower.contains(m));
     match e.code() {
         C::DeviceReset => Error::Unavailable(format!("the device was reset: {msg}")),
-        _ if out_of_memory => Error::Internal(format!("ONNX Runtime ran out of memory: {msg}")),
+        _ if out_of_memory => Error::OutOfMemory(format!("ONNX Runtime ran out of memory: {msg}")),
+        // The CUDA provider reports kernel and library faults as plain failures.
+        _ if [
+            "cuda failure",
+            "cudnn failure",
+            "cublas failure",
+            "cuda error",
+        ]
+        .iter()
+        .any(|m| lower.contains(m)) =>
+        {
+            Error::Internal(format!("ONNX Runtime's CUDA provider failed: {msg}"))
+        }
         C::EngineError
         | C::ExecutionProviderFailure
         | C::NotImplemented
@@ -373,8 +385,12 @@ mod tests {
         assert_eq!(status(C::RuntimeException, "k must be positive"), bad);
         let ours = http::StatusCode::INTERNAL_SERVER_ERROR;
         assert_eq!(status(C::EngineError, "kernel failed"), ours);
+        assert_eq!(status(C::ExecutionProviderFailure, "provider failed"), ours);
         assert_eq!(
-            status(C::ExecutionProviderFailure, "CUDA failure 700"),
+            status(
+                C::GenericFailure,
+                "CUDA failure 700: an illegal memory access"
+            ),
             ours
         );
         assert_eq!(

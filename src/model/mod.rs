@@ -68,6 +68,9 @@ impl ModelMetadata {
     /// and output must have one *and* the graph must name them all alike, or name
     /// none of them with a single input.
     pub fn inferred_batch_dim(&self) -> (bool, String) {
+        if self.inputs.is_empty() {
+            return (false, "the model has no inputs".into());
+        }
         if !self.dynamic_first_dims() {
             return (
                 false,
@@ -97,7 +100,8 @@ impl ModelMetadata {
             ),
             (_, false) => (
                 false,
-                "the dynamic first dimensions have different names in the graph".into(),
+                "the graph names the dynamic first dimensions differently (or some not at all)"
+                    .into(),
             ),
         }
     }

@@ -351,7 +351,7 @@ impl OutputCheck {
                     .all(|(&want, &got)| want < 0 || want == got);
             if !fits {
                 let e = format!(
-                    "model {}: output '{}' of a batched run of {rows} rows came back with                      shape {:?}, but the model declares {:?}; its rows cannot be split between                      the requests, so none of them is answered with it (set max_batch_size = 0                      in config.toml if the model has no batch dimension)",
+                    "model {}: output '{}' of a batched run of {rows} rows came back with shape {:?}, but the model declares {:?}; its rows cannot be split between the requests, so none of them is answered with it (set max_batch_size = 0 in config.toml if the model has no batch dimension)",
                     self.label, t.name, t.shape, spec.shape
                 );
                 if !self.logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -421,9 +421,10 @@ fn answer(
                 let _ = job.reply.send(Ok(out));
             }
         }
-        // A value the model refuses (a text too long, say) fails the whole run: each
-        // request runs again alone, so only the one that brought it gets the error.
-        Err(Error::InvalidInput(_)) if batch.len() > 1 => {
+        // A value the model refuses (a text too long, say) fails the whole run, and
+        // so may a request asking for a huge output: each request runs again
+        // alone, so only the one that brought it gets the error.
+        Err(Error::InvalidInput(_) | Error::OutOfMemory(_)) if batch.len() > 1 => {
             for job in batch {
                 answer(backend, vec![job], policy, stats, check);
             }

@@ -88,18 +88,7 @@ fn generated_run(mv: &ModelVersion) -> Outcome {
 /// limits, Reshape's shape, axes, gather indices): a made-up value fails the run.
 /// Not so a batched model's `[batch]` input: one value a row.
 fn looks_like_shape(s: &TensorSpec, batched: bool) -> bool {
-    let integer = matches!(
-        s.dtype,
-        DataType::I8
-            | DataType::I16
-            | DataType::I32
-            | DataType::I64
-            | DataType::U8
-            | DataType::U16
-            | DataType::U32
-            | DataType::U64
-    );
-    integer && (s.shape.is_empty() || (s.shape.len() == 1 && !batched))
+    s.dtype.is_integer() && (s.shape.is_empty() || (s.shape.len() == 1 && !batched))
 }
 
 /// `warmup/*.json`: V2 infer request bodies, run in name order, each with the
@@ -123,7 +112,8 @@ fn from_folder(mv: &ModelVersion, folder: &Path) -> Result<Option<Vec<(String, I
     Ok((!out.is_empty()).then_some(out))
 }
 
-/// The most a warm-up file may hold: the same bound as a client's request body.
+/// The most a warm-up file may hold: a model folder can come from a registry,
+/// so its files are bounded as a client's body is by default.
 pub const MAX_FILE_BYTES: u64 = crate::api::http::DEFAULT_MAX_BODY_BYTES as u64;
 
 fn read_file(f: &Path, mv: &ModelVersion) -> Result<InferRequest> {
@@ -132,7 +122,7 @@ fn read_file(f: &Path, mv: &ModelVersion) -> Result<InferRequest> {
         .len();
     if len > MAX_FILE_BYTES {
         return Err(Error::load(format!(
-            "{len} bytes, more than the {MAX_FILE_BYTES} a request body may hold"
+            "{len} bytes, more than the {MAX_FILE_BYTES} a warm-up file may hold"
         )));
     }
     let body = std::fs::read(f).map_err(|e| Error::load(e.to_string()))?;
