@@ -107,18 +107,33 @@ fn serve(req: &InferRequest) {
     }
 }
 
-/// Encodes the request's inputs as an answer, as every codec would.
-fn answer(req: &InferRequest) {
-    let resp = InferResponse {
+/// An answer whose outputs are the request's inputs: any tensor a decoder
+/// accepts is one a model with shape inputs can answer.
+fn echo(req: &InferRequest) -> InferResponse {
+    InferResponse {
         id: req.id.clone(),
         model: "m".into(),
         version: 1,
         outputs: req.inputs.clone(),
         parameters: Default::default(),
-    };
+    }
+}
+
+/// Encodes the request's inputs as an answer, as every codec would; what an
+/// encoder refuses must be a 4xx.
+fn answer(req: &InferRequest) {
+    let resp = echo(req);
     let _ = crate::api::grpc::codec::encode_response(resp.clone(), true);
-    let _ = crate::api::v1::encode_predict(&resp, crate::api::v1::Layout::Columns);
-    let _ = crate::api::mlflow::encode(&resp, crate::api::mlflow::Shape::Tensors);
+    for r in [
+        crate::api::v1::encode_predict(&resp, crate::api::v1::Layout::Columns),
+        crate::api::v1::encode_predict(&resp, crate::api::v1::Layout::Rows),
+        crate::api::mlflow::encode(&resp, crate::api::mlflow::Shape::Tensors),
+        crate::api::mlflow::encode(&resp, crate::api::mlflow::Shape::Frame),
+    ] {
+        if let Err(e) = r {
+            client_error("answer", &e);
+        }
+    }
 }
 
 /// A V2 JSON infer request body.
@@ -142,14 +157,7 @@ fn v2(body: Bytes, header: Option<usize>) {
     match crate::api::v2::decode_request(&body, header, "m", None) {
         Ok((req, format)) => {
             serve(&req);
-            let resp = InferResponse {
-                id: req.id.clone(),
-                model: "m".into(),
-                version: 1,
-                outputs: req.inputs.clone(),
-                parameters: Default::default(),
-            };
-            let _ = crate::api::v2::encode_response(&resp, &format);
+            let _ = crate::api::v2::encode_response(&echo(&req), &format);
         }
         Err(e) => client_error("V2 request", &e),
     }
@@ -189,17 +197,6 @@ fn mlflow(data: &[u8], content_type: &str) {
             Ok((req, _)) => {
                 serve(&req);
                 answer(&req);
-                let resp = InferResponse {
-                    id: None,
-                    model: "m".into(),
-                    version: 1,
-                    outputs: req.inputs.clone(),
-                    parameters: Default::default(),
-                };
-                if let Err(e) = crate::api::mlflow::encode(&resp, crate::api::mlflow::Shape::Frame)
-                {
-                    client_error("MLflow answer", &e);
-                }
             }
             Err(e) => client_error("MLflow request", &e),
         }
@@ -358,43 +355,25 @@ fn structured_value(
     dtype: DataType,
 ) -> arbitrary::Result<(serde_json::Value, Vec<u8>)> {
     use serde_json::json;
+    macro_rules! int {
+        ($t:ty) => {{
+            let x: $t = u.arbitrary()?;
+            (json!(x), x.to_le_bytes().to_vec())
+        }};
+    }
     Ok(match dtype {
         DataType::Bool => {
             let b: bool = u.arbitrary()?;
             (json!(b), vec![b as u8])
         }
-        DataType::U8 => {
-            let x: u8 = u.arbitrary()?;
-            (json!(x), x.to_le_bytes().to_vec())
-        }
-        DataType::U16 => {
-            let x: u16 = u.arbitrary()?;
-            (json!(x), x.to_le_bytes().to_vec())
-        }
-        DataType::U32 => {
-            let x: u32 = u.arbitrary()?;
-            (json!(x), x.to_le_bytes().to_vec())
-        }
-        DataType::U64 => {
-            let x: u64 = u.arbitrary()?;
-            (json!(x), x.to_le_bytes().to_vec())
-        }
-        DataType::I8 => {
-            let x: i8 = u.arbitrary()?;
-            (json!(x), x.to_le_bytes().to_vec())
-        }
-        DataType::I16 => {
-            let x: i16 = u.arbitrary()?;
-            (json!(x), x.to_le_bytes().to_vec())
-        }
-        DataType::I32 => {
-            let x: i32 = u.arbitrary()?;
-            (json!(x), x.to_le_bytes().to_vec())
-        }
-        DataType::I64 => {
-            let x: i64 = u.arbitrary()?;
-            (json!(x), x.to_le_bytes().to_vec())
-        }
+        DataType::U8 => int!(u8),
+        DataType::U16 => int!(u16),
+        DataType::U32 => int!(u32),
+        DataType::U64 => int!(u64),
+        DataType::I8 => int!(i8),
+        DataType::I16 => int!(i16),
+        DataType::I32 => int!(i32),
+        DataType::I64 => int!(i64),
         DataType::F16 | DataType::BF16 | DataType::F32 => {
             let x: f32 = u.arbitrary()?;
             let x = if x.is_finite() { x } else { 0.0 };
