@@ -99,7 +99,7 @@ fn main() {
                 .map(|r| r.0),
         });
         let r = r.unwrap();
-        assert_eq!(r.inputs[0].shape, vec![rows as i64, cols]);
+        assert_eq!(r.inputs[0].shape, vec![rows, cols]);
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
         println!(
             "| {what} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1}x |",
