@@ -47,15 +47,7 @@ fn tensors_from_csv(body: &[u8], meta: &ModelMetadata) -> Result<Vec<Tensor>> {
         .find(|(i, _)| !one && !feeds.contains(&Some(*i)))
         .map(|(_, s)| s)
     {
-        return Err(Error::invalid(format!(
-            "the DataFrame has no column '{}'; this model's inputs are the columns {}",
-            spec.name,
-            meta.inputs
-                .iter()
-                .map(|s| format!("'{}'", s.name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        return Err(Error::invalid(rows::no_column(meta, &spec.name)));
     }
     let mut sinks: Vec<Sink> = meta
         .inputs

@@ -33,6 +33,22 @@ pub enum RowsOf {
     Records,
 }
 
+/// `DeserializeSeed` for a type that is its own visitor: the seed carries the
+/// state (the model, the buffers) that a plain `Deserialize` cannot.
+macro_rules! seed {
+    ($ty:ty, $out:ty, $how:ident) => {
+        impl<'de> DeserializeSeed<'de> for $ty {
+            type Value = $out;
+            fn deserialize<D: de::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<$out, D::Error> {
+                d.$how(self)
+            }
+        }
+    };
+}
+
 /// A request body: the known fields it gave, and the last one decoded.
 #[derive(Debug, Default)]
 pub struct Body {
@@ -59,12 +75,7 @@ struct Request<'m> {
     keys: &'m [(&'static str, RowsOf)],
 }
 
-impl<'de> DeserializeSeed<'de> for Request<'_> {
-    type Value = Body;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Body, D::Error> {
-        d.deserialize_map(self)
-    }
-}
+seed!(Request<'_>, Body, deserialize_map);
 
 impl<'de> Visitor<'de> for Request<'_> {
     type Value = Body;
@@ -178,12 +189,7 @@ struct Cell<'s> {
     depth: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for Cell<'_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed!(Cell<'_>, (), deserialize_any);
 
 impl<'de> Visitor<'de> for Cell<'_> {
     type Value = ();
@@ -327,16 +333,6 @@ impl<'m> Rows<'m> {
         }
     }
 
-    fn input_names(&self) -> String {
-        let v: Vec<String> = self
-            .meta
-            .inputs
-            .iter()
-            .map(|s| format!("'{}'", s.name))
-            .collect();
-        v.join(", ")
-    }
-
     fn finish(self) -> Result<Vec<Tensor>> {
         if let Some(cols) = &self.columns {
             let [only] = <[Shaped; 1]>::try_from(self.inputs).map_err(|_| {
@@ -362,15 +358,7 @@ impl<'m> Rows<'m> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Rows<'_> {
-    type Value = Vec<Tensor>;
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> std::result::Result<Vec<Tensor>, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
+seed!(Rows<'_>, Vec<Tensor>, deserialize_seq);
 
 impl<'de> Visitor<'de> for Rows<'_> {
     type Value = Vec<Tensor>;
@@ -410,7 +398,7 @@ impl Row<'_, '_> {
             return Err(format!(
                 "{key}[{i}] is not an object; unless the model has one input, each instance \
                  is an object naming every input: {}",
-                r.input_names()
+                r.meta.input_names()
             ));
         }
         if *r.objects.get_or_insert(false) {
@@ -425,12 +413,7 @@ impl Row<'_, '_> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Row<'_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed!(Row<'_, '_>, (), deserialize_any);
 
 macro_rules! value_row {
     ($name:ident, $t:ty) => {
@@ -494,7 +477,7 @@ impl<'de> Visitor<'de> for Row<'_, '_> {
                 }
                 return Err(de::Error::custom(format!(
                     "{key}[{i}] has '{k}', which is not an input of the model; its inputs are {}",
-                    r.input_names()
+                    r.meta.input_names()
                 )));
             };
             if std::mem::replace(&mut seen[at], true) {
@@ -510,7 +493,7 @@ impl<'de> Visitor<'de> for Row<'_, '_> {
             return Err(de::Error::custom(format!(
                 "{key}[{i}] has no '{}'; each row names every input: {}",
                 r.inputs[at].name,
-                r.input_names()
+                r.meta.input_names()
             )));
         }
         Ok(())
@@ -580,11 +563,6 @@ impl<'m> Inputs<'m> {
         }
     }
 
-    fn names(&self) -> String {
-        let v: Vec<&str> = self.meta.inputs.iter().map(|s| s.name.as_str()).collect();
-        v.join(", ")
-    }
-
     fn finish<E: de::Error>(self) -> std::result::Result<Vec<Tensor>, E> {
         self.inputs
             .into_iter()
@@ -593,15 +571,7 @@ impl<'m> Inputs<'m> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Inputs<'_> {
-    type Value = Vec<Tensor>;
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> std::result::Result<Vec<Tensor>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed!(Inputs<'_>, Vec<Tensor>, deserialize_any);
 
 /// The value of `inputs` when it is not an object: the only input's tensor.
 struct Whole<'m>(Inputs<'m>);
@@ -620,7 +590,7 @@ impl Whole<'_> {
                 return Err(format!(
                     "this model has several inputs: '{}' must be an object naming each: {}",
                     self.0.key,
-                    self.0.names()
+                    self.0.meta.input_names()
                 ))
             }
         }
@@ -652,7 +622,7 @@ impl<'de> Visitor<'de> for Inputs<'_> {
                 return Err(de::Error::custom(format!(
                     "'{}' has '{k}', which is not an input of the model; its inputs are {}",
                     self.key,
-                    self.names()
+                    self.meta.input_names()
                 )));
             };
             if std::mem::replace(&mut seen[at], true) {
@@ -670,7 +640,7 @@ impl<'de> Visitor<'de> for Inputs<'_> {
             return Err(de::Error::custom(format!(
                 "'{}' must name every input: {}",
                 self.key,
-                self.names()
+                self.meta.input_names()
             )));
         }
         self.finish()
@@ -733,16 +703,6 @@ impl<'m> Split<'m> {
         }
     }
 
-    fn names(&self) -> String {
-        let v: Vec<String> = self
-            .meta
-            .inputs
-            .iter()
-            .map(|s| format!("'{}'", s.name))
-            .collect();
-        v.join(", ")
-    }
-
     fn finish(self) -> std::result::Result<Vec<Tensor>, String> {
         if !self.data {
             return Err("dataframe_split needs 'data', a list of rows".into());
@@ -768,15 +728,7 @@ impl<'m> Split<'m> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Split<'_> {
-    type Value = Vec<Tensor>;
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> std::result::Result<Vec<Tensor>, D::Error> {
-        d.deserialize_map(self)
-    }
-}
+seed!(Split<'_>, Vec<Tensor>, deserialize_map);
 
 impl<'de> Visitor<'de> for Split<'_> {
     type Value = Vec<Tensor>;
@@ -818,11 +770,7 @@ impl<'de> Visitor<'de> for Split<'_> {
                             .enumerate()
                             .find(|(i, _)| !feeds.contains(&Some(*i)))
                         {
-                            return Err(de::Error::custom(format!(
-                                "the DataFrame has no column '{}'; this model's inputs are the columns {}",
-                                t.1.name,
-                                self.names()
-                            )));
+                            return Err(de::Error::custom(no_column(self.meta, &t.1.name)));
                         }
                         self.feeds = Some(feeds);
                     }
@@ -837,7 +785,7 @@ impl<'de> Visitor<'de> for Split<'_> {
                     if self.inputs.len() > 1 && self.feeds.is_none() {
                         return Err(de::Error::custom(format!(
                             "dataframe_split: this model's inputs are the columns {}, so 'columns' must come before 'data' (as pandas writes it)",
-                            self.names()
+                            self.meta.input_names()
                         )));
                     }
                     self.data = true;
@@ -850,6 +798,14 @@ impl<'de> Visitor<'de> for Split<'_> {
         }
         self.finish().map_err(de::Error::custom)
     }
+}
+
+/// The error of a DataFrame that lacks an input's column.
+pub fn no_column(meta: &ModelMetadata, input: &str) -> String {
+    format!(
+        "the DataFrame has no column '{input}'; this model's inputs are the columns {}",
+        meta.input_names()
+    )
 }
 
 /// The input each column feeds: the first column of an input's name does;
@@ -868,12 +824,7 @@ pub fn column_feeds(columns: &[String], meta: &ModelMetadata) -> Vec<Option<usiz
 /// `dataframe_split.data`: the list of rows.
 struct SplitRows<'s, 'm>(&'s mut Split<'m>);
 
-impl<'de> DeserializeSeed<'de> for SplitRows<'_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
+seed!(SplitRows<'_, '_>, (), deserialize_seq);
 
 impl<'de> Visitor<'de> for SplitRows<'_, '_> {
     type Value = ();
@@ -924,12 +875,7 @@ struct SplitRow<'s, 'm> {
     s: &'s mut Split<'m>,
 }
 
-impl<'de> DeserializeSeed<'de> for SplitRow<'_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
+seed!(SplitRow<'_, '_>, (), deserialize_seq);
 
 impl<'de> Visitor<'de> for SplitRow<'_, '_> {
     type Value = ();

@@ -216,6 +216,11 @@ impl ModelMetadata {
         Ok(())
     }
 
+    /// The inputs' names as error messages list them: `'a', 'b'`.
+    pub fn input_names(&self) -> String {
+        names(&self.inputs)
+    }
+
     pub fn input(&self, name: &str) -> Option<&TensorSpec> {
         self.inputs.iter().find(|s| s.name == name)
     }
