@@ -9,9 +9,9 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use switchyard::backend;
-use switchyard::config::ModelConfig;
-use switchyard::tensor::{DataType, Tensor};
+use switchyard::core::config::ModelConfig;
+use switchyard::core::tensor::{DataType, Tensor};
+use switchyard::runtime;
 
 fn input(rows: usize) -> Vec<Tensor> {
     let data: Vec<u8> = (0..rows * 16)
@@ -30,11 +30,11 @@ fn backends(c: &mut Criterion) {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let onnx_cfg = ModelConfig::default();
     let st_cfg = ModelConfig::load(&models.join("mlp_safetensors")).expect("config");
-    let mut onnx = backend::load(&models.join("mlp/1"), &onnx_cfg)
+    let mut onnx = runtime::load(&models.join("mlp/1"), &onnx_cfg)
         .expect("ONNX Runtime (set ORT_DYLIB_PATH)")
         .instances
         .remove(0);
-    let mut candle = backend::load(&models.join("mlp_safetensors/1"), &st_cfg)
+    let mut candle = runtime::load(&models.join("mlp_safetensors/1"), &st_cfg)
         .expect("safetensors")
         .instances
         .remove(0);
@@ -53,14 +53,14 @@ fn backends(c: &mut Criterion) {
 }
 
 fn texts(t: &[&str]) -> Vec<Tensor> {
-    let data = switchyard::tensor::encode_bytes_elements(t.iter().map(|s| s.as_bytes()));
+    let data = switchyard::core::tensor::encode_bytes_elements(t.iter().map(|s| s.as_bytes()));
     vec![Tensor::new("text".into(), DataType::Bytes, vec![t.len() as i64], data).unwrap()]
 }
 
 fn encoder(c: &mut Criterion) {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let cfg = ModelConfig::load(&models.join("minilm")).expect("config");
-    let mut minilm = backend::load(&models.join("minilm/1"), &cfg)
+    let mut minilm = runtime::load(&models.join("minilm/1"), &cfg)
         .expect("models/minilm/1 (make minilm)")
         .instances
         .remove(0);

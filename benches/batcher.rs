@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use switchyard::backend::Backend;
-use switchyard::model::batch::{concat, split};
-use switchyard::model::{BatchPolicy, Job, Workers};
-use switchyard::tensor::{DataType, Tensor};
+use switchyard::core::batch::{concat, split};
+use switchyard::core::tensor::{DataType, Tensor};
+use switchyard::runtime::Backend;
+use switchyard::serving::{BatchPolicy, Job, Workers};
 use switchyard::Result;
 
 /// Answers with its inputs: no compute, so only the batcher is measured.

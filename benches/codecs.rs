@@ -4,9 +4,9 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::json;
-use switchyard::api::v2::{decode_request, encode_response, OutputFormat};
-use switchyard::infer::InferResponse;
-use switchyard::tensor::{DataType, Tensor};
+use switchyard::core::request::InferResponse;
+use switchyard::core::tensor::{DataType, Tensor};
+use switchyard::edge::v2::{decode_request, encode_response, OutputFormat};
 
 fn json_body(rows: usize, cols: usize) -> Bytes {
     let data: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.37).sin()).collect();

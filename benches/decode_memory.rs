@@ -7,8 +7,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use serde_json::json;
-use switchyard::model::{ModelMetadata, TensorSpec};
-use switchyard::tensor::DataType;
+use switchyard::core::tensor::DataType;
+use switchyard::serving::{ModelMetadata, TensorSpec};
 
 struct Counting;
 static NOW: AtomicUsize = AtomicUsize::new(0);
@@ -94,9 +94,11 @@ fn main() {
         let (tree, t) = peak(|| serde_json::from_slice::<serde_json::Value>(&body).unwrap());
         drop(t);
         let (typed, r) = peak(|| match codec {
-            "v1" => switchyard::api::v1::decode_predict(&body, &meta, "m", None).map(|r| r.0),
-            _ => switchyard::api::mlflow::decode(&body, Some("application/json"), &meta, "m", None)
-                .map(|r| r.0),
+            "v1" => switchyard::edge::v1::decode_predict(&body, &meta, "m", None).map(|r| r.0),
+            _ => {
+                switchyard::edge::mlflow::decode(&body, Some("application/json"), &meta, "m", None)
+                    .map(|r| r.0)
+            }
         });
         let r = r.unwrap();
         assert_eq!(r.inputs[0].shape, vec![rows, cols]);

@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
-use switchyard::model::{Traffic, TrafficSpec};
+use switchyard::serving::{Traffic, TrafficSpec};
 
 fn policy(sticky: bool) -> Traffic {
     let spec = TrafficSpec {

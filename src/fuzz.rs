@@ -7,10 +7,12 @@
 
 use bytes::Bytes;
 
-use crate::error::Error;
-use crate::infer::{InferRequest, InferResponse};
-use crate::model::{batch, ModelMetadata, TensorSpec};
-use crate::tensor::DataType;
+use crate::core::batch;
+use crate::core::error::Error;
+use crate::core::request::{InferRequest, InferResponse};
+use crate::core::tensor::DataType;
+use crate::edge::ErrorStatus;
+use crate::serving::{ModelMetadata, TensorSpec};
 
 /// A fuzz target: takes any bytes.
 pub type Target = fn(&[u8]);
@@ -123,12 +125,12 @@ fn echo(req: &InferRequest) -> InferResponse {
 /// encoder refuses must be a 4xx.
 fn answer(req: &InferRequest) {
     let resp = echo(req);
-    let _ = crate::api::grpc::codec::encode_response(resp.clone(), true);
+    let _ = crate::edge::grpc::codec::encode_response(resp.clone(), true);
     for r in [
-        crate::api::v1::encode_predict(&resp, crate::api::v1::Layout::Columns),
-        crate::api::v1::encode_predict(&resp, crate::api::v1::Layout::Rows),
-        crate::api::mlflow::encode(&resp, crate::api::mlflow::Shape::Tensors),
-        crate::api::mlflow::encode(&resp, crate::api::mlflow::Shape::Frame),
+        crate::edge::v1::encode_predict(&resp, crate::edge::v1::Layout::Columns),
+        crate::edge::v1::encode_predict(&resp, crate::edge::v1::Layout::Rows),
+        crate::edge::mlflow::encode(&resp, crate::edge::mlflow::Shape::Tensors),
+        crate::edge::mlflow::encode(&resp, crate::edge::mlflow::Shape::Frame),
     ] {
         if let Err(e) = r {
             client_error("answer", &e);
@@ -154,10 +156,10 @@ pub fn v2_binary(data: &[u8]) {
 }
 
 fn v2(body: Bytes, header: Option<usize>) {
-    match crate::api::v2::decode_request(&body, header, "m", None) {
+    match crate::edge::v2::decode_request(&body, header, "m", None) {
         Ok((req, format)) => {
             serve(&req);
-            let _ = crate::api::v2::encode_response(&echo(&req), &format);
+            let _ = crate::edge::v2::encode_response(&echo(&req), &format);
         }
         Err(e) => client_error("V2 request", &e),
     }
@@ -166,10 +168,10 @@ fn v2(body: Bytes, header: Option<usize>) {
 /// A gRPC `ModelInferRequest` message (protobuf bytes).
 pub fn grpc_infer(data: &[u8]) {
     use prost::Message;
-    let Ok(msg) = crate::api::grpc::proto::ModelInferRequest::decode(data) else {
+    let Ok(msg) = crate::edge::grpc::proto::ModelInferRequest::decode(data) else {
         return;
     };
-    match crate::api::grpc::codec::decode_request(msg) {
+    match crate::edge::grpc::codec::decode_request(msg) {
         Ok((req, _)) => {
             serve(&req);
             answer(&req);
@@ -181,7 +183,7 @@ pub fn grpc_infer(data: &[u8]) {
 /// A KServe V1 `:predict` body, against each signature.
 pub fn v1_predict(data: &[u8]) {
     for meta in signatures() {
-        match crate::api::v1::decode_predict(data, &meta, "m", None) {
+        match crate::edge::v1::decode_predict(data, &meta, "m", None) {
             Ok((req, _)) => {
                 serve(&req);
                 answer(&req);
@@ -193,7 +195,7 @@ pub fn v1_predict(data: &[u8]) {
 
 fn mlflow(data: &[u8], content_type: &str) {
     for meta in signatures() {
-        match crate::api::mlflow::decode(data, Some(content_type), &meta, "m", None) {
+        match crate::edge::mlflow::decode(data, Some(content_type), &meta, "m", None) {
             Ok((req, _)) => {
                 serve(&req);
                 answer(&req);
@@ -215,7 +217,7 @@ pub fn mlflow_csv(data: &[u8]) {
 
 /// A gzip (first byte even) or deflate body, inflated within a 1 MiB limit.
 pub fn compressed_body(data: &[u8]) {
-    use crate::api::compression::{decompress, Encoding};
+    use crate::edge::compression::{decompress, Encoding};
     let Some((&which, body)) = data.split_first() else {
         return;
     };
@@ -236,7 +238,7 @@ pub fn config_toml(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(c) = crate::config::ModelConfig::parse(text) {
+    if let Ok(c) = crate::core::config::ModelConfig::parse(text) {
         let _ = c.device();
         let _ = c.version_policy();
         let _ = c.priorities();
@@ -255,7 +257,7 @@ pub fn safetensors(data: &[u8]) {
 
 /// A `warmup/*.json` file of a version.
 pub fn warmup_file(data: &[u8]) {
-    match crate::repository::warmup::decode_file(data, "m", 1) {
+    match crate::edge::v2::decode_warmup_file(data, "m", 1) {
         Ok(req) => serve(&req),
         Err(e) => client_error("warm-up file", &e),
     }
@@ -266,7 +268,7 @@ pub fn mlmodel_yaml(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(file) = crate::repository::mlflow::onnx_data_of(text) {
+    if let Ok(file) = crate::control::repository::mlflow::onnx_data_of(text) {
         assert!(
             std::path::Path::new(&file).file_name() == Some(std::ffi::OsStr::new(&file)),
             "the onnx flavour's data '{file}' left the version's folder"
@@ -317,7 +319,7 @@ fn structured_request(
         if u.ratio(1, 16)? {
             shape.push(u.int_in_range(0..=2)?);
         }
-        let n = crate::tensor::element_count(&shape).unwrap_or(0);
+        let n = crate::core::tensor::element_count(&shape).unwrap_or(0);
         let mut values = Vec::with_capacity(n);
         let mut raw = Vec::new();
         for _ in 0..n {

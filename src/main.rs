@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use switchyard::api::{serve_grpc, serve_http, serve_metrics, AdminAuth, HttpConfig};
-use switchyard::model::Models;
-use switchyard::{backend, repository};
+use switchyard::control::repository;
+use switchyard::edge::{serve_grpc, serve_http, serve_metrics, AdminAuth, HttpConfig};
+use switchyard::runtime;
+use switchyard::serving::Models;
 
 // ONNX Runtime and the model table allocate and free whole models; mimalloc
 // returns freed memory to the OS instead of holding it like glibc's arenas.
@@ -47,12 +48,12 @@ struct ProfileArgs {
 }
 
 fn profile(args: ProfileArgs) -> anyhow::Result<()> {
-    backend::onnx::init()?;
+    runtime::onnx::init()?;
     anyhow::ensure!(args.bins >= 2, "--bins must be at least 2");
-    let profile = switchyard::drift::profile::build(&args.model, &args.data, args.bins)?;
+    let profile = switchyard::control::drift::profile::build(&args.model, &args.data, args.bins)?;
     let out = args
         .out
-        .unwrap_or_else(|| args.model.join(switchyard::drift::profile::FILE));
+        .unwrap_or_else(|| args.model.join(switchyard::control::drift::profile::FILE));
     std::fs::write(&out, serde_json::to_vec_pretty(&profile)?)
         .with_context(|| format!("cannot write {}", out.display()))?;
     tracing::info!(
@@ -138,7 +139,7 @@ struct ServeArgs {
     default_model: Option<String>,
     /// Largest request body (HTTP) or message (gRPC) accepted; larger ones get
     /// 413 / RESOURCE_EXHAUSTED.
-    #[arg(long, value_name = "BYTES", default_value_t = switchyard::api::http::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = switchyard::edge::http::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Who changes what is loaded: `poll` follows the repository (on change, and
     /// rescanning every --poll-interval); `explicit` loads it at start and then
@@ -216,11 +217,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Box::new(repository::Combined::new(sources))
     };
     // Fail at start, with the fix, rather than on the first model.
-    backend::onnx::init()?;
+    runtime::onnx::init()?;
     // Before any model loads: their metric handles register with the recorder.
     if !args.no_metrics {
         let buckets = (!args.latency_buckets.is_empty()).then_some(args.latency_buckets.as_slice());
-        switchyard::metrics::install(buckets)?;
+        switchyard::edge::metrics::install(buckets)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -255,6 +256,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 poll_interval: args.poll_interval,
                 memory_limit: args.memory_limit,
                 state_dir: Some(state_dir),
+                warmup_decoder: switchyard::edge::v2::decode_warmup_file,
             },
         );
         models.set_control(watcher.clone());
@@ -301,7 +303,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let rollouts = Arc::new(switchyard::rollout::Rollouts::default());
+        let rollouts = Arc::new(switchyard::control::rollout::Rollouts::default());
         let metrics = metrics_listener.map(|l| {
             tokio::spawn(serve_metrics(
                 l,

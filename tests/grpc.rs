@@ -5,8 +5,8 @@ mod common;
 
 use bytes::Bytes;
 use common::{sample_models, Server};
-use switchyard::api::grpc::proto as pb;
-use switchyard::api::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use switchyard::edge::grpc::proto as pb;
+use switchyard::edge::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 
 fn input(name: &str, dtype: &str, shape: Vec<i64>) -> pb::model_infer_request::InferInputTensor {
     pb::model_infer_request::InferInputTensor {

@@ -304,8 +304,8 @@ fn config_toml_gives_the_initial_policy() {
 /// it lands on over HTTP.
 #[test]
 fn grpc_requests_follow_the_sticky_header_as_http_ones_do() {
-    use switchyard::api::grpc::proto as pb;
-    use switchyard::api::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use switchyard::edge::grpc::proto as pb;
+    use switchyard::edge::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 
     let s = Server::start(&repo("traffic-sticky-grpc"), &[]);
     let (code, t) = put(

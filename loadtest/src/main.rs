@@ -16,8 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use switchyard::api::grpc::proto as pb;
-use switchyard::api::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use switchyard::edge::grpc::proto as pb;
+use switchyard::edge::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Protocol {

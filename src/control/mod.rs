@@ -1,0 +1,10 @@
+//! The control plane: what decides which versions serve and how traffic splits.
+//! Repository sources and their reconciliation into the model table, rollouts
+//! that step traffic weights, and drift monitors attached to versions as
+//! request observers.
+//!
+//! Imports: `core`, `runtime`, `serving`.
+
+pub mod drift;
+pub mod repository;
+pub mod rollout;

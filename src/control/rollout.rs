@@ -1,0 +1,490 @@
+//! Progressive rollouts (Flagger's vocabulary): a candidate version gets
+//! `step_weight` of the traffic, and each `interval` its own live metrics over
+//! that window are checked; healthy, it gets the next step, up to `max_weight`,
+//! then all of it (promotion); `threshold` failed checks roll it back to 0.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::error::{Error, Result};
+use crate::serving::{Histogram, Models, TrafficSpec};
+
+/// `POST /admin/models/{m}/rollout`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    pub candidate: String,
+    #[serde(default = "default_step")]
+    pub step_weight: u64,
+    #[serde(default = "default_max")]
+    pub max_weight: u64,
+    /// A duration such as `30s` or `500ms`.
+    #[serde(default = "default_interval")]
+    pub interval: String,
+    /// Failed checks before the rollback.
+    #[serde(default = "default_threshold")]
+    pub threshold: u32,
+    #[serde(default = "default_error_rate")]
+    pub max_error_rate: f64,
+    #[serde(default)]
+    pub max_p99_latency_ms: Option<f64>,
+    /// Largest PSI of the candidate's input features over its drift window
+    /// (checked when the candidate has a baseline profile).
+    #[serde(default)]
+    pub max_drift_psi: Option<f64>,
+    /// Fewer requests than this in a window: no verdict, the step waits.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+}
+
+fn default_step() -> u64 {
+    10
+}
+fn default_max() -> u64 {
+    50
+}
+fn default_interval() -> String {
+    "30s".into()
+}
+fn default_threshold() -> u32 {
+    3
+}
+fn default_error_rate() -> f64 {
+    0.01
+}
+fn default_min_requests() -> u64 {
+    100
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Progressing,
+    Promoted,
+    RolledBack,
+    Aborted,
+}
+
+/// One check, or a change of phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+    pub what: String,
+    pub weight: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+}
+
+impl Event {
+    /// A change of phase: no window measured.
+    fn note(what: String, weight: u64) -> Event {
+        Event {
+            at: now(),
+            what,
+            weight,
+            requests: None,
+            error_rate: None,
+            p99_ms: None,
+        }
+    }
+}
+
+/// The state `GET /admin/models/{m}/rollout` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub model: String,
+    pub spec: RolloutSpec,
+    pub stable: String,
+    pub phase: Phase,
+    pub weight: u64,
+    pub failed_checks: u32,
+    pub history: Vec<Event>,
+}
+
+struct Rollout {
+    status: Mutex<Status>,
+    /// Wakes the controller early to abort.
+    wake: Condvar,
+}
+
+/// The rollouts of this server, one per model at most.
+#[derive(Default)]
+pub struct Rollouts {
+    running: Mutex<HashMap<String, Arc<Rollout>>>,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Rollouts {
+    /// Validates and starts a rollout of `spec.candidate` against the version
+    /// that serves now. Blocking (it sets the first weights): call it off the
+    /// async runtime.
+    pub fn start(
+        &self,
+        models: Arc<Models>,
+        model: &str,
+        spec: RolloutSpec,
+        who: &str,
+    ) -> Result<Status> {
+        let interval = humantime::parse_duration(&spec.interval)
+            .map_err(|e| Error::invalid(format!("interval '{}': {e}", spec.interval)))?;
+        if interval < Duration::from_millis(100) {
+            return Err(Error::invalid("interval must be at least 100ms"));
+        }
+        if spec.step_weight == 0
+            || spec.step_weight > 100
+            || spec.max_weight == 0
+            || spec.max_weight > 100
+        {
+            return Err(Error::invalid(
+                "step_weight and max_weight are percentages in 1..=100",
+            ));
+        }
+        if spec.threshold == 0 {
+            return Err(Error::invalid("threshold must be at least 1"));
+        }
+        let m = models.model(model)?;
+        let candidate: u64 = spec.candidate.parse().map_err(|_| {
+            Error::invalid(format!(
+                "candidate '{}' is not a version number",
+                spec.candidate
+            ))
+        })?;
+        if !m.is_ready(candidate) {
+            return Err(Error::invalid(format!(
+                "candidate {candidate} is not a ready version of '{model}' (ready: {:?})",
+                m.ready_numbers()
+            )));
+        }
+        // The stable version: the one with the most weight now, else the default.
+        let stable = m
+            .traffic
+            .spec
+            .weights
+            .iter()
+            .filter(|(v, w)| **w > 0 && v.parse::<u64>().ok() != Some(candidate))
+            .max_by_key(|(_, w)| **w)
+            .and_then(|(v, _)| v.parse::<u64>().ok())
+            .or_else(|| m.default_version().map(|d| d.version))
+            .filter(|&s| s != candidate)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "no version of '{model}' other than {candidate} serves to roll out against"
+                ))
+            })?;
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = running.get(model) {
+            if r.status.lock().unwrap_or_else(|e| e.into_inner()).phase == Phase::Progressing {
+                return Err(Error::invalid(format!(
+                    "a rollout of '{model}' is in progress: DELETE it first"
+                )));
+            }
+        }
+        let first = spec.step_weight.min(spec.max_weight);
+        set_weights(
+            &models,
+            model,
+            stable,
+            candidate,
+            first,
+            &format!("rollout started by {who}"),
+        )?;
+        let status = Status {
+            model: model.to_string(),
+            spec,
+            stable: stable.to_string(),
+            phase: Phase::Progressing,
+            weight: first,
+            failed_checks: 0,
+            history: vec![Event::note(
+                format!("started by {who}: candidate {candidate} at {first}% against {stable}"),
+                first,
+            )],
+        };
+        tracing::info!(
+            model,
+            candidate,
+            stable,
+            weight = first,
+            by = who,
+            "rollout started"
+        );
+        let rollout = Arc::new(Rollout {
+            status: Mutex::new(status.clone()),
+            wake: Condvar::new(),
+        });
+        running.insert(model.to_string(), rollout.clone());
+        let name = model.to_string();
+        std::thread::Builder::new()
+            .name(format!("rollout-{model}"))
+            .spawn(move || control(models, &name, stable, candidate, interval, &rollout))
+            .map_err(|e| Error::Internal(format!("cannot start the rollout: {e}")))?;
+        Ok(status)
+    }
+
+    /// Every rollout this server ran or runs.
+    pub fn all(&self) -> Vec<Status> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running
+            .values()
+            .map(|r| r.status.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    pub fn status(&self, model: &str) -> Result<Status> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let r = running
+            .get(model)
+            .ok_or_else(|| Error::not_found(format!("no rollout of '{model}'")))?;
+        let s = r.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(s)
+    }
+
+    /// Stops a rollout in progress and gives the stable version all the traffic.
+    pub fn abort(&self, models: &Models, model: &str, who: &str) -> Result<Status> {
+        let r = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("no rollout of '{model}'")))?;
+        let mut s = r.status.lock().unwrap_or_else(|e| e.into_inner());
+        if s.phase == Phase::Progressing {
+            let stable: u64 = s.stable.parse().unwrap_or_default();
+            let candidate: u64 = s.spec.candidate.parse().unwrap_or_default();
+            set_weights(
+                models,
+                model,
+                stable,
+                candidate,
+                0,
+                &format!("rollout aborted by {who}"),
+            )?;
+            s.phase = Phase::Aborted;
+            s.weight = 0;
+            s.history.push(Event::note(format!("aborted by {who}"), 0));
+            tracing::info!(model, by = who, "rollout aborted");
+            r.wake.notify_all();
+        }
+        Ok(s.clone())
+    }
+}
+
+/// Gives `candidate` `weight` % and `stable` the rest, keeping the sticky header.
+fn set_weights(
+    models: &Models,
+    model: &str,
+    stable: u64,
+    candidate: u64,
+    weight: u64,
+    who: &str,
+) -> Result<()> {
+    let current = models.model(model)?;
+    let mut spec = TrafficSpec {
+        weights: [
+            (stable.to_string(), 100 - weight),
+            (candidate.to_string(), weight),
+        ]
+        .into_iter()
+        .filter(|(_, w)| *w > 0)
+        .collect(),
+        sticky_header: current.traffic.spec.sticky_header.clone(),
+        shadow: current.traffic.spec.shadow.clone(),
+    };
+    if spec
+        .shadow
+        .as_ref()
+        .is_some_and(|s| spec.weights.contains_key(&s.version))
+    {
+        spec.shadow = None;
+    }
+    models.set_traffic(model, spec, who).map(|_| ())
+}
+
+/// The controller: one check per interval until the rollout ends.
+fn control(
+    models: Arc<Models>,
+    model: &str,
+    stable: u64,
+    candidate: u64,
+    interval: Duration,
+    r: &Rollout,
+) {
+    let window = |models: &Models| {
+        let m = models.model(model).ok()?;
+        let mv = m.versions.get(&candidate).and_then(|s| match s {
+            crate::serving::VersionState::Ready(mv) => Some(mv.clone()),
+            crate::serving::VersionState::Failed(_) => None,
+        })?;
+        Some((
+            mv.stats.success.get().0,
+            mv.stats.fail.get().0,
+            mv.stats.latency.snapshot(),
+        ))
+    };
+    let end = |s: &mut Status, phase: Phase, why: &str| {
+        finish(&models, model, stable, candidate, s, phase, why)
+    };
+    let mut before = window(&models);
+    loop {
+        let mut s = r.status.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = r
+            .wake
+            .wait_timeout_while(s, interval, |s| s.phase == Phase::Progressing)
+            .unwrap_or_else(|e| e.into_inner());
+        s = guard;
+        if s.phase != Phase::Progressing {
+            return;
+        }
+        let after = window(&models);
+        let (Some((ok0, fail0, h0)), Some((ok1, fail1, h1))) = (&before, &after) else {
+            // The candidate stopped serving: that is a failed rollout.
+            end(
+                &mut s,
+                Phase::RolledBack,
+                "the candidate is not ready any more",
+            );
+            return;
+        };
+        let ok = ok1 - ok0.min(ok1);
+        let fail = fail1 - fail0.min(fail1);
+        let n = ok + fail;
+        let error_rate = if n > 0 { fail as f64 / n as f64 } else { 0.0 };
+        let p99_ms = Histogram::quantile(h0, h1, 0.99).map(|d| d.as_secs_f64() * 1000.0);
+        before = after;
+        let spec = s.spec.clone();
+        let mut event = Event {
+            at: now(),
+            what: String::new(),
+            weight: s.weight,
+            requests: Some(n),
+            error_rate: Some(error_rate),
+            p99_ms,
+        };
+        if n < spec.min_requests {
+            event.what = format!(
+                "waiting: {n} requests in the window, {} needed",
+                spec.min_requests
+            );
+            s.history.push(event);
+            continue;
+        }
+        let mut problems = Vec::new();
+        if error_rate > spec.max_error_rate {
+            problems.push(format!(
+                "error rate {error_rate:.4} > {}",
+                spec.max_error_rate
+            ));
+        }
+        if let (Some(max), Some(p99)) = (spec.max_p99_latency_ms, p99_ms) {
+            if p99 > max {
+                problems.push(format!("p99 {p99:.2} ms > {max} ms"));
+            }
+        }
+        // Drift of the candidate's inputs over its own drift window, when it has a profile.
+        if let (Some(max), Some(psi)) =
+            (spec.max_drift_psi, candidate_psi(&models, model, candidate))
+        {
+            if psi > max {
+                problems.push(format!("input drift PSI {psi:.3} > {max}"));
+            }
+        }
+        if problems.is_empty() {
+            let next = (s.weight + spec.step_weight).min(spec.max_weight);
+            if s.weight >= spec.max_weight {
+                event.what = "healthy at the maximum weight: promoted".into();
+                s.history.push(event);
+                end(&mut s, Phase::Promoted, "promoted");
+                return;
+            }
+            event.what = format!("healthy: {} → {next}%", s.weight);
+            s.history.push(event);
+            if let Err(e) = set_weights(&models, model, stable, candidate, next, "rollout") {
+                end(
+                    &mut s,
+                    Phase::RolledBack,
+                    &format!("cannot set weights: {e}"),
+                );
+                return;
+            }
+            s.weight = next;
+            tracing::info!(model, candidate, weight = next, "rollout step");
+        } else {
+            s.failed_checks += 1;
+            event.what = format!(
+                "failed check {}/{}: {}",
+                s.failed_checks,
+                spec.threshold,
+                problems.join("; ")
+            );
+            tracing::warn!(
+                model,
+                candidate,
+                "rollout check failed: {}",
+                problems.join("; ")
+            );
+            s.history.push(event);
+            if s.failed_checks >= spec.threshold {
+                end(&mut s, Phase::RolledBack, "rolled back");
+                return;
+            }
+        }
+    }
+}
+
+fn finish(
+    models: &Models,
+    model: &str,
+    stable: u64,
+    candidate: u64,
+    s: &mut Status,
+    phase: Phase,
+    why: &str,
+) {
+    let weight = if phase == Phase::Promoted { 100 } else { 0 };
+    if let Err(e) = set_weights(
+        models,
+        model,
+        stable,
+        candidate,
+        weight,
+        &format!("rollout {why}"),
+    ) {
+        tracing::error!(model, error = %e, "rollout could not set its final weights");
+    }
+    s.phase = phase;
+    s.weight = weight;
+    s.history.push(Event::note(why.to_string(), weight));
+    tracing::info!(model, candidate, phase = ?phase, "rollout {why}");
+}
+
+/// The largest PSI of the candidate's input features, when it is monitored.
+fn candidate_psi(models: &Models, model: &str, candidate: u64) -> Option<f64> {
+    let m = models.model(model).ok()?;
+    let Some(crate::serving::VersionState::Ready(mv)) = m.versions.get(&candidate) else {
+        return None;
+    };
+    let report = mv.observer::<crate::control::drift::Monitor>()?.report();
+    (report.rows > 0).then(|| {
+        report
+            .features
+            .iter()
+            .filter(|f| f.side == crate::control::drift::profile::Side::Input)
+            .map(|f| f.psi)
+            .fold(0.0, f64::max)
+    })
+}

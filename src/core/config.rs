@@ -1,0 +1,427 @@
+//! Per-model configuration: the optional `config.toml` beside a model's version folders.
+
+use std::path::Path;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::error::{Error, Result};
+
+/// Rows per batch when a model's graph is batchable and `config.toml` does not say.
+pub const DEFAULT_MAX_BATCH_SIZE: u32 = 64;
+/// Idle polling of a worker before it sleeps (see `idle_spin_microseconds`).
+pub const DEFAULT_IDLE_SPIN_MICROSECONDS: u64 = 100;
+/// Requests a version queues before it answers 429.
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
+
+/// `DIR/<model>/config.toml`. Every key is optional; with no file, everything
+/// comes from the model graph. Unknown keys are an error, so a typo is reported
+/// instead of silently ignored.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Largest number of rows in one run. `0`: the model has no batch dimension and
+    /// its inputs are taken as the graph declares them. Unset: batching is on (with
+    /// [`DEFAULT_MAX_BATCH_SIZE`]) when every input and output has a dynamic first
+    /// dimension, off otherwise.
+    pub max_batch_size: Option<u32>,
+    /// Parallel model instances, each its own session on its own worker thread (default 1).
+    pub instances: Option<usize>,
+    /// ONNX Runtime intra-op threads per instance (default 1: the request path keeps a core).
+    pub intra_op_threads: Option<usize>,
+    /// `cpu` (default) or `cuda:N`.
+    pub device: Option<String>,
+    /// How long an idle worker polls its queue before it sleeps (default
+    /// [`DEFAULT_IDLE_SPIN_MICROSECONDS`]; 0 sleeps at once). Saves the wake-up of a
+    /// sleeping thread for back-to-back requests, at the cost of that much CPU.
+    pub idle_spin_microseconds: Option<u64>,
+    /// Queueing options (Triton's names).
+    #[serde(default)]
+    pub batching: BatchingConfig,
+    /// Which of the versions found are served (Triton's `version_policy`).
+    #[serde(default)]
+    pub version_policy: VersionPolicyConfig,
+    /// The initial traffic policy (weights, sticky_header, shadow); the admin
+    /// API's changes, kept in the state directory, take precedence.
+    pub traffic: Option<TrafficSpec>,
+    /// Live drift against each version's `baseline.json`.
+    #[serde(default)]
+    pub drift: DriftConfig,
+    /// `onnx` or `safetensors`; unset: from the file in the version folder.
+    pub backend: Option<String>,
+    /// For safetensors: the architecture the weights fit (`mlp`).
+    pub architecture: Option<String>,
+    /// For `architecture = "mlp"`: the layers, in order.
+    #[serde(default, rename = "layer")]
+    pub layers: Vec<LayerConfig>,
+    /// For `architecture = "mlp"`: a softmax over the last layer's outputs.
+    pub softmax: Option<bool>,
+    /// For `architecture = "bert"`: tokenizing and pooling.
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+    /// Declared inputs and outputs (safetensors holds weights only).
+    #[serde(default)]
+    pub input: Vec<IoConfig>,
+    #[serde(default)]
+    pub output: Vec<IoConfig>,
+}
+
+/// One dense layer: `y = activation(x · weightᵀ + bias)`, weight `[out, in]` as
+/// PyTorch's `Linear` stores it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LayerConfig {
+    pub weight: String,
+    pub bias: Option<String>,
+    pub in_features: usize,
+    pub out_features: usize,
+    /// `relu`, `gelu`, `tanh`, `sigmoid` or `none` (default).
+    pub activation: Option<String>,
+}
+
+/// `[encoder]`: how a text encoder tokenizes and pools. Unset keys come from the
+/// files sentence-transformers saves beside the weights.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Tokens a text may have, `[CLS]` and `[SEP]` included (default:
+    /// `sentence_bert_config.json`'s `max_seq_length`, else the model's
+    /// `max_position_embeddings`).
+    pub max_length: Option<usize>,
+    /// A longer text is cut to `max_length` (true, the default) or refused with a
+    /// 400 naming it (false).
+    pub truncate: Option<bool>,
+    /// `mean` over the real tokens or `cls` (default: `1_Pooling/config.json`, else mean).
+    pub pooling: Option<String>,
+    /// L2-normalise each embedding (default: when `modules.json` lists a Normalize module).
+    pub normalize: Option<bool>,
+}
+
+/// A declared input or output.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IoConfig {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+/// `[version_policy]`: at most one of the keys; none is `latest = 1`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VersionPolicyConfig {
+    /// The N highest versions.
+    pub latest: Option<usize>,
+    /// Every version.
+    pub all: Option<bool>,
+    /// These versions (those that exist).
+    pub specific: Option<Vec<u64>>,
+}
+
+/// Which versions of a model to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    Latest(usize),
+    All,
+    Specific(Vec<u64>),
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those available (ascending).
+    pub fn select(&self, available: &[u64]) -> Vec<u64> {
+        let mut v: Vec<u64> = match self {
+            VersionPolicy::All => available.to_vec(),
+            VersionPolicy::Latest(n) => available.iter().rev().take(*n).copied().collect(),
+            VersionPolicy::Specific(want) => available
+                .iter()
+                .filter(|v| want.contains(v))
+                .copied()
+                .collect(),
+        };
+        v.sort_unstable();
+        v
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Requests waiting per version beyond which new ones are refused with 429.
+    pub max_queue_size: Option<usize>,
+    /// How long a worker holding a partial batch waits for more rows (default 0:
+    /// it runs what is queued at once, so an idle server adds no delay).
+    pub max_queue_delay_microseconds: Option<u64>,
+    /// Queue timeout of requests that bring none (Triton's `parameters.timeout`,
+    /// gRPC's `grpc-timeout`); 0 or unset: none.
+    pub default_timeout_microseconds: Option<u64>,
+    /// Queues by priority, 1 the highest (Triton's `priority_levels`); a request's
+    /// `parameters.priority` picks one. Unset: one queue.
+    pub priority_levels: Option<usize>,
+    /// The level of requests that give no priority (default: the lowest).
+    pub default_priority_level: Option<usize>,
+    /// Batch sizes (rows) the model runs best at (Triton's `preferred_batch_size`):
+    /// a worker sends the largest of them it can form from what is queued, and
+    /// stops waiting (`max_queue_delay_microseconds`) once it holds one.
+    #[serde(default)]
+    pub preferred_batch_size: Vec<usize>,
+}
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(u32),
+}
+
+impl Device {
+    pub fn parse(s: &str) -> Result<Device> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("cpu") {
+            return Ok(Device::Cpu);
+        }
+        if let Some(n) = s.strip_prefix("cuda:") {
+            if let Ok(n) = n.parse() {
+                return Ok(Device::Cuda(n));
+            }
+        }
+        if s == "cuda" {
+            return Ok(Device::Cuda(0));
+        }
+        Err(Error::load(format!(
+            "config.toml: device '{s}' is not 'cpu' or 'cuda:N'"
+        )))
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads `config.toml` from a model folder; a missing file is the default config.
+    pub fn load(model_dir: &Path) -> Result<ModelConfig> {
+        let path = model_dir.join("config.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(Error::load(format!("{}: {e}", path.display()))),
+        };
+        Self::parse(&text).map_err(|e| Error::load(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and checks the text of a `config.toml`.
+    pub fn parse(text: &str) -> Result<ModelConfig> {
+        let cfg: ModelConfig = toml::from_str(text).map_err(|e| Error::load(e.message()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.instances == Some(0) {
+            return Err(Error::load("config.toml: instances must be at least 1"));
+        }
+        if self.intra_op_threads == Some(0) {
+            return Err(Error::load(
+                "config.toml: intra_op_threads must be at least 1",
+            ));
+        }
+        if self.batching.max_queue_size == Some(0) {
+            return Err(Error::load(
+                "config.toml: batching.max_queue_size must be at least 1",
+            ));
+        }
+        if let (Some(levels), Some(d)) = (
+            self.batching.priority_levels,
+            self.batching.default_priority_level,
+        ) {
+            if d == 0 || d > levels {
+                return Err(Error::load(format!(
+                    "config.toml: batching.default_priority_level must be 1..={levels}"
+                )));
+            }
+        }
+        if self.batching.preferred_batch_size.contains(&0) {
+            return Err(Error::load(
+                "config.toml: batching.preferred_batch_size entries must be at least 1",
+            ));
+        }
+        self.device()?;
+        self.version_policy()?;
+        Ok(())
+    }
+
+    pub fn version_policy(&self) -> Result<VersionPolicy> {
+        let p = &self.version_policy;
+        let given = usize::from(p.latest.is_some())
+            + usize::from(p.all.is_some())
+            + usize::from(p.specific.is_some());
+        if given > 1 {
+            return Err(Error::load(
+                "config.toml: [version_policy] takes one of latest, all or specific",
+            ));
+        }
+        Ok(match (p.latest, p.all, &p.specific) {
+            (Some(0), _, _) => {
+                return Err(Error::load(
+                    "config.toml: version_policy.latest must be at least 1",
+                ))
+            }
+            (Some(n), _, _) => VersionPolicy::Latest(n),
+            (_, Some(true), _) => VersionPolicy::All,
+            (_, Some(false), _) => {
+                return Err(Error::load(
+                    "config.toml: version_policy.all can only be true (or use latest / specific)",
+                ))
+            }
+            (_, _, Some(list)) => VersionPolicy::Specific(list.clone()),
+            _ => VersionPolicy::Latest(1),
+        })
+    }
+
+    pub fn device(&self) -> Result<Device> {
+        self.device
+            .as_deref()
+            .map_or(Ok(Device::Cpu), Device::parse)
+    }
+
+    pub fn instances(&self) -> usize {
+        self.instances.unwrap_or(1)
+    }
+
+    pub fn intra_op_threads(&self) -> usize {
+        self.intra_op_threads.unwrap_or(1)
+    }
+
+    pub fn idle_spin(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(
+            self.idle_spin_microseconds
+                .unwrap_or(DEFAULT_IDLE_SPIN_MICROSECONDS),
+        )
+    }
+
+    pub fn max_queue_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.batching.max_queue_delay_microseconds.unwrap_or(0))
+    }
+
+    pub fn default_timeout(&self) -> Option<std::time::Duration> {
+        self.batching
+            .default_timeout_microseconds
+            .filter(|&us| us > 0)
+            .map(std::time::Duration::from_micros)
+    }
+
+    /// `(levels, default level)`; `(0, 0)` without priorities.
+    pub fn priorities(&self) -> (usize, usize) {
+        match self.batching.priority_levels.filter(|&l| l > 0) {
+            None => (0, 0),
+            Some(l) => (l, self.batching.default_priority_level.unwrap_or(l)),
+        }
+    }
+
+    pub fn max_queue_size(&self) -> usize {
+        self.batching
+            .max_queue_size
+            .unwrap_or(DEFAULT_MAX_QUEUE_SIZE)
+    }
+}
+
+/// A model's traffic policy, as the admin API and `config.toml` `[traffic]` give it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSpec {
+    /// Version → weight (non-negative integers, normalised). Empty: the default
+    /// version takes everything.
+    #[serde(default)]
+    pub weights: BTreeMap<String, u64>,
+    /// A request header whose value pins a caller to a version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_header: Option<String>,
+    /// A version that also gets a copy of `percent` % of the requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSpec {
+    pub version: String,
+    pub percent: f64,
+}
+
+/// `config.toml` `[drift]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Off even when a profile exists.
+    pub enabled: Option<bool>,
+    /// Share of requests observed (default 1).
+    pub sample_rate: Option<f64>,
+    /// Rows in the sliding window at most (default 1000).
+    pub window: Option<usize>,
+    /// Also forget rows older than this many seconds (default: only the row count).
+    pub window_seconds: Option<f64>,
+    /// PSI at or above which a feature counts as drifted (default 0.1).
+    pub psi_threshold: Option<f64>,
+    /// Share of drifted features that raises the alert (default 0.5).
+    pub share: Option<f64>,
+    /// Fewer rows than this in the window: no feature counts as drifted yet
+    /// (default 100; the statistics are still reported).
+    pub min_rows: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_policies_select_versions() {
+        let policy = |t: &str| toml::from_str::<ModelConfig>(t).unwrap().version_policy();
+        let have = [1, 2, 5, 7];
+        assert_eq!(policy("").unwrap().select(&have), vec![7]);
+        assert_eq!(
+            policy("[version_policy]\nlatest = 2")
+                .unwrap()
+                .select(&have),
+            vec![5, 7]
+        );
+        assert_eq!(
+            policy("[version_policy]\nall = true")
+                .unwrap()
+                .select(&have),
+            vec![1, 2, 5, 7]
+        );
+        assert_eq!(
+            policy("[version_policy]\nspecific = [2, 3, 7]")
+                .unwrap()
+                .select(&have),
+            vec![2, 7]
+        );
+        for bad in [
+            "[version_policy]\nlatest = 0",
+            "[version_policy]\nall = false",
+            "[version_policy]\nlatest = 1\nall = true",
+        ] {
+            assert!(policy(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_keys_and_rejects_unknown_ones() {
+        let c: ModelConfig = toml::from_str(
+            "max_batch_size = 8\ninstances = 2\ndevice = \"cuda:1\"\n[batching]\nmax_queue_size = 4\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_batch_size, Some(8));
+        assert_eq!(c.device().unwrap(), Device::Cuda(1));
+        assert_eq!(c.max_queue_size(), 4);
+        let e = toml::from_str::<ModelConfig>("max_batch = 8").unwrap_err();
+        assert!(e.message().contains("max_batch"), "{}", e.message());
+        assert!(Device::parse("tpu").is_err());
+    }
+}

@@ -1,0 +1,532 @@
+//! The GRPCInferenceService implementation, and the per-connection wrapper that
+//! gives it the peer address and Switchyard's status conventions.
+
+use crate::core::config::VersionPolicy;
+use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::codec::CompressionEncoding;
+use tonic::codegen::Service;
+use tonic::metadata::MetadataMap;
+use tonic::{Response, Status, Streaming};
+
+use super::codec;
+use super::proto as pb;
+use super::proto::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
+use crate::core::error::{Error, Result};
+use crate::core::tensor::DataType;
+use crate::edge::AdminAuth;
+use crate::serving::{parse_version, Models};
+
+/// The address of the client, put into each request by the connection wrapper.
+#[derive(Clone, Copy, Debug)]
+struct Peer(SocketAddr);
+
+/// The service state: the model table and the admin policy.
+pub struct InferenceService {
+    models: Arc<Models>,
+    admin: AdminAuth,
+}
+
+/// Reads `grpc-timeout` (`<digits><H|M|S|m|u|n>`, per the gRPC spec).
+fn grpc_timeout(meta: &MetadataMap) -> Result<Option<Duration>> {
+    let Some(v) = meta.get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let bad = || Error::invalid(format!("grpc-timeout {v:?} is not <digits><unit>"));
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.len() < 2 || s.len() > 9 {
+        return Err(bad());
+    }
+    let (n, unit) = s.split_at(s.len() - 1);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    Ok(Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return Err(bad()),
+    }))
+}
+
+impl InferenceService {
+    pub fn new(models: Arc<Models>, admin: AdminAuth) -> Self {
+        InferenceService { models, admin }
+    }
+
+    async fn infer_one(
+        models: &Models,
+        req: pb::ModelInferRequest,
+        timeout: Option<Duration>,
+        metadata: Option<&tonic::metadata::MetadataMap>,
+    ) -> Result<pb::ModelInferResponse> {
+        let (mut request, raw) = codec::decode_request(req)?;
+        request.deadline = timeout.and_then(|d| std::time::Instant::now().checked_add(d));
+        let model = models.model(&request.model)?;
+        // The sticky key: `parameters.routing_key`, else the policy's header.
+        let header = model
+            .traffic
+            .sticky_header
+            .as_deref()
+            .and_then(|h| metadata?.get(h).map(|v| v.as_bytes().to_vec()));
+        let key = crate::serving::traffic::routing_key(&request.parameters).or(header);
+        let routed = model.route(request.version, key.as_deref())?;
+        let fut = routed.infer(request);
+        let response = match timeout {
+            None => fut.await?,
+            // Dropping the future on expiry drops the reply channel, so a request
+            // still queued is skipped by the worker instead of computed.
+            Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
+                Error::DeadlineExceeded(format!("the request's deadline of {d:?} passed"))
+            })??,
+        };
+        Ok(codec::encode_response(response, raw))
+    }
+
+    fn check_api<T>(&self, req: &tonic::Request<T>) -> Result<()> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.admin.check_api(auth)
+    }
+
+    fn check_admin<T>(&self, req: &tonic::Request<T>) -> Result<()> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let peer = req.extensions().get::<Peer>().map(|p| p.0);
+        self.admin.check(auth, peer)
+    }
+}
+
+fn tensor_meta(
+    specs: &[crate::core::metadata::TensorSpec],
+) -> Vec<pb::model_metadata_response::TensorMetadata> {
+    specs
+        .iter()
+        .map(|s| pb::model_metadata_response::TensorMetadata {
+            name: s.name.clone(),
+            datatype: s.dtype.as_str().to_string(),
+            shape: s.shape.clone(),
+        })
+        .collect()
+}
+
+fn config_type(d: DataType) -> i32 {
+    let t = match d {
+        DataType::Bool => pb::DataType::TypeBool,
+        DataType::U8 => pb::DataType::TypeUint8,
+        DataType::U16 => pb::DataType::TypeUint16,
+        DataType::U32 => pb::DataType::TypeUint32,
+        DataType::U64 => pb::DataType::TypeUint64,
+        DataType::I8 => pb::DataType::TypeInt8,
+        DataType::I16 => pb::DataType::TypeInt16,
+        DataType::I32 => pb::DataType::TypeInt32,
+        DataType::I64 => pb::DataType::TypeInt64,
+        DataType::F16 => pb::DataType::TypeFp16,
+        DataType::F32 => pb::DataType::TypeFp32,
+        DataType::F64 => pb::DataType::TypeFp64,
+        DataType::BF16 => pb::DataType::TypeBf16,
+        DataType::Bytes => pb::DataType::TypeString,
+    };
+    t as i32
+}
+
+fn tally(t: &crate::serving::Tally) -> Option<pb::StatisticDuration> {
+    let (count, ns) = t.get();
+    Some(pb::StatisticDuration { count, ns })
+}
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _: tonic::Request<pb::ServerLiveRequest>,
+    ) -> Reply<pb::ServerLiveResponse> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: tonic::Request<pb::ServerReadyRequest>,
+    ) -> Reply<pb::ServerReadyResponse> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.models.is_loaded(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        req: tonic::Request<pb::ModelReadyRequest>,
+    ) -> Reply<pb::ModelReadyResponse> {
+        let r = req.into_inner();
+        let version = parse_version(&r.name, &r.version)?;
+        let ready = match self.models.resolve(&r.name, version) {
+            Ok(_) => true,
+            Err(Error::Unavailable(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: tonic::Request<pb::ServerMetadataRequest>,
+    ) -> Reply<pb::ServerMetadataResponse> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "switchyard".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: crate::edge::EXTENSIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: tonic::Request<pb::ModelMetadataRequest>,
+    ) -> Reply<pb::ModelMetadataResponse> {
+        let r = req.into_inner();
+        let version = parse_version(&r.name, &r.version)?;
+        let model = self.models.model(&r.name)?;
+        let mv = self.models.resolve(&r.name, version)?;
+        let versions = match version {
+            Some(v) => vec![v.to_string()],
+            None => model
+                .ready_versions()
+                .map(|v| v.version.to_string())
+                .collect(),
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: r.name,
+            versions,
+            platform: mv.metadata.platform.into(),
+            inputs: tensor_meta(&mv.metadata.shown_inputs()),
+            outputs: tensor_meta(&mv.metadata.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        req: tonic::Request<pb::ModelInferRequest>,
+    ) -> Reply<pb::ModelInferResponse> {
+        self.check_api(&req)?;
+        let timeout = grpc_timeout(req.metadata())?;
+        let (metadata, _, msg) = req.into_parts();
+        let resp = Self::infer_one(&self.models, msg, timeout, Some(&metadata)).await?;
+        Ok(Response::new(resp))
+    }
+
+    type ModelStreamInferStream = Pin<
+        Box<
+            dyn tokio_stream::Stream<
+                    Item = std::result::Result<pb::ModelStreamInferResponse, Status>,
+                > + Send,
+        >,
+    >;
+
+    /// Each request of the stream runs as soon as it arrives, and its answer is sent
+    /// when ready (matched by `id`, as Triton's clients do). A failed request is
+    /// answered with `error_message` and the stream goes on.
+    async fn model_stream_infer(
+        &self,
+        req: tonic::Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Reply<Self::ModelStreamInferStream> {
+        self.check_api(&req)?;
+        let mut incoming = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let models = self.models.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = incoming.next().await {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let tx = tx.clone();
+                let models = models.clone();
+                tokio::spawn(async move {
+                    let reply = match Self::infer_one(&models, msg, None, None).await {
+                        Ok(r) => pb::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(r),
+                        },
+                        Err(e) => pb::ModelStreamInferResponse {
+                            error_message: e.to_string(),
+                            infer_response: None,
+                        },
+                    };
+                    let _ = tx.send(Ok(reply)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn model_config(
+        &self,
+        req: tonic::Request<pb::ModelConfigRequest>,
+    ) -> Reply<pb::ModelConfigResponse> {
+        let r = req.into_inner();
+        let version = parse_version(&r.name, &r.version)?;
+        let c = self.models.serving_config(&r.name, version)?;
+        let config = pb::ModelConfig {
+            name: c.name,
+            platform: c.platform.into(),
+            backend: c.backend.into(),
+            max_batch_size: c.max_batch_size as i32,
+            version_policy: Some(pb::ModelVersionPolicy {
+                policy_choice: Some(match &c.version_policy {
+                    VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest {
+                        num_versions: *n as u32,
+                    }),
+                    VersionPolicy::All => PolicyChoice::All(All {}),
+                    VersionPolicy::Specific(v) => PolicyChoice::Specific(Specific {
+                        versions: v.iter().map(|&v| v as i64).collect(),
+                    }),
+                }),
+            }),
+            input: c
+                .inputs
+                .into_iter()
+                .map(|t| pb::ModelInput {
+                    name: t.name,
+                    data_type: config_type(t.dtype),
+                    dims: t.dims,
+                    reshape: t.reshape.map(|shape| pb::ModelTensorReshape { shape }),
+                })
+                .collect(),
+            output: c
+                .outputs
+                .into_iter()
+                .map(|t| pb::ModelOutput {
+                    name: t.name,
+                    data_type: config_type(t.dtype),
+                    dims: t.dims,
+                })
+                .collect(),
+            instance_group: vec![pb::ModelInstanceGroup {
+                name: format!("{}_0", r.name),
+                count: c.instances as i32,
+                gpus: c.gpu.map(|g| vec![g as i32]).unwrap_or_default(),
+                kind: if c.gpu.is_some() {
+                    pb::model_instance_group::Kind::Gpu as i32
+                } else {
+                    pb::model_instance_group::Kind::Cpu as i32
+                },
+            }],
+            scheduling_choice: c.dynamic_batching.map(|(preferred, delay)| {
+                pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
+                    preferred_batch_size: preferred.into_iter().map(|p| p as i32).collect(),
+                    max_queue_delay_microseconds: delay,
+                })
+            }),
+        };
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        req: tonic::Request<pb::ModelStatisticsRequest>,
+    ) -> Reply<pb::ModelStatisticsResponse> {
+        let r = req.into_inner();
+        let version = parse_version(&r.name, &r.version)?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let model_stats = self
+            .models
+            .versions_for_stats(&r.name, version)?
+            .iter()
+            .map(|mv| {
+                let s = &mv.stats;
+                // One read: Triton's clients require the three compute counts to agree.
+                let (runs, infer_ns) = s.compute_infer.get();
+                pb::ModelStatistics {
+                    name: mv.model.to_string(),
+                    version: mv.version.to_string(),
+                    last_inference: s.last_inference_ms.load(Relaxed),
+                    inference_count: s.inference_count.load(Relaxed),
+                    execution_count: s.execution_count.load(Relaxed),
+                    inference_stats: Some(pb::InferStatistics {
+                        success: tally(&s.success),
+                        fail: tally(&s.fail),
+                        queue: tally(&s.queue),
+                        compute_input: Some(pb::StatisticDuration { count: runs, ns: 0 }),
+                        compute_infer: Some(pb::StatisticDuration {
+                            count: runs,
+                            ns: infer_ns,
+                        }),
+                        compute_output: Some(pb::StatisticDuration { count: runs, ns: 0 }),
+                        ..Default::default()
+                    }),
+                    batch_stats: s
+                        .batch_sizes()
+                        .map(|(size, count, ns)| {
+                            let d = |ns| Some(pb::StatisticDuration { count, ns });
+                            pb::InferBatchStatistics {
+                                batch_size: size as u64,
+                                compute_input: d(0),
+                                compute_infer: d(ns),
+                                compute_output: d(0),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(
+        &self,
+        req: tonic::Request<pb::RepositoryIndexRequest>,
+    ) -> Reply<pb::RepositoryIndexResponse> {
+        let r = req.into_inner();
+        let models = self
+            .models
+            .index(r.ready)
+            .into_iter()
+            .map(|e| pb::repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version.map(|v| v.to_string()).unwrap_or_default(),
+                state: if e.ready { "READY" } else { "UNAVAILABLE" }.into(),
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        req: tonic::Request<pb::RepositoryModelLoadRequest>,
+    ) -> Reply<pb::RepositoryModelLoadResponse> {
+        self.check_admin(&req)?;
+        let name = req.into_inner().model_name;
+        let models = self.models.clone();
+        tokio::task::spawn_blocking(move || models.load_model(&name))
+            .await
+            .map_err(|e| Status::internal(format!("load stopped: {e}")))??;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        req: tonic::Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Reply<pb::RepositoryModelUnloadResponse> {
+        self.check_admin(&req)?;
+        self.models.unload_model(&req.into_inner().model_name)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// tonic's own answers to two client mistakes carry statuses that gRPC reserves
+/// for other things: a message that does not decode is INTERNAL (INVALID_ARGUMENT
+/// here: the client sent it), and a message over the size limit is OUT_OF_RANGE
+/// (RESOURCE_EXHAUSTED here, as gRPC's own servers say). The status sits in the
+/// headers of a trailers-only answer or in the trailers, so both are rewritten.
+fn fix_status(headers: &mut http::HeaderMap) {
+    // grpc-message is percent-encoded; the phrases looked for only differ in spaces.
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or("")
+        .replace("%20", " ");
+    let code = match headers.get("grpc-status").map(|v| v.as_bytes()) {
+        Some(b"13") if message.starts_with("failed to decode Protobuf message") => "3",
+        Some(b"11") if message.contains("message length too large") => "8",
+        _ => return,
+    };
+    headers.insert("grpc-status", http::HeaderValue::from_static(code));
+}
+
+async fn call(
+    mut server: GrpcInferenceServiceServer<InferenceService>,
+    req: Request<Incoming>,
+) -> http::Response<tonic::body::Body> {
+    let resp = server
+        .call(req)
+        .await
+        .unwrap_or_else(|e: Infallible| match e {});
+    let (mut parts, body) = resp.into_parts();
+    fix_status(&mut parts.headers);
+    let body = body.map_frame(|frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            fix_status(&mut trailers);
+            http_body::Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    });
+    http::Response::from_parts(parts, tonic::body::Body::new(body))
+}
+
+/// Serves gRPC on `listener` until `shutdown` resolves.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    models: Arc<Models>,
+    admin: AdminAuth,
+    max_message_bytes: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let server = GrpcInferenceServiceServer::new(InferenceService::new(models, admin))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate);
+    crate::edge::server::serve(
+        listener,
+        move |peer| {
+            let server = server.clone();
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(call(server, req).await) }
+            })
+        },
+        shutdown,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let mut m = MetadataMap::new();
+        for (v, want) in [
+            ("5S", Duration::from_secs(5)),
+            ("250m", Duration::from_millis(250)),
+            ("7u", Duration::from_micros(7)),
+            ("1H", Duration::from_secs(3600)),
+        ] {
+            m.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(grpc_timeout(&m).unwrap(), Some(want));
+        }
+        m.insert("grpc-timeout", "5x".parse().unwrap());
+        assert!(grpc_timeout(&m).is_err());
+    }
+}

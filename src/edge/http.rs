@@ -1,0 +1,655 @@
+//! The HTTP server (hyper 1.x): routes the KServe V2 paths, enforces the body limit,
+//! and maps every error to a status with a JSON `{"error": ...}` body.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use tokio::net::TcpListener;
+
+use super::auth::AdminAuth;
+use super::status::ErrorStatus;
+use super::{compression, v2};
+use crate::core::error::{Error, Result};
+use crate::serving::{parse_version, Models};
+
+/// Default request body limit (`--max-body-bytes`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+
+/// What the HTTP front end needs to know.
+#[derive(Clone)]
+pub struct HttpConfig {
+    pub max_body_bytes: usize,
+    /// The model `POST /invocations` scores (MLflow's single-model endpoint).
+    pub default_model: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            default_model: None,
+        }
+    }
+}
+
+struct State {
+    models: Arc<Models>,
+    config: HttpConfig,
+    admin: AdminAuth,
+    rollouts: Arc<crate::control::rollout::Rollouts>,
+}
+
+type Body = Full<Bytes>;
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then lets open
+/// connections finish their requests (up to 10 s) before returning.
+pub async fn serve_http(
+    listener: TcpListener,
+    models: Arc<Models>,
+    rollouts: Arc<crate::control::rollout::Rollouts>,
+    config: HttpConfig,
+    admin: AdminAuth,
+    shutdown: impl Future<Output = ()>,
+) {
+    let state = Arc::new(State {
+        models,
+        config,
+        admin,
+        rollouts,
+    });
+    super::server::serve(
+        listener,
+        move |peer| {
+            let state = state.clone();
+            service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
+            })
+        },
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves `GET /metrics` alone on `listener` (`--metrics ADDR`: Triton's
+/// metrics port, which a scrape config or a network policy can single out).
+pub async fn serve_metrics(
+    listener: TcpListener,
+    models: Arc<Models>,
+    rollouts: Arc<crate::control::rollout::Rollouts>,
+    shutdown: impl Future<Output = ()>,
+) {
+    super::server::serve(
+        listener,
+        move |_| {
+            let (models, rollouts) = (models.clone(), rollouts.clone());
+            service_fn(move |req: Request<Incoming>| {
+                let answer = match (req.method(), req.uri().path()) {
+                    (&http::Method::GET, "/metrics") => metrics_text(&models, &rollouts),
+                    (m, "/metrics") => Err(Error::MethodNotAllowed {
+                        method: m.to_string(),
+                        path: "/metrics".into(),
+                        allow: "GET",
+                    }),
+                    (_, path) => Err(Error::not_found(format!(
+                        "no route for {path}: this port serves GET /metrics only"
+                    ))),
+                };
+                let resp = answer.unwrap_or_else(|e| error_response(&e));
+                std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+            })
+        },
+        shutdown,
+    )
+    .await;
+}
+
+/// The Prometheus text exposition of every metric.
+fn metrics_text(
+    models: &Models,
+    rollouts: &crate::control::rollout::Rollouts,
+) -> Result<Response<Body>> {
+    let text = crate::edge::metrics::render(models, rollouts)
+        .ok_or_else(|| Error::not_found("metrics are off (--no-metrics)"))?;
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(r)
+}
+
+async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    // Kept for the log line of a failure; cloning a Uri shares its buffer.
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let path = uri.path();
+    match route(state, req, peer).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let status = e.http_status();
+            if status.is_server_error() {
+                tracing::warn!(%method, %path, %status, error = %e, "request failed");
+            } else {
+                tracing::debug!(%method, %path, %status, error = %e, "request refused");
+            }
+            error_response(&e)
+        }
+    }
+}
+
+/// A readiness probe's 503 while models load: an answer, not a failure to log
+/// (probes ask every second or so, and a slow start would fill the log).
+fn not_ready() -> Response<Body> {
+    error_response(&Error::Unavailable("models are still loading".into()))
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn small_json(v: serde_json::Value) -> Response<Body> {
+    json(StatusCode::OK, serde_json::to_vec(&v).expect("plain data"))
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+/// The one place an error becomes an HTTP answer.
+pub fn error_response(e: &Error) -> Response<Body> {
+    let body = serde_json::to_vec(&serde_json::json!({ "error": e.to_string() }))
+        .expect("serializing to memory cannot fail");
+    let mut r = json(e.http_status(), body);
+    match e {
+        Error::MethodNotAllowed { allow, .. } => {
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        Error::QueueFull { .. } => {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    r
+}
+
+/// Which handler a path names, with the model and version it addresses.
+enum Route<'a> {
+    ServerMetadata,
+    Live,
+    Ready,
+    ModelMetadata(&'a str, &'a str),
+    ModelReady(&'a str, &'a str),
+    ModelConfig(&'a str, &'a str),
+    /// Statistics of every model (empty name), one model, or one version.
+    ModelStats(&'a str, &'a str),
+    Infer(&'a str, &'a str),
+    RepositoryIndex,
+    RepositoryLoad(&'a str),
+    RepositoryUnload(&'a str),
+    V1List,
+    V1Model(&'a str),
+    V1Predict(&'a str),
+    /// MLflow scoring; `None` is the default model (`POST /invocations`).
+    Invocations(Option<&'a str>),
+    /// MLflow's `/ping` and `/health`.
+    Ping,
+    /// `GET|PUT /admin/models/{m}/traffic`.
+    Traffic(&'a str),
+    /// `GET|POST|DELETE /admin/models/{m}/rollout`.
+    Rollout(&'a str),
+    /// Prometheus's scrape.
+    Metrics,
+    /// `GET /v2/models/{m}[/versions/{v}]/drift`.
+    Drift(&'a str, &'a str),
+}
+
+impl Route<'_> {
+    /// The methods a route takes, as the `Allow` header lists them.
+    fn allow(&self) -> &'static str {
+        match self {
+            Route::Infer(..)
+            | Route::RepositoryLoad(_)
+            | Route::RepositoryUnload(_)
+            | Route::V1Predict(_)
+            | Route::Invocations(_) => "POST",
+            // Triton's clients POST the index; a browser or curl GETs it.
+            Route::RepositoryIndex => "GET, HEAD, POST",
+            Route::Traffic(_) => "GET, HEAD, PUT",
+            Route::Rollout(_) => "GET, HEAD, POST, DELETE",
+            _ => "GET, HEAD",
+        }
+    }
+}
+
+fn parse_route(path: &str) -> Option<Route<'_>> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    Some(match segs.as_slice() {
+        ["v2"] => Route::ServerMetadata,
+        ["v2", "health", "live"] => Route::Live,
+        ["v2", "health", "ready"] => Route::Ready,
+        ["v2", "models", "stats"] => Route::ModelStats("", ""),
+        ["v2", "models", m] => Route::ModelMetadata(m, ""),
+        ["v2", "models", m, "ready"] => Route::ModelReady(m, ""),
+        ["v2", "models", m, "config"] => Route::ModelConfig(m, ""),
+        ["v2", "models", m, "stats"] => Route::ModelStats(m, ""),
+        ["v2", "models", m, "infer"] => Route::Infer(m, ""),
+        ["v2", "models", m, "drift"] => Route::Drift(m, ""),
+        ["v2", "models", m, "versions", v, "drift"] => Route::Drift(m, v),
+        ["v2", "models", m, "versions", v] => Route::ModelMetadata(m, v),
+        ["v2", "models", m, "versions", v, "ready"] => Route::ModelReady(m, v),
+        ["v2", "models", m, "versions", v, "config"] => Route::ModelConfig(m, v),
+        ["v2", "models", m, "versions", v, "stats"] => Route::ModelStats(m, v),
+        ["v2", "models", m, "versions", v, "infer"] => Route::Infer(m, v),
+        ["v2", "repository", "index"] => Route::RepositoryIndex,
+        ["v2", "repository", "models", m, "load"] => Route::RepositoryLoad(m),
+        ["v2", "repository", "models", m, "unload"] => Route::RepositoryUnload(m),
+        ["v1", "models"] => Route::V1List,
+        ["v1", "models", m] => match m.strip_suffix(":predict") {
+            Some(m) => Route::V1Predict(m),
+            None => Route::V1Model(m),
+        },
+        ["invocations"] => Route::Invocations(None),
+        ["models", m, "invocations"] => Route::Invocations(Some(m)),
+        ["ping"] | ["health"] => Route::Ping,
+        ["metrics"] => Route::Metrics,
+        ["admin", "models", m, "traffic"] => Route::Traffic(m),
+        ["admin", "models", m, "rollout"] => Route::Rollout(m),
+        _ => return None,
+    })
+}
+
+/// The request's `Authorization` header, if it has a readable one.
+fn authorization(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Checks an admin call; says who made it, for the log.
+fn admin_caller(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Result<String> {
+    let auth = authorization(req);
+    state.admin.check(auth, Some(peer))?;
+    let how = if auth.is_some() {
+        "bearer token"
+    } else {
+        "loopback"
+    };
+    Ok(format!("{peer} ({how})"))
+}
+
+/// The value of the header a model's traffic policy pins callers by, if any.
+fn sticky_key(model: &crate::serving::Model, req: &Request<Incoming>) -> Option<Vec<u8>> {
+    let h = model.traffic.sticky_header.as_deref()?;
+    req.headers().get(h).map(|v| v.as_bytes().to_vec())
+}
+
+/// A model's traffic policy, the share each version gets, and the shadow's record.
+fn encode_traffic(model: &crate::serving::Model) -> Vec<u8> {
+    let t = &model.traffic;
+    let total: u64 = t.spec.weights.values().sum();
+    let shares: serde_json::Map<String, serde_json::Value> = if total == 0 {
+        model
+            .default_version()
+            .map(|d| (d.version.to_string(), serde_json::json!(1.0)))
+            .into_iter()
+            .collect()
+    } else {
+        t.spec
+            .weights
+            .iter()
+            .map(|(v, w)| (v.clone(), serde_json::json!(*w as f64 / total as f64)))
+            .collect()
+    };
+    let mut body = serde_json::to_value(&t.spec).expect("plain data");
+    body["model"] = model.name.to_string().into();
+    body["shares"] = shares.into();
+    body["ready_versions"] = model
+        .ready_numbers()
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .into();
+    body["shadow_stats"] = model.shadow_stats.to_json();
+    if !model.aliases.is_empty() {
+        body["aliases"] = serde_json::to_value(&model.aliases).expect("plain data");
+    }
+    serde_json::to_vec(&body).expect("plain data")
+}
+
+async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>> {
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let route =
+        parse_route(path).ok_or_else(|| Error::not_found(format!("no such path: {path}")))?;
+    let allow = route.allow();
+    if !allow.split(", ").any(|m| m == req.method().as_str()) {
+        return Err(Error::MethodNotAllowed {
+            method: req.method().to_string(),
+            path: path.to_string(),
+            allow,
+        });
+    }
+    if matches!(
+        route,
+        Route::Infer(..) | Route::V1Predict(_) | Route::Invocations(_)
+    ) {
+        state.admin.check_api(authorization(&req))?;
+    }
+    let models = &state.models;
+    match route {
+        Route::ServerMetadata => Ok(json(
+            StatusCode::OK,
+            serde_json::to_vec(&serde_json::json!({
+                "name": "switchyard",
+                "version": env!("CARGO_PKG_VERSION"),
+                "extensions": super::EXTENSIONS,
+            }))
+            .expect("plain data"),
+        )),
+        // The status is what Triton's clients read; the body is what the Open
+        // Inference Protocol specifies and KServe's clients read.
+        Route::Live => Ok(small_json(serde_json::json!({ "live": true }))),
+        Route::Ready => {
+            if models.is_loaded() {
+                Ok(small_json(serde_json::json!({ "ready": true })))
+            } else {
+                Ok(not_ready())
+            }
+        }
+        Route::ModelMetadata(m, v) => {
+            let version = parse_version(m, v)?;
+            let model = models.model(m)?;
+            Ok(json(
+                StatusCode::OK,
+                v2::encode_model_metadata(&model, version)?,
+            ))
+        }
+        Route::ModelReady(m, v) => {
+            let version = parse_version(m, v)?;
+            models.resolve(m, version)?;
+            Ok(small_json(serde_json::json!({ "name": m, "ready": true })))
+        }
+        Route::ModelConfig(m, v) => {
+            let config = models.serving_config(m, parse_version(m, v)?)?;
+            Ok(json(StatusCode::OK, v2::encode_model_config(&config)))
+        }
+        Route::ModelStats(m, v) => {
+            let versions = models.versions_for_stats(m, parse_version(m, v)?)?;
+            Ok(json(StatusCode::OK, v2::encode_stats(&versions)))
+        }
+        Route::RepositoryIndex => {
+            // Triton's body is optional: {"ready": true} lists ready models only.
+            let body = read_body(req, state.config.max_body_bytes).await?;
+            let ready = if body.iter().all(u8::is_ascii_whitespace) {
+                false
+            } else {
+                let v: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| Error::invalid(format!("malformed JSON request: {e}")))?;
+                v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false)
+            };
+            Ok(json(StatusCode::OK, v2::encode_index(&models.index(ready))))
+        }
+        Route::RepositoryLoad(m) | Route::RepositoryUnload(m) => {
+            admin_caller(state, &req, peer)?;
+            let name = m.to_string();
+            if matches!(route, Route::RepositoryLoad(_)) {
+                let models = state.models.clone();
+                tokio::task::spawn_blocking(move || models.load_model(&name))
+                    .await
+                    .map_err(|e| Error::Internal(format!("load stopped: {e}")))??;
+            } else {
+                models.unload_model(&name)?;
+            }
+            Ok(empty(StatusCode::OK))
+        }
+        Route::Traffic(m) => {
+            let who = admin_caller(state, &req, peer)?;
+            if req.method() == hyper::Method::PUT {
+                let body = read_body(req, state.config.max_body_bytes).await?;
+                let spec: crate::core::config::TrafficSpec = serde_json::from_slice(&body)
+                    .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))?;
+                let (models, name) = (state.models.clone(), m.to_string());
+                tokio::task::spawn_blocking(move || models.set_traffic(&name, spec, &who))
+                    .await
+                    .map_err(|e| Error::Internal(format!("policy change stopped: {e}")))??;
+            }
+            Ok(json(StatusCode::OK, encode_traffic(&*models.model(m)?)))
+        }
+        Route::Drift(m, v) => {
+            let mv = models.resolve(m, parse_version(m, v)?)?;
+            let monitor = mv.observer::<crate::control::drift::Monitor>().ok_or_else(|| {
+                Error::not_found(format!(
+                    "model '{m}' version {} has no drift profile (baseline.json beside its files; see `switchyard profile`)",
+                    mv.version
+                ))
+            })?;
+            let mut body = serde_json::to_value(monitor.report()).expect("plain data");
+            body["model"] = m.into();
+            body["version"] = mv.version.to_string().into();
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_vec(&body).expect("plain data"),
+            ))
+        }
+        Route::Metrics => metrics_text(models, &state.rollouts),
+        Route::Rollout(m) => {
+            let who = admin_caller(state, &req, peer)?;
+            let (models, rollouts, name) =
+                (state.models.clone(), state.rollouts.clone(), m.to_string());
+            let status = match req.method().clone() {
+                hyper::Method::POST => {
+                    let body = read_body(req, state.config.max_body_bytes).await?;
+                    let spec: crate::control::rollout::RolloutSpec = serde_json::from_slice(&body)
+                        .map_err(|e| Error::invalid(format!("not a rollout: {e}")))?;
+                    tokio::task::spawn_blocking(move || rollouts.start(models, &name, spec, &who))
+                        .await
+                        .map_err(|e| Error::Internal(format!("rollout stopped: {e}")))??
+                }
+                hyper::Method::DELETE => {
+                    tokio::task::spawn_blocking(move || rollouts.abort(&models, &name, &who))
+                        .await
+                        .map_err(|e| Error::Internal(format!("rollout stopped: {e}")))??
+                }
+                _ => rollouts.status(m)?,
+            };
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_vec(&status).expect("plain data"),
+            ))
+        }
+        Route::V1List => {
+            let mut names: Vec<String> = models
+                .snapshot()
+                .models
+                .values()
+                .filter(|m| m.default_version().is_some())
+                .map(|m| m.name.to_string())
+                .collect();
+            names.sort();
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_vec(&serde_json::json!({ "models": names })).expect("plain data"),
+            ))
+        }
+        Route::V1Model(m) => {
+            let model = models.model(m)?;
+            let ready = model.default_version().is_some();
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_vec(&serde_json::json!({ "name": m, "ready": ready }))
+                    .expect("plain data"),
+            ))
+        }
+        Route::V1Predict(m) => {
+            let model = models.model(m)?;
+            let routed = model.route(None, sticky_key(&model, &req).as_deref())?;
+            let body = read_body(req, state.config.max_body_bytes).await?;
+            let (request, layout) =
+                super::v1::decode_predict(&body, &routed.primary.metadata, m, None)?;
+            let response = routed.infer(request).await?;
+            Ok(json(
+                StatusCode::OK,
+                super::v1::encode_predict(&response, layout)?,
+            ))
+        }
+        Route::Invocations(m) => {
+            let name = match m {
+                Some(m) => m.to_string(),
+                None => default_model(state)?,
+            };
+            let model = models.model(&name)?;
+            let routed = model.route(None, sticky_key(&model, &req).as_deref())?;
+            let content_type = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = read_body(req, state.config.max_body_bytes).await?;
+            let (request, shape) = super::mlflow::decode(
+                &body,
+                content_type.as_deref(),
+                &routed.primary.metadata,
+                &name,
+                None,
+            )?;
+            let response = routed.infer(request).await?;
+            Ok(json(
+                StatusCode::OK,
+                super::mlflow::encode(&response, shape)?,
+            ))
+        }
+        Route::Ping => {
+            if models.is_loaded() {
+                // What `mlflow models serve` answers.
+                let mut r = Response::new(Full::new(Bytes::from_static(b"\n")));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Ok(r)
+            } else {
+                Ok(not_ready())
+            }
+        }
+        Route::Infer(m, v) => {
+            let version = parse_version(m, v)?;
+            // Looked up before the body is read: an unknown model or version is
+            // answered at once, and the request routes on this snapshot.
+            let model = models.model(m)?;
+            if version.is_some() {
+                model.resolve(version)?;
+            }
+            let header_key = sticky_key(&model, &req);
+            let json_len = header_usize(&req, INFERENCE_HEADER)?;
+            let accept = compression::accepted(req.headers());
+            let body = read_body(req, state.config.max_body_bytes).await?;
+            let request = v2::decode_request(&body, json_len, m, version)?;
+            let (request, format) = request;
+            let key = crate::serving::traffic::routing_key(&request.parameters).or(header_key);
+            let routed = model.route(version, key.as_deref())?;
+            let response = routed.infer(request).await?;
+            let (body, json_len) = v2::encode_response(&response, &format);
+            let (body, encoding) = compression::compress(body, accept);
+            let mut resp = match json_len {
+                None => json(StatusCode::OK, body),
+                Some(n) => {
+                    let mut r = binary(body);
+                    r.headers_mut()
+                        .insert(INFERENCE_HEADER, HeaderValue::from(n));
+                    r
+                }
+            };
+            if let Some(e) = encoding {
+                resp.headers_mut().insert(header::CONTENT_ENCODING, e);
+            }
+            Ok(resp)
+        }
+    }
+}
+
+/// The model `POST /invocations` scores: `--default-model`, or the only one.
+fn default_model(state: &State) -> Result<String> {
+    if let Some(m) = &state.config.default_model {
+        return Ok(m.clone());
+    }
+    let table = state.models.snapshot();
+    match table.models.keys().collect::<Vec<_>>().as_slice() {
+        [only] => Ok((*only).clone()),
+        names => Err(Error::not_found(format!(
+            "POST /invocations scores the default model, and there is none: start with \
+             --default-model NAME or post to /models/NAME/invocations ({} models loaded)",
+            names.len()
+        ))),
+    }
+}
+
+/// Triton's binary tensor extension: the length of the JSON part of a body.
+const INFERENCE_HEADER: &str = "inference-header-content-length";
+
+fn header_usize(req: &Request<Incoming>, name: &str) -> Result<Option<usize>> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| Error::invalid(format!("header {name} is not a byte count: {v:?}"))),
+    }
+}
+
+fn binary(body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
+}
+
+/// Reads the whole body within `limit` bytes, decompressing a gzip or deflate
+/// `Content-Encoding` (the limit holds for the decompressed size too).
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
+    let encoding = compression::content_encoding(req.headers())?;
+    let raw = read_raw_body(req, limit).await?;
+    compression::decompress(raw, encoding, limit)
+}
+
+async fn read_raw_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(Error::PayloadTooLarge { limit });
+        }
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Error::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(Error::invalid(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}

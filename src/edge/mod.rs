@@ -1,0 +1,33 @@
+//! The edge: listeners, auth, the codecs that turn each wire format into the
+//! protocol-neutral [`crate::core::request::InferRequest`] and back, the
+//! mapping of errors to each protocol's status, and the metrics exporter.
+//!
+//! Imports: every layer below (`core`, `runtime`, `serving`, `control`).
+
+pub mod auth;
+pub mod compression;
+pub mod grpc;
+pub mod http;
+pub mod json;
+pub mod metrics;
+pub mod mlflow;
+pub mod rows;
+mod server;
+pub mod status;
+pub mod v1;
+pub mod v2;
+
+pub use auth::AdminAuth;
+pub use status::ErrorStatus;
+
+/// The protocol extensions this server speaks, as `GET /v2` and gRPC
+/// ServerMetadata list them (Triton's names).
+pub const EXTENSIONS: &[&str] = &[
+    "parameters",
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+];
+pub use grpc::serve_grpc;
+pub use http::{serve_http, serve_metrics, HttpConfig};

@@ -1,0 +1,101 @@
+//! The crate's layers import only downwards: core → runtime → serving →
+//! control → edge. Reads every file of `src/` and fails on a `crate::<layer>`
+//! path that points up (or sideways into a layer above), and on `http` or
+//! `tonic` in the core.
+
+use std::path::{Path, PathBuf};
+
+/// Bottom first: a layer may name the ones before it.
+const LAYERS: [&str; 5] = ["core", "runtime", "serving", "control", "edge"];
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// Each `crate::name` in `text`, with its line number.
+fn crate_paths(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            let after = &rest[i + "crate::".len()..];
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // `crate::{a, b}` groups are not used in this crate; flag them so
+            // that this check cannot be walked around.
+            if after.starts_with('{') {
+                out.push((n + 1, "{".into()));
+            }
+            out.push((n + 1, name));
+            rest = after;
+        }
+    }
+    out
+}
+
+#[test]
+fn imports_point_down() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut bad = Vec::new();
+    for (rank, layer) in LAYERS.iter().enumerate() {
+        let mut fs = Vec::new();
+        files(&src.join(layer), &mut fs);
+        assert!(!fs.is_empty(), "src/{layer} is missing");
+        for f in fs {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (line, name) in crate_paths(&text) {
+                let allowed =
+                    LAYERS[..=rank].contains(&name.as_str()) || name == "Error" || name == "Result";
+                if !allowed {
+                    bad.push(format!(
+                        "{}:{line}: {layer} names crate::{name}",
+                        f.display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "imports that point up:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn the_core_knows_no_protocol() {
+    let mut fs = Vec::new();
+    files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core"),
+        &mut fs,
+    );
+    for f in fs {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for word in ["http::", "tonic::", "hyper::", "prost::"] {
+                assert!(
+                    !code.contains(word),
+                    "{}:{}: the core names {word}",
+                    f.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_check_sees_an_upward_import() {
+    let found = crate_paths(
+        "use crate::edge::http; // crate::core\nlet x = crate::serving::Models::new();",
+    );
+    let names: Vec<&str> = found.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["edge", "serving"]);
+}
