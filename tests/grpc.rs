@@ -45,38 +45,6 @@ fn big_mixed(n: usize) -> pb::ModelInferRequest {
     }
 }
 
-/// One unary ModelInfer over HTTP/2 with a `grpc-timeout` header and no client-side
-/// timer; returns the `grpc-status` and `grpc-message` the server sent.
-async fn raw_call(base: &str, msg: &pb::ModelInferRequest, timeout: &str) -> (String, String) {
-    use http_body_util::{BodyExt, Full};
-    use prost::Message;
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(msg.encoded_len() as u32).to_be_bytes());
-    msg.encode(&mut frame).unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
-    let req = http::Request::post(format!("{base}/inference.GRPCInferenceService/ModelInfer"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("grpc-timeout", timeout)
-        .body(Full::new(Bytes::from(frame)))
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
-    let mut headers = resp.headers().clone();
-    let collected = resp.into_body().collect().await.unwrap();
-    if let Some(t) = collected.trailers() {
-        headers.extend(t.clone());
-    }
-    let get = |k: &str| {
-        headers
-            .get(k)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
-    (get("grpc-status"), get("grpc-message"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_honours_grpc_timeout() {
     let s = tokio::task::spawn_blocking(|| Server::start(&sample_models(), &[]))
@@ -89,7 +57,8 @@ async fn the_server_honours_grpc_timeout() {
         .max_encoding_message_size(usize::MAX);
     // tonic's and grpcio's clients keep the deadline themselves as well, so the
     // call goes out over plain HTTP/2 with only the header: the server must keep it.
-    let (status, message) = raw_call(&s.grpc, &big_mixed(300_000), "1m").await;
+    let (status, message) =
+        common::grpc_raw_call(&s.grpc, &big_mixed(300_000), &[("grpc-timeout", "1m")]).await;
     assert_eq!(status, "4", "DEADLINE_EXCEEDED: {message}");
     assert!(message.contains("deadline"), "{message}");
     // Without a deadline the same request is answered.

@@ -13,6 +13,7 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 
 use super::auth::AdminAuth;
+use super::pipeline::Call;
 use super::status::ErrorStatus;
 use super::{compression, v2};
 use crate::core::error::{Error, Result};
@@ -40,12 +41,15 @@ impl Default for HttpConfig {
 
 struct State {
     models: Arc<Models>,
+    pipeline: super::pipeline::Pipeline,
     config: HttpConfig,
     admin: AdminAuth,
     rollouts: Arc<crate::control::rollout::Rollouts>,
 }
 
 type Body = Full<Bytes>;
+/// What every HTTP handler answers.
+pub type HttpResponse = Response<Body>;
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then lets open
 /// connections finish their requests (up to 10 s) before returning.
@@ -58,6 +62,7 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()>,
 ) {
     let state = Arc::new(State {
+        pipeline: super::pipeline::Pipeline::new(models.clone(), admin.clone()),
         models,
         config,
         admin,
@@ -158,6 +163,11 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// A 200 with a JSON body.
+pub(super) fn json_ok(body: Vec<u8>) -> Response<Body> {
+    json(StatusCode::OK, body)
 }
 
 fn small_json(v: serde_json::Value) -> Response<Body> {
@@ -294,12 +304,6 @@ fn admin_caller(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Res
     Ok(format!("{peer} ({how})"))
 }
 
-/// The value of the header a model's traffic policy pins callers by, if any.
-fn sticky_key(model: &crate::serving::Model, req: &Request<Incoming>) -> Option<Vec<u8>> {
-    let h = model.traffic.sticky_header.as_deref()?;
-    req.headers().get(h).map(|v| v.as_bytes().to_vec())
-}
-
 /// A model's traffic policy, the share each version gets, and the shadow's record.
 fn encode_traffic(model: &crate::serving::Model) -> Vec<u8> {
     let t = &model.traffic;
@@ -396,7 +400,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
         }
         Route::RepositoryIndex => {
             // Triton's body is optional: {"ready": true} lists ready models only.
-            let body = read_body(req, state.config.max_body_bytes).await?;
+            let body = read_whole_body(req, state.config.max_body_bytes).await?;
             let ready = if body.iter().all(u8::is_ascii_whitespace) {
                 false
             } else {
@@ -422,7 +426,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
         Route::Traffic(m) => {
             let who = admin_caller(state, &req, peer)?;
             if req.method() == hyper::Method::PUT {
-                let body = read_body(req, state.config.max_body_bytes).await?;
+                let body = read_whole_body(req, state.config.max_body_bytes).await?;
                 let spec: crate::core::config::TrafficSpec = serde_json::from_slice(&body)
                     .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))?;
                 let (models, name) = (state.models.clone(), m.to_string());
@@ -455,7 +459,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                 (state.models.clone(), state.rollouts.clone(), m.to_string());
             let status = match req.method().clone() {
                 hyper::Method::POST => {
-                    let body = read_body(req, state.config.max_body_bytes).await?;
+                    let body = read_whole_body(req, state.config.max_body_bytes).await?;
                     let spec: crate::control::rollout::RolloutSpec = serde_json::from_slice(&body)
                         .map_err(|e| Error::invalid(format!("not a rollout: {e}")))?;
                     tokio::task::spawn_blocking(move || rollouts.start(models, &name, spec, &who))
@@ -498,42 +502,35 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             ))
         }
         Route::V1Predict(m) => {
-            let model = models.model(m)?;
-            let routed = model.route(None, sticky_key(&model, &req).as_deref())?;
-            let body = read_body(req, state.config.max_body_bytes).await?;
-            let (request, layout) =
-                super::v1::decode_predict(&body, &routed.primary.metadata, m, None)?;
-            let response = routed.infer(request).await?;
-            Ok(json(
-                StatusCode::OK,
-                super::v1::encode_predict(&response, layout)?,
-            ))
+            let (parts, body) = req.into_parts();
+            let call = Call {
+                model: m,
+                version: None,
+                headers: &parts.headers,
+            };
+            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            state.pipeline.infer(call, &super::v1::Codec, input).await
         }
         Route::Invocations(m) => {
             let name = match m {
                 Some(m) => m.to_string(),
                 None => default_model(state)?,
             };
-            let model = models.model(&name)?;
-            let routed = model.route(None, sticky_key(&model, &req).as_deref())?;
-            let content_type = req
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let body = read_body(req, state.config.max_body_bytes).await?;
-            let (request, shape) = super::mlflow::decode(
-                &body,
-                content_type.as_deref(),
-                &routed.primary.metadata,
-                &name,
-                None,
-            )?;
-            let response = routed.infer(request).await?;
-            Ok(json(
-                StatusCode::OK,
-                super::mlflow::encode(&response, shape)?,
-            ))
+            let (parts, body) = req.into_parts();
+            let codec = super::mlflow::Codec {
+                content_type: parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            };
+            let call = Call {
+                model: &name,
+                version: None,
+                headers: &parts.headers,
+            };
+            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            state.pipeline.infer(call, &codec, input).await
         }
         Route::Ping => {
             if models.is_loaded() {
@@ -550,36 +547,15 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
         }
         Route::Infer(m, v) => {
             let version = parse_version(m, v)?;
-            // Looked up before the body is read: an unknown model or version is
-            // answered at once, and the request routes on this snapshot.
-            let model = models.model(m)?;
-            if version.is_some() {
-                model.resolve(version)?;
-            }
-            let header_key = sticky_key(&model, &req);
-            let json_len = header_usize(&req, INFERENCE_HEADER)?;
-            let accept = compression::accepted(req.headers());
-            let body = read_body(req, state.config.max_body_bytes).await?;
-            let request = v2::decode_request(&body, json_len, m, version)?;
-            let (request, format) = request;
-            let key = crate::serving::traffic::routing_key(&request.parameters).or(header_key);
-            let routed = model.route(version, key.as_deref())?;
-            let response = routed.infer(request).await?;
-            let (body, json_len) = v2::encode_response(&response, &format);
-            let (body, encoding) = compression::compress(body, accept);
-            let mut resp = match json_len {
-                None => json(StatusCode::OK, body),
-                Some(n) => {
-                    let mut r = binary(body);
-                    r.headers_mut()
-                        .insert(INFERENCE_HEADER, HeaderValue::from(n));
-                    r
-                }
+            let (parts, body) = req.into_parts();
+            let codec = v2::HttpCodec::new(&parts.headers);
+            let call = Call {
+                model: m,
+                version,
+                headers: &parts.headers,
             };
-            if let Some(e) = encoding {
-                resp.headers_mut().insert(header::CONTENT_ENCODING, e);
-            }
-            Ok(resp)
+            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            state.pipeline.infer(call, &codec, input).await
         }
     }
 }
@@ -600,22 +576,8 @@ fn default_model(state: &State) -> Result<String> {
     }
 }
 
-/// Triton's binary tensor extension: the length of the JSON part of a body.
-const INFERENCE_HEADER: &str = "inference-header-content-length";
-
-fn header_usize(req: &Request<Incoming>, name: &str) -> Result<Option<usize>> {
-    match req.headers().get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .map(Some)
-            .ok_or_else(|| Error::invalid(format!("header {name} is not a byte count: {v:?}"))),
-    }
-}
-
-fn binary(body: Vec<u8>) -> Response<Body> {
+/// A 200 with a binary body (Triton's binary tensor extension).
+pub(super) fn binary(body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -624,17 +586,22 @@ fn binary(body: Vec<u8>) -> Response<Body> {
     r
 }
 
+/// Reads a request's whole body (an admin call's).
+async fn read_whole_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
+    let (parts, body) = req.into_parts();
+    read_body(&parts.headers, body, limit).await
+}
+
 /// Reads the whole body within `limit` bytes, decompressing a gzip or deflate
 /// `Content-Encoding` (the limit holds for the decompressed size too).
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
-    let encoding = compression::content_encoding(req.headers())?;
-    let raw = read_raw_body(req, limit).await?;
+async fn read_body(headers: &http::HeaderMap, body: Incoming, limit: usize) -> Result<Bytes> {
+    let encoding = compression::content_encoding(headers)?;
+    let raw = read_raw_body(headers, body, limit).await?;
     compression::decompress(raw, encoding, limit)
 }
 
-async fn read_raw_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
-    if let Some(len) = req
-        .headers()
+async fn read_raw_body(headers: &http::HeaderMap, body: Incoming, limit: usize) -> Result<Bytes> {
+    if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
@@ -643,7 +610,7 @@ async fn read_raw_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
             return Err(Error::PayloadTooLarge { limit });
         }
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(Error::PayloadTooLarge { limit })

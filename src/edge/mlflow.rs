@@ -192,3 +192,37 @@ pub fn encode(resp: &InferResponse, shape: Shape) -> Result<Vec<u8>> {
     };
     Ok(serde_json::to_vec(&json!({ "predictions": predictions })).expect("plain data"))
 }
+
+/// `POST /invocations` and `/models/{m}/invocations` in the one pipeline; the
+/// request's `Content-Type` chooses JSON or CSV.
+pub struct Codec {
+    pub content_type: Option<String>,
+}
+
+impl super::pipeline::Codec for Codec {
+    type Input = bytes::Bytes;
+    type Output = super::http::HttpResponse;
+    type Shape = Shape;
+    const PROTOCOL: crate::core::request::Protocol = crate::core::request::Protocol::Http;
+    const NEEDS_METADATA: bool = true;
+
+    fn decode(
+        &self,
+        body: bytes::Bytes,
+        call: &super::pipeline::Call<'_>,
+        meta: Option<&ModelMetadata>,
+    ) -> Result<(InferRequest, Shape)> {
+        let meta = meta.ok_or_else(|| Error::Internal("MLflow decodes against metadata".into()))?;
+        decode(
+            &body,
+            self.content_type.as_deref(),
+            meta,
+            call.model,
+            call.version,
+        )
+    }
+
+    fn encode(&self, response: InferResponse, shape: Shape) -> Result<Self::Output> {
+        Ok(super::http::json_ok(encode(&response, shape)?))
+    }
+}

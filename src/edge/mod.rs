@@ -11,6 +11,7 @@ pub mod http;
 pub mod json;
 pub mod metrics;
 pub mod mlflow;
+pub mod pipeline;
 pub mod rows;
 mod server;
 pub mod status;

@@ -93,3 +93,28 @@ pub fn encode_predict(resp: &InferResponse, layout: Layout) -> Result<Vec<u8>> {
     };
     Ok(serde_json::to_vec(&body).expect("plain data"))
 }
+
+/// `POST /v1/models/{m}:predict` in the one pipeline.
+pub struct Codec;
+
+impl super::pipeline::Codec for Codec {
+    type Input = bytes::Bytes;
+    type Output = super::http::HttpResponse;
+    type Shape = Layout;
+    const PROTOCOL: crate::core::request::Protocol = crate::core::request::Protocol::Http;
+    const NEEDS_METADATA: bool = true;
+
+    fn decode(
+        &self,
+        body: bytes::Bytes,
+        call: &super::pipeline::Call<'_>,
+        meta: Option<&ModelMetadata>,
+    ) -> Result<(InferRequest, Layout)> {
+        let meta = meta.ok_or_else(|| Error::Internal("V1 decodes against metadata".into()))?;
+        decode_predict(&body, meta, call.model, call.version)
+    }
+
+    fn encode(&self, response: InferResponse, layout: Layout) -> Result<Self::Output> {
+        Ok(super::http::json_ok(encode_predict(&response, layout)?))
+    }
+}

@@ -251,6 +251,74 @@ struct ResponseJson<'a> {
     outputs: Vec<TensorJson<'a>>,
 }
 
+/// Triton's binary tensor extension: the length of the JSON part of a body.
+pub const INFERENCE_HEADER: &str = "inference-header-content-length";
+
+/// `POST /v2/models/{m}[/versions/{v}]/infer` in the one pipeline: JSON or
+/// Triton's binary extension, answered compressed when the client accepts it.
+pub struct HttpCodec {
+    /// The `Inference-Header-Content-Length` header, read when decoding.
+    json_len: Option<http::HeaderValue>,
+    accept: Option<super::compression::Encoding>,
+}
+
+impl HttpCodec {
+    pub fn new(headers: &http::HeaderMap) -> Self {
+        HttpCodec {
+            json_len: headers.get(INFERENCE_HEADER).cloned(),
+            accept: super::compression::accepted(headers),
+        }
+    }
+}
+
+impl super::pipeline::Codec for HttpCodec {
+    type Input = Bytes;
+    type Output = super::http::HttpResponse;
+    type Shape = OutputFormat;
+    const PROTOCOL: crate::core::request::Protocol = crate::core::request::Protocol::Http;
+    const NEEDS_METADATA: bool = false;
+
+    fn decode(
+        &self,
+        body: Bytes,
+        call: &super::pipeline::Call<'_>,
+        _: Option<&crate::core::metadata::ModelMetadata>,
+    ) -> Result<(InferRequest, OutputFormat)> {
+        let json_len = match &self.json_len {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "header {INFERENCE_HEADER} is not a byte count: {v:?}"
+                        ))
+                    })?,
+            ),
+        };
+        decode_request(&body, json_len, call.model, call.version)
+    }
+
+    fn encode(&self, response: InferResponse, format: OutputFormat) -> Result<Self::Output> {
+        let (body, json_len) = encode_response(&response, &format);
+        let (body, encoding) = super::compression::compress(body, self.accept);
+        let mut resp = match json_len {
+            None => super::http::json_ok(body),
+            Some(n) => {
+                let mut r = super::http::binary(body);
+                r.headers_mut()
+                    .insert(INFERENCE_HEADER, http::HeaderValue::from(n));
+                r
+            }
+        };
+        if let Some(e) = encoding {
+            resp.headers_mut().insert(http::header::CONTENT_ENCODING, e);
+        }
+        Ok(resp)
+    }
+}
+
 /// Encodes an infer response: the JSON, then the raw bytes of the outputs that
 /// `format` makes binary. Returns the body and, when some output is binary, the
 /// length of the JSON part (for `Inference-Header-Content-Length`).

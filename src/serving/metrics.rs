@@ -64,24 +64,28 @@ impl VersionMetrics {
         h.record(took.as_secs_f64());
         match result {
             Ok(()) => ok.increment(1),
-            Err(e) => {
-                let p = match protocol {
-                    Protocol::Grpc => "grpc",
-                    Protocol::Http => "http",
-                };
-                counter!("switchyard_requests_total", "model" => self.model.clone(), "version" => self.version.clone(),
-                    "protocol" => p, "code" => e.status_code().to_string())
+            Err(e) => self.failed(protocol, e),
+        }
+    }
+
+    /// One request answered with `e`. Alone (not through [`Self::request`]) for
+    /// one that never reached the version: it could not be read or decoded.
+    pub fn failed(&self, protocol: Protocol, e: &Error) {
+        let p = match protocol {
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http",
+        };
+        counter!("switchyard_requests_total", "model" => self.model.clone(), "version" => self.version.clone(),
+            "protocol" => p, "code" => e.status_code().to_string())
+        .increment(1);
+        let reason = match e {
+            Error::QueueFull { .. } => Some("queue_full"),
+            Error::DeadlineExceeded(_) => Some("deadline"),
+            _ => None,
+        };
+        if let Some(r) = reason {
+            counter!("switchyard_rejected_total", "model" => self.model.clone(), "version" => self.version.clone(), "reason" => r)
                 .increment(1);
-                let reason = match e {
-                    Error::QueueFull { .. } => Some("queue_full"),
-                    Error::DeadlineExceeded(_) => Some("deadline"),
-                    _ => None,
-                };
-                if let Some(r) = reason {
-                    counter!("switchyard_rejected_total", "model" => self.model.clone(), "version" => self.version.clone(), "reason" => r)
-                        .increment(1);
-                }
-            }
         }
     }
 }

@@ -164,3 +164,45 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// One unary ModelInfer over plain HTTP/2 with `headers` (a `grpc-timeout`)
+/// and no client-side timer (tonic's and grpcio's clients keep a deadline
+/// themselves as well); returns the `grpc-status` and `grpc-message` the
+/// server sent.
+pub async fn grpc_raw_call(
+    base: &str,
+    msg: &switchyard::edge::grpc::proto::ModelInferRequest,
+    headers: &[(&str, &str)],
+) -> (String, String) {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use prost::Message;
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.encoded_len() as u32).to_be_bytes());
+    msg.encode(&mut frame).unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let mut req = http::Request::post(format!("{base}/inference.GRPCInferenceService/ModelInfer"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(frame))).unwrap())
+        .await
+        .unwrap();
+    let mut headers = resp.headers().clone();
+    let collected = resp.into_body().collect().await.unwrap();
+    if let Some(t) = collected.trailers() {
+        headers.extend(t.clone());
+    }
+    let get = |k: &str| {
+        headers
+            .get(k)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    (get("grpc-status"), get("grpc-message"))
+}

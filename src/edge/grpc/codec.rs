@@ -236,6 +236,31 @@ pub fn encode_response(resp: InferResponse, raw: bool) -> pb::ModelInferResponse
     out
 }
 
+/// `ModelInfer` (and each message of `ModelStreamInfer`) in the one pipeline.
+pub struct Codec;
+
+impl crate::edge::pipeline::Codec for Codec {
+    type Input = pb::ModelInferRequest;
+    type Output = pb::ModelInferResponse;
+    /// Whether to answer in raw contents.
+    type Shape = bool;
+    const PROTOCOL: crate::core::request::Protocol = crate::core::request::Protocol::Grpc;
+    const NEEDS_METADATA: bool = false;
+
+    fn decode(
+        &self,
+        msg: pb::ModelInferRequest,
+        _: &crate::edge::pipeline::Call<'_>,
+        _: Option<&crate::core::metadata::ModelMetadata>,
+    ) -> Result<(InferRequest, bool)> {
+        decode_request(msg)
+    }
+
+    fn encode(&self, response: InferResponse, raw: bool) -> Result<pb::ModelInferResponse> {
+        Ok(encode_response(response, raw))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::Request;
 use http_body_util::BodyExt;
@@ -28,6 +27,7 @@ use super::proto::grpc_inference_service_server::{
 };
 use crate::core::error::{Error, Result};
 use crate::core::tensor::DataType;
+use crate::edge::pipeline::{Call, Headers, Pipeline};
 use crate::edge::AdminAuth;
 use crate::serving::{parse_version, Models};
 
@@ -35,67 +35,50 @@ use crate::serving::{parse_version, Models};
 #[derive(Clone, Copy, Debug)]
 struct Peer(SocketAddr);
 
-/// The service state: the model table and the admin policy.
+/// The service state: the model table, the admin policy and the pipeline.
 pub struct InferenceService {
     models: Arc<Models>,
     admin: AdminAuth,
+    pipeline: Pipeline,
 }
 
-/// Reads `grpc-timeout` (`<digits><H|M|S|m|u|n>`, per the gRPC spec).
-fn grpc_timeout(meta: &MetadataMap) -> Result<Option<Duration>> {
-    let Some(v) = meta.get("grpc-timeout") else {
-        return Ok(None);
-    };
-    let bad = || Error::invalid(format!("grpc-timeout {v:?} is not <digits><unit>"));
-    let s = v.to_str().map_err(|_| bad())?;
-    if s.len() < 2 || s.len() > 9 {
-        return Err(bad());
+/// A stream's metadata as each of its messages sees it: its `grpc-timeout`
+/// bounds the whole stream, not each message.
+struct StreamHeaders(MetadataMap);
+
+impl Headers for StreamHeaders {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        if name == "grpc-timeout" {
+            return None;
+        }
+        self.0.header(name)
     }
-    let (n, unit) = s.split_at(s.len() - 1);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    Ok(Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return Err(bad()),
-    }))
 }
 
 impl InferenceService {
     pub fn new(models: Arc<Models>, admin: AdminAuth) -> Self {
-        InferenceService { models, admin }
+        InferenceService {
+            pipeline: Pipeline::new(models.clone(), admin.clone()),
+            models,
+            admin,
+        }
     }
 
+    /// One inference through the pipeline; `headers` are the call's metadata.
     async fn infer_one(
-        models: &Models,
-        req: pb::ModelInferRequest,
-        timeout: Option<Duration>,
-        metadata: Option<&tonic::metadata::MetadataMap>,
+        pipeline: &Pipeline,
+        msg: pb::ModelInferRequest,
+        headers: &dyn Headers,
     ) -> Result<pb::ModelInferResponse> {
-        let (mut request, raw) = codec::decode_request(req)?;
-        request.deadline = timeout.and_then(|d| std::time::Instant::now().checked_add(d));
-        let model = models.model(&request.model)?;
-        // The sticky key: `parameters.routing_key`, else the policy's header.
-        let header = model
-            .traffic
-            .sticky_header
-            .as_deref()
-            .and_then(|h| metadata?.get(h).map(|v| v.as_bytes().to_vec()));
-        let key = crate::serving::traffic::routing_key(&request.parameters).or(header);
-        let routed = model.route(request.version, key.as_deref())?;
-        let fut = routed.infer(request);
-        let response = match timeout {
-            None => fut.await?,
-            // Dropping the future on expiry drops the reply channel, so a request
-            // still queued is skipped by the worker instead of computed.
-            Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
-                Error::DeadlineExceeded(format!("the request's deadline of {d:?} passed"))
-            })??,
+        let model = msg.model_name.clone();
+        let call = Call {
+            version: parse_version(&model, &msg.model_version)?,
+            model: &model,
+            headers,
         };
-        Ok(codec::encode_response(response, raw))
+        pipeline
+            .infer(call, &codec::Codec, std::future::ready(Ok(msg)))
+            .await
     }
 
     fn check_api<T>(&self, req: &tonic::Request<T>) -> Result<()> {
@@ -230,10 +213,8 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: tonic::Request<pb::ModelInferRequest>,
     ) -> Reply<pb::ModelInferResponse> {
-        self.check_api(&req)?;
-        let timeout = grpc_timeout(req.metadata())?;
         let (metadata, _, msg) = req.into_parts();
-        let resp = Self::infer_one(&self.models, msg, timeout, Some(&metadata)).await?;
+        let resp = Self::infer_one(&self.pipeline, msg, &metadata).await?;
         Ok(Response::new(resp))
     }
 
@@ -253,9 +234,10 @@ impl GrpcInferenceService for InferenceService {
         req: tonic::Request<Streaming<pb::ModelInferRequest>>,
     ) -> Reply<Self::ModelStreamInferStream> {
         self.check_api(&req)?;
-        let mut incoming = req.into_inner();
+        let (metadata, _, mut incoming) = req.into_parts();
+        let headers = Arc::new(StreamHeaders(metadata));
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let models = self.models.clone();
+        let pipeline = self.pipeline.clone();
         tokio::spawn(async move {
             while let Some(msg) = incoming.next().await {
                 let msg = match msg {
@@ -266,9 +248,9 @@ impl GrpcInferenceService for InferenceService {
                     }
                 };
                 let tx = tx.clone();
-                let models = models.clone();
+                let (pipeline, headers) = (pipeline.clone(), headers.clone());
                 tokio::spawn(async move {
-                    let reply = match Self::infer_one(&models, msg, None, None).await {
+                    let reply = match Self::infer_one(&pipeline, msg, &*headers).await {
                         Ok(r) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(r),
@@ -508,25 +490,4 @@ pub async fn serve_grpc(
         shutdown,
     )
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_units() {
-        let mut m = MetadataMap::new();
-        for (v, want) in [
-            ("5S", Duration::from_secs(5)),
-            ("250m", Duration::from_millis(250)),
-            ("7u", Duration::from_micros(7)),
-            ("1H", Duration::from_secs(3600)),
-        ] {
-            m.insert("grpc-timeout", v.parse().unwrap());
-            assert_eq!(grpc_timeout(&m).unwrap(), Some(want));
-        }
-        m.insert("grpc-timeout", "5x".parse().unwrap());
-        assert!(grpc_timeout(&m).is_err());
-    }
 }

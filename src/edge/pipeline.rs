@@ -1,0 +1,227 @@
+//! The one inference path of every protocol: authorise, look up, route, read
+//! and decode, set the deadline, infer, observe, encode. A protocol is a
+//! [`Codec`]; its listener only says where the request goes ([`Call`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::core::error::{Error, Result};
+use crate::core::metadata::ModelMetadata;
+use crate::core::request::{InferRequest, InferResponse, Protocol};
+use crate::edge::AdminAuth;
+use crate::serving::{traffic::routing_key, Model, ModelVersion, Models, Routed};
+
+/// One protocol's translation between its wire format and the neutral request.
+pub trait Codec {
+    /// What the listener hands over: a body, a protobuf message.
+    type Input;
+    /// What the listener sends back.
+    type Output;
+    /// What decoding learns that encoding needs (the outputs' formats, rows
+    /// or columns).
+    type Shape;
+    /// The front end, for the metrics.
+    const PROTOCOL: Protocol;
+    /// Whether decoding needs the metadata of the version that answers (rows
+    /// of a table become the model's input tensors). Such a request is routed
+    /// before its body is read; others are routed after decoding, on the
+    /// routing key they may carry.
+    const NEEDS_METADATA: bool;
+
+    /// Decodes `input`, a request to `call`'s model; `meta` is given when
+    /// [`Codec::NEEDS_METADATA`].
+    fn decode(
+        &self,
+        input: Self::Input,
+        call: &Call<'_>,
+        meta: Option<&ModelMetadata>,
+    ) -> Result<(InferRequest, Self::Shape)>;
+
+    /// Encodes the answer.
+    fn encode(&self, response: InferResponse, shape: Self::Shape) -> Result<Self::Output>;
+}
+
+/// Request headers (HTTP) or metadata (gRPC), by lower-case name.
+pub trait Headers: Sync {
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl Headers for http::HeaderMap {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(|v| v.as_bytes())
+    }
+}
+
+impl Headers for tonic::metadata::MetadataMap {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(|v| v.as_bytes())
+    }
+}
+
+/// Where one inference call goes, as its listener read it.
+pub struct Call<'a> {
+    pub model: &'a str,
+    /// Set when the client addressed a version.
+    pub version: Option<u64>,
+    pub headers: &'a dyn Headers,
+}
+
+impl Call<'_> {
+    fn text_header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The `grpc-timeout` deadline, from gRPC metadata or an HTTP header alike
+    /// (as gRPC-Web sends it over HTTP/1.1).
+    fn timeout(&self) -> Result<Option<Duration>> {
+        match self.headers.header("grpc-timeout") {
+            None => Ok(None),
+            Some(v) => grpc_timeout(v).map(Some),
+        }
+    }
+
+    /// The value of the header that `model`'s traffic policy pins callers by.
+    fn sticky_key(&self, model: &Model) -> Option<Vec<u8>> {
+        let name = model.traffic.sticky_header.as_deref()?;
+        self.headers
+            .header(&name.to_ascii_lowercase())
+            .map(<[u8]>::to_vec)
+    }
+}
+
+/// Reads `grpc-timeout` (`<up to 8 digits><H|M|S|m|u|n>`, per the gRPC spec).
+pub fn grpc_timeout(v: &[u8]) -> Result<Duration> {
+    let bad = || {
+        Error::invalid(format!(
+            "grpc-timeout {:?} is not <digits><unit>",
+            String::from_utf8_lossy(v)
+        ))
+    };
+    let s = std::str::from_utf8(v).map_err(|_| bad())?;
+    if s.len() < 2 || s.len() > 9 {
+        return Err(bad());
+    }
+    let (n, unit) = s.split_at(s.len() - 1);
+    if !n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    Ok(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return Err(bad()),
+    })
+}
+
+/// What every protocol's inference goes through.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub models: Arc<Models>,
+    pub auth: AdminAuth,
+}
+
+impl Pipeline {
+    pub fn new(models: Arc<Models>, auth: AdminAuth) -> Self {
+        Pipeline { models, auth }
+    }
+
+    /// Runs one inference call: `input` is awaited (a body read) only once the
+    /// caller is authorised and the model exists, so a wrong name is answered
+    /// at once.
+    pub async fn infer<C: Codec>(
+        &self,
+        call: Call<'_>,
+        codec: &C,
+        input: impl Future<Output = Result<C::Input>>,
+    ) -> Result<C::Output> {
+        self.auth.check_api(call.text_header("authorization"))?;
+        let timeout = call.timeout()?;
+        let model = self.models.model(call.model)?;
+        if call.version.is_some() {
+            model.resolve(call.version)?;
+        }
+        let header_key = call.sticky_key(&model);
+        let (request, shape, routed) = if C::NEEDS_METADATA {
+            let routed = model.route(call.version, header_key.as_deref())?;
+            let decoded = input
+                .await
+                .and_then(|i| codec.decode(i, &call, Some(&routed.primary.metadata)));
+            match decoded {
+                Ok((request, shape)) => (request, shape, routed),
+                Err(e) => return Err(refused::<C>(&routed.primary, e)),
+            }
+        } else {
+            match input.await.and_then(|i| codec.decode(i, &call, None)) {
+                Ok((request, shape)) => {
+                    let key = routing_key(&request.parameters).or(header_key);
+                    let routed = model.route(call.version, key.as_deref())?;
+                    (request, shape, routed)
+                }
+                Err(e) => {
+                    if let Ok(r) = model.route(call.version, header_key.as_deref()) {
+                        return Err(refused::<C>(&r.primary, e));
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let response = run::<C>(routed, request, timeout).await?;
+        codec.encode(response, shape)
+    }
+}
+
+/// Counts a request that its version never answered (it could not be read or
+/// decoded, or its deadline passed first) in that version's metrics, so that
+/// every protocol's refusals show alike.
+fn refused<C: Codec>(version: &ModelVersion, e: Error) -> Error {
+    version.stats.metrics.failed(C::PROTOCOL, &e);
+    e
+}
+
+/// Infers within the deadline: past it, the request is answered
+/// DEADLINE_EXCEEDED, and dropping the future drops the reply channel, so a
+/// request still queued is skipped by its worker instead of computed.
+async fn run<C: Codec>(
+    routed: Routed,
+    mut request: InferRequest,
+    timeout: Option<Duration>,
+) -> Result<InferResponse> {
+    request.protocol = C::PROTOCOL;
+    request.deadline = timeout.and_then(|d| Instant::now().checked_add(d));
+    let Some(d) = timeout else {
+        return routed.infer(request).await;
+    };
+    let primary = routed.primary.clone();
+    match tokio::time::timeout(d, routed.infer(request)).await {
+        Ok(answer) => answer,
+        // The version's own count never saw the end of a dropped request.
+        Err(_) => Err(refused::<C>(
+            &primary,
+            Error::DeadlineExceeded(format!("the request's deadline of {d:?} passed")),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_says() {
+        assert_eq!(grpc_timeout(b"100m").unwrap(), Duration::from_millis(100));
+        assert_eq!(grpc_timeout(b"1n").unwrap(), Duration::from_nanos(1));
+        assert_eq!(grpc_timeout(b"2H").unwrap(), Duration::from_secs(7200));
+        assert_eq!(grpc_timeout(b"5S").unwrap(), Duration::from_secs(5));
+        assert_eq!(grpc_timeout(b"7u").unwrap(), Duration::from_micros(7));
+        for bad in [&b"m"[..], b"10", b"123456789S", b"+1S", b"1x", b"\xff1S"] {
+            assert!(grpc_timeout(bad).is_err(), "{bad:?}");
+        }
+    }
+}
