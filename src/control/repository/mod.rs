@@ -3,6 +3,7 @@
 //! model table in step with a source.
 
 pub mod mlflow;
+mod reconcile;
 pub mod source;
 pub(crate) mod warmup;
 pub mod watcher;

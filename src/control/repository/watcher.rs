@@ -14,6 +14,7 @@ use crate::serving::{
     Model, ModelControl, ModelVersion, Models, Traffic, TrafficSpec, VersionState,
 };
 
+use super::reconcile;
 use super::source::{ModelListing, Source};
 
 /// Who decides what is loaded (Triton's `--model-control-mode`).
@@ -226,36 +227,21 @@ impl Watcher {
             .version_policy()
             .unwrap_or(crate::core::config::VersionPolicy::Latest(1));
         let available: Vec<u64> = stable.keys().copied().collect();
-        // Aliased versions serve too: traffic policies weight them by name.
-        let mut desired = policy.select(&available);
-        for v in l.aliases.values() {
-            if available.contains(v) && !desired.contains(v) {
-                desired.push(*v);
-            }
-        }
-        desired.sort_unstable();
         let old_versions = current
             .as_ref()
             .map(|m| m.versions.clone())
             .unwrap_or_default();
-        let to_load: Vec<u64> = desired
-            .iter()
-            .copied()
-            .filter(|v| {
-                config_changed
-                    || applied.versions.get(v) != stable.get(v)
-                    || !old_versions.contains_key(v)
-            })
-            .collect();
-        let retire: Vec<u64> = old_versions
-            .keys()
-            .copied()
-            .filter(|v| !desired.contains(v))
-            .collect();
-        if let Some(m) = current
-            .as_ref()
-            .filter(|_| to_load.is_empty() && retire.is_empty())
-        {
+        let serving: Vec<u64> = old_versions.keys().copied().collect();
+        let plan = reconcile::plan(
+            &policy,
+            stable,
+            &l.aliases,
+            &serving,
+            &applied.versions,
+            config_changed,
+        );
+        let (desired, to_load) = (plan.desired.clone(), plan.load.clone());
+        if let Some(m) = current.as_ref().filter(|_| plan.is_empty()) {
             if m.default == l.default {
                 if m.error.is_some() && !m.versions.is_empty() {
                     // A config.toml that was broken is readable again.
@@ -326,13 +312,14 @@ impl Watcher {
             matches!(vs.get(v), Some(VersionState::Ready(_)))
         };
         let desired_ok = desired.iter().all(|v| ready(&versions, v));
-        let mut retired = Vec::new();
-        for v in retire {
-            if !desired_ok && ready(&old_versions, &v) && l.versions.contains_key(&v) {
-                versions.insert(v, old_versions[&v].clone());
-            } else {
-                retired.push(v);
-            }
+        let (kept, retired) = reconcile::retirements(
+            &plan.retire,
+            desired_ok,
+            |v| ready(&old_versions, &v),
+            |v| l.versions.contains_key(&v),
+        );
+        for v in kept {
+            versions.insert(v, old_versions[&v].clone());
         }
         // `latest = N` with a failed version: the next ones down stand in, so
         // that a broken newest version does not leave the model without any.
@@ -340,12 +327,11 @@ impl Watcher {
         if let crate::core::config::VersionPolicy::Latest(n) = policy {
             let serving = versions.keys().filter(|v| ready(&versions, v)).count();
             let mut need = n.min(available.len()).saturating_sub(serving);
-            for &v in available.iter().rev() {
+            let candidates =
+                reconcile::stand_ins(stable, &applied.versions, |v| versions.contains_key(&v));
+            for v in candidates {
                 if need == 0 {
                     break;
-                }
-                if versions.contains_key(&v) || applied.versions.get(&v) == stable.get(&v) {
-                    continue;
                 }
                 tried.push(v);
                 match self.load(&name, v, &config) {
