@@ -375,74 +375,139 @@ fn control(
             error_rate: Some(error_rate),
             p99_ms,
         };
-        if n < spec.min_requests {
-            event.what = format!(
-                "waiting: {n} requests in the window, {} needed",
-                spec.min_requests
-            );
-            s.history.push(event);
-            continue;
-        }
-        let mut problems = Vec::new();
-        if error_rate > spec.max_error_rate {
-            problems.push(format!(
-                "error rate {error_rate:.4} > {}",
-                spec.max_error_rate
-            ));
-        }
-        if let (Some(max), Some(p99)) = (spec.max_p99_latency_ms, p99_ms) {
-            if p99 > max {
-                problems.push(format!("p99 {p99:.2} ms > {max} ms"));
-            }
-        }
-        // Drift of the candidate's inputs over its own drift window, when it has a profile.
-        if let (Some(max), Some(psi)) =
-            (spec.max_drift_psi, candidate_psi(&models, model, candidate))
-        {
-            if psi > max {
-                problems.push(format!("input drift PSI {psi:.3} > {max}"));
-            }
-        }
-        if problems.is_empty() {
-            let next = (s.weight + spec.step_weight).min(spec.max_weight);
-            if s.weight >= spec.max_weight {
-                event.what = "healthy at the maximum weight: promoted".into();
-                s.history.push(event);
+        let measured = Window {
+            requests: n,
+            error_rate,
+            p99_ms,
+            // Drift of the candidate's inputs over its own drift window.
+            psi: candidate_psi(&models, model, candidate),
+        };
+        let step = judge(&spec, s.weight, s.failed_checks, &measured);
+        event.what = step.to_string();
+        s.history.push(event);
+        match step {
+            Step::Wait { .. } => {}
+            Step::Promote => {
                 end(&mut s, Phase::Promoted, "promoted");
                 return;
             }
-            event.what = format!("healthy: {} → {next}%", s.weight);
-            s.history.push(event);
-            if let Err(e) = set_weights(&models, model, stable, candidate, next, "rollout") {
-                end(
-                    &mut s,
-                    Phase::RolledBack,
-                    &format!("cannot set weights: {e}"),
-                );
-                return;
+            Step::Advance { to, .. } => {
+                if let Err(e) = set_weights(&models, model, stable, candidate, to, "rollout") {
+                    end(
+                        &mut s,
+                        Phase::RolledBack,
+                        &format!("cannot set weights: {e}"),
+                    );
+                    return;
+                }
+                s.weight = to;
+                tracing::info!(model, candidate, weight = to, "rollout step");
             }
-            s.weight = next;
-            tracing::info!(model, candidate, weight = next, "rollout step");
-        } else {
-            s.failed_checks += 1;
-            event.what = format!(
-                "failed check {}/{}: {}",
-                s.failed_checks,
-                spec.threshold,
-                problems.join("; ")
-            );
-            tracing::warn!(
-                model,
-                candidate,
-                "rollout check failed: {}",
-                problems.join("; ")
-            );
-            s.history.push(event);
-            if s.failed_checks >= spec.threshold {
-                end(&mut s, Phase::RolledBack, "rolled back");
-                return;
+            Step::Fail {
+                failed_checks,
+                ref problems,
+                roll_back,
+                ..
+            } => {
+                s.failed_checks = failed_checks;
+                tracing::warn!(model, candidate, "rollout check failed: {problems}");
+                if roll_back {
+                    end(&mut s, Phase::RolledBack, "rolled back");
+                    return;
+                }
             }
         }
+    }
+}
+
+/// What one interval measured of the candidate.
+#[derive(Debug, Clone, PartialEq)]
+struct Window {
+    requests: u64,
+    error_rate: f64,
+    p99_ms: Option<f64>,
+    /// The largest PSI of its input features, when it has a drift profile.
+    psi: Option<f64>,
+}
+
+/// The rollout's next step after one interval.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    /// Too few requests for a verdict.
+    Wait { requests: u64, needed: u64 },
+    /// Healthy below the maximum weight: raise it.
+    Advance { from: u64, to: u64 },
+    /// Healthy at the maximum weight.
+    Promote,
+    /// A gate failed; `roll_back` once the threshold of failed checks is met.
+    Fail {
+        failed_checks: u32,
+        threshold: u32,
+        problems: String,
+        roll_back: bool,
+    },
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Wait { requests, needed } => write!(
+                f,
+                "waiting: {requests} requests in the window, {needed} needed"
+            ),
+            Step::Advance { from, to } => write!(f, "healthy: {from} → {to}%"),
+            Step::Promote => write!(f, "healthy at the maximum weight: promoted"),
+            Step::Fail {
+                failed_checks,
+                threshold,
+                problems,
+                ..
+            } => write!(f, "failed check {failed_checks}/{threshold}: {problems}"),
+        }
+    }
+}
+
+/// The rollout's state machine: given the spec, the candidate's weight, the
+/// checks failed so far and one window's measurements, the next step.
+fn judge(spec: &RolloutSpec, weight: u64, failed_checks: u32, w: &Window) -> Step {
+    if w.requests < spec.min_requests {
+        return Step::Wait {
+            requests: w.requests,
+            needed: spec.min_requests,
+        };
+    }
+    let mut problems = Vec::new();
+    if w.error_rate > spec.max_error_rate {
+        problems.push(format!(
+            "error rate {:.4} > {}",
+            w.error_rate, spec.max_error_rate
+        ));
+    }
+    if let (Some(max), Some(p99)) = (spec.max_p99_latency_ms, w.p99_ms) {
+        if p99 > max {
+            problems.push(format!("p99 {p99:.2} ms > {max} ms"));
+        }
+    }
+    if let (Some(max), Some(psi)) = (spec.max_drift_psi, w.psi) {
+        if psi > max {
+            problems.push(format!("input drift PSI {psi:.3} > {max}"));
+        }
+    }
+    if !problems.is_empty() {
+        let failed_checks = failed_checks + 1;
+        return Step::Fail {
+            failed_checks,
+            threshold: spec.threshold,
+            problems: problems.join("; "),
+            roll_back: failed_checks >= spec.threshold,
+        };
+    }
+    if weight >= spec.max_weight {
+        return Step::Promote;
+    }
+    Step::Advance {
+        from: weight,
+        to: (weight + spec.step_weight).min(spec.max_weight),
     }
 }
 
@@ -487,4 +552,112 @@ fn candidate_psi(models: &Models, model: &str, candidate: u64) -> Option<f64> {
             .map(|f| f.psi)
             .fold(0.0, f64::max)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RolloutSpec {
+        serde_json::from_value(serde_json::json!({
+            "candidate": "2", "step_weight": 20, "max_weight": 50, "threshold": 2,
+            "max_error_rate": 0.05, "max_p99_latency_ms": 10.0, "max_drift_psi": 0.2,
+            "min_requests": 10
+        }))
+        .unwrap()
+    }
+
+    fn healthy() -> Window {
+        Window {
+            requests: 100,
+            error_rate: 0.0,
+            p99_ms: Some(1.0),
+            psi: Some(0.01),
+        }
+    }
+
+    #[test]
+    fn a_healthy_candidate_steps_up_to_the_maximum_then_is_promoted() {
+        let (s, w) = (spec(), healthy());
+        assert_eq!(judge(&s, 0, 0, &w), Step::Advance { from: 0, to: 20 });
+        assert_eq!(judge(&s, 40, 0, &w), Step::Advance { from: 40, to: 50 });
+        assert_eq!(judge(&s, 50, 0, &w), Step::Promote);
+    }
+
+    #[test]
+    fn too_few_requests_give_no_verdict() {
+        let w = Window {
+            requests: 9,
+            error_rate: 1.0,
+            ..healthy()
+        };
+        assert_eq!(
+            judge(&spec(), 20, 1, &w),
+            Step::Wait {
+                requests: 9,
+                needed: 10
+            }
+        );
+    }
+
+    #[test]
+    fn each_gate_fails_a_check_and_the_threshold_rolls_back() {
+        let s = spec();
+        for (w, says) in [
+            (
+                Window {
+                    error_rate: 0.5,
+                    ..healthy()
+                },
+                "error rate",
+            ),
+            (
+                Window {
+                    p99_ms: Some(11.0),
+                    ..healthy()
+                },
+                "p99",
+            ),
+            (
+                Window {
+                    psi: Some(0.3),
+                    ..healthy()
+                },
+                "PSI",
+            ),
+        ] {
+            let Step::Fail {
+                failed_checks,
+                problems,
+                roll_back,
+                ..
+            } = judge(&s, 20, 0, &w)
+            else {
+                panic!("{says} should fail the check");
+            };
+            assert_eq!((failed_checks, roll_back), (1, false));
+            assert!(problems.contains(says), "{problems}");
+            let second = judge(&s, 20, 1, &w);
+            assert!(
+                matches!(
+                    second,
+                    Step::Fail {
+                        roll_back: true,
+                        ..
+                    }
+                ),
+                "{second:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unmeasured_gate_passes() {
+        let w = Window {
+            p99_ms: None,
+            psi: None,
+            ..healthy()
+        };
+        assert_eq!(judge(&spec(), 0, 0, &w), Step::Advance { from: 0, to: 20 });
+    }
 }
