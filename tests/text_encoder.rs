@@ -80,9 +80,11 @@ fn minilm_embeds_texts_the_same_alone_or_batched() {
         meta["inputs"],
         json!([{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}])
     );
+    // The tokens each text ran as: what OpenAI's `usage` counts.
     assert_eq!(
         meta["outputs"],
-        json!([{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}])
+        json!([{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]},
+               {"name": "tokens", "datatype": "INT64", "shape": [-1]}])
     );
 
     let long = "serving models at scale is the real work ".repeat(60);
@@ -97,6 +99,14 @@ fn minilm_embeds_texts_the_same_alone_or_batched() {
     let (code, resp) = s.post("/v2/models/minilm/infer", &texts(&batch));
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["outputs"][0]["shape"], json!([6, 384]));
+    // "" is [CLS] [SEP]; the long text is cut to max_length (256).
+    assert_eq!(resp["outputs"][1]["name"], "tokens");
+    let tokens = resp["outputs"][1]["data"].as_array().unwrap();
+    assert_eq!(
+        (tokens[4].as_i64(), tokens[5].as_i64()),
+        (Some(2), Some(256))
+    );
+    assert!(tokens[0].as_i64().unwrap() > 5);
     let e = embeddings(&resp);
     for v in &e {
         assert!((dot(v, v) - 1.0).abs() < 1e-5, "normalised: {}", dot(v, v));

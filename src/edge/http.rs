@@ -155,7 +155,7 @@ fn not_ready() -> Response<Body> {
     error_response(&Error::Unavailable("models are still loading".into()))
 }
 
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+pub(super) fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -226,6 +226,10 @@ enum Route<'a> {
     Rollout(&'a str),
     /// Prometheus's scrape.
     Metrics,
+    /// OpenAI's `POST /v1/embeddings`.
+    OpenAiEmbeddings,
+    /// TEI's `POST /embed`.
+    TeiEmbed,
     /// `GET /v2/models/{m}[/versions/{v}]/drift`.
     Drift(&'a str, &'a str),
 }
@@ -238,7 +242,9 @@ impl Route<'_> {
             | Route::RepositoryLoad(_)
             | Route::RepositoryUnload(_)
             | Route::V1Predict(_)
-            | Route::Invocations(_) => "POST",
+            | Route::Invocations(_)
+            | Route::OpenAiEmbeddings
+            | Route::TeiEmbed => "POST",
             // Triton's clients POST the index; a browser or curl GETs it.
             Route::RepositoryIndex => "GET, HEAD, POST",
             Route::Traffic(_) => "GET, HEAD, PUT",
@@ -271,6 +277,8 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
         ["v2", "repository", "models", m, "load"] => Route::RepositoryLoad(m),
         ["v2", "repository", "models", m, "unload"] => Route::RepositoryUnload(m),
         ["v1", "models"] => Route::V1List,
+        ["v1", "embeddings"] => Route::OpenAiEmbeddings,
+        ["embed"] => Route::TeiEmbed,
         ["v1", "models", m] => match m.strip_suffix(":predict") {
             Some(m) => Route::V1Predict(m),
             None => Route::V1Model(m),
@@ -545,6 +553,23 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                 Ok(not_ready())
             }
         }
+        Route::OpenAiEmbeddings => openai_embeddings(state, req)
+            .await
+            .or_else(|e| Ok(super::embeddings::openai_error(&e))),
+        Route::TeiEmbed => {
+            let name = default_encoder(state)?;
+            let (parts, body) = req.into_parts();
+            let call = Call {
+                model: &name,
+                version: None,
+                headers: &parts.headers,
+            };
+            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            state
+                .pipeline
+                .infer(call, &super::embeddings::Tei, input)
+                .await
+        }
         Route::Infer(m, v) => {
             let version = parse_version(m, v)?;
             let (parts, body) = req.into_parts();
@@ -571,6 +596,51 @@ fn default_model(state: &State) -> Result<String> {
         names => Err(Error::not_found(format!(
             "POST /invocations scores the default model, and there is none: start with \
              --default-model NAME or post to /models/NAME/invocations ({} models loaded)",
+            names.len()
+        ))),
+    }
+}
+
+/// `POST /v1/embeddings`: the model is named in the body, which is read
+/// first (bounded as every body is).
+async fn openai_embeddings(state: &State, req: Request<Incoming>) -> Result<Response<Body>> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
+    let request = super::embeddings::OpenAiRequest::parse(&body)?;
+    let model = request.model.clone();
+    let call = Call {
+        model: &model,
+        version: None,
+        headers: &parts.headers,
+    };
+    let input = std::future::ready(Ok(request));
+    state
+        .pipeline
+        .infer(call, &super::embeddings::OpenAi, input)
+        .await
+}
+
+/// The model TEI's `POST /embed` embeds with: `--default-model`, or the only
+/// text encoder served.
+fn default_encoder(state: &State) -> Result<String> {
+    if let Some(m) = &state.config.default_model {
+        return Ok(m.clone());
+    }
+    let table = state.models.snapshot();
+    let encoders: Vec<&String> = table
+        .models
+        .iter()
+        .filter(|(_, m)| {
+            m.default_version()
+                .is_some_and(|v| v.metadata.platform == "safetensors_bert")
+        })
+        .map(|(name, _)| name)
+        .collect();
+    match encoders.as_slice() {
+        [only] => Ok((*only).clone()),
+        names => Err(Error::not_found(format!(
+            "POST /embed embeds with the default model, and there is none: start with \
+             --default-model NAME ({} text encoders are ready)",
             names.len()
         ))),
     }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod compression;
+pub mod embeddings;
 pub mod grpc;
 pub mod http;
 pub mod json;

@@ -40,6 +40,10 @@ struct Encoder {
     output: String,
 }
 
+/// The encoder's second output: the tokens of each text, as it ran (after
+/// truncation, `[CLS]` and `[SEP]` included). What OpenAI's `usage` counts.
+pub const TOKENS_OUTPUT: &str = "tokens";
+
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::load(format!("{}: {e}", path.display()))
 }
@@ -229,7 +233,19 @@ pub fn load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
         input: input.name.clone(),
         output: output.name.clone(),
     };
-    super::candle_loaded("safetensors_bert", input, output, config, encoder)
+    let tokens = TensorSpec {
+        name: TOKENS_OUTPUT.into(),
+        dtype: DataType::I64,
+        shape: vec![-1],
+        symbols: vec![None],
+    };
+    super::candle_loaded(
+        "safetensors_bert",
+        input,
+        vec![output, tokens],
+        config,
+        encoder,
+    )
 }
 
 impl Encoder {
@@ -302,7 +318,7 @@ impl Encoder {
 }
 
 impl Backend for Encoder {
-    fn infer(&mut self, inputs: &[Tensor], _outputs: &[String]) -> Result<Vec<Tensor>> {
+    fn infer(&mut self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>> {
         let x = inputs
             .iter()
             .find(|t| t.name == self.input)
@@ -322,26 +338,52 @@ impl Backend for Encoder {
             })
             .collect::<Result<Vec<&str>>>()?;
         let n = texts.len();
-        if n == 0 {
-            return Tensor::new(
-                self.output.clone(),
-                DataType::F32,
-                vec![0, self.hidden as i64],
-                bytes::Bytes::new(),
-            )
-            .map(|t| vec![t]);
-        }
-        let encodings = self.tokenize(texts)?;
-        let out = self
-            .embed(&encodings)
-            .map_err(|e| Error::Internal(format!("candle: {e}")))?;
-        let width = self.hidden;
-        let data: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Ok(vec![Tensor::new(
+        let encodings = if n == 0 {
+            Vec::new()
+        } else {
+            self.tokenize(texts)?
+        };
+        let wants = |name: &str| outputs.is_empty() || outputs.iter().any(|o| o == name);
+        let embeddings = if wants(&self.output) && n > 0 {
+            self.embed(&encodings)
+                .map_err(|e| Error::Internal(format!("candle: {e}")))?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let embedding = Tensor::new(
             self.output.clone(),
             DataType::F32,
-            vec![n as i64, width as i64],
-            data.into(),
-        )?])
+            vec![n as i64, self.hidden as i64],
+            embeddings.into(),
+        );
+        let tokens = || {
+            let data: Vec<u8> = encodings
+                .iter()
+                .flat_map(|e| (e.len() as i64).to_le_bytes())
+                .collect();
+            Tensor::new(
+                TOKENS_OUTPUT.into(),
+                DataType::I64,
+                vec![n as i64],
+                data.into(),
+            )
+        };
+        // In the order asked for (the worker's contract), all when none is named.
+        if outputs.is_empty() {
+            return Ok(vec![embedding?, tokens()?]);
+        }
+        let mut embedding = Some(embedding);
+        outputs
+            .iter()
+            .map(|o| match o.as_str() {
+                TOKENS_OUTPUT => tokens(),
+                _ => embedding.take().unwrap_or_else(|| {
+                    Err(Error::invalid(format!("output '{o}' asked for twice")))
+                }),
+            })
+            .collect()
     }
 }

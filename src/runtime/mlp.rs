@@ -211,7 +211,7 @@ pub fn load(path: &Path, config: &ModelConfig) -> Result<Loaded> {
         output: output.name.clone(),
         device,
     };
-    super::candle_loaded("safetensors_mlp", input, output, config, mlp)
+    super::candle_loaded("safetensors_mlp", input, vec![output], config, mlp)
 }
 
 impl Mlp {

@@ -99,14 +99,14 @@ pub fn candle_device(device: crate::core::config::Device) -> Result<candle_core:
 fn candle_loaded<B: Backend + Clone + 'static>(
     platform: &'static str,
     input: crate::core::metadata::TensorSpec,
-    output: crate::core::metadata::TensorSpec,
+    outputs: Vec<crate::core::metadata::TensorSpec>,
     config: &ModelConfig,
     backend: B,
 ) -> Result<Loaded> {
     let mut metadata = ModelMetadata {
         platform,
         inputs: vec![input],
-        outputs: vec![output],
+        outputs,
         max_batch_size: 0,
     };
     metadata.max_batch_size = max_batch_size(config, &metadata)?;
