@@ -247,10 +247,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let models = Arc::new(Models::new());
+        let (models, publisher) = Models::new();
         let watcher = repository::Watcher::new(
             source,
-            models.clone(),
+            publisher,
             repository::Options {
                 mode: args.model_control,
                 poll_interval: args.poll_interval,
@@ -260,40 +260,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
         );
         models.set_control(watcher.clone());
-        let loader = {
-            let models = models.clone();
-            let mode = args.model_control;
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                if let Err(e) = watcher.scan(true) {
-                    // A registry that is down at start is retried every poll.
-                    tracing::error!(error = %e, source = %watcher.describe(), "cannot list models");
-                    if mode != repository::ControlMode::Poll {
-                        return Err(e.into());
-                    }
-                }
-                let table = models.snapshot();
-                let ready = table
-                    .models
-                    .values()
-                    .filter(|m| m.default_version().is_some())
-                    .count();
-                tracing::info!(
-                    models = table.models.len(),
-                    ready,
-                    source = %watcher.describe(),
-                    model_control = ?mode,
-                    "repository loaded"
-                );
-                models.set_loaded();
-                if mode == repository::ControlMode::Poll {
-                    std::thread::Builder::new()
-                        .name("switchyard-watch".into())
-                        .spawn(move || watcher.run())
-                        .context("cannot start the repository watcher")?;
-                }
-                Ok(())
-            })
-        };
+        let loader = tokio::task::spawn_blocking(move || watcher.start());
         let config = HttpConfig {
             max_body_bytes: args.max_body_bytes,
             default_model: args.default_model,

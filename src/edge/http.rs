@@ -95,19 +95,22 @@ pub async fn serve_metrics(
         move |_| {
             let (models, rollouts) = (models.clone(), rollouts.clone());
             service_fn(move |req: Request<Incoming>| {
-                let answer = match (req.method(), req.uri().path()) {
-                    (&http::Method::GET, "/metrics") => metrics_text(&models, &rollouts),
-                    (m, "/metrics") => Err(Error::MethodNotAllowed {
-                        method: m.to_string(),
-                        path: "/metrics".into(),
-                        allow: "GET",
-                    }),
-                    (_, path) => Err(Error::not_found(format!(
-                        "no route for {path}: this port serves GET /metrics only"
-                    ))),
-                };
-                let resp = answer.unwrap_or_else(|e| error_response(&e));
-                std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+                let (models, rollouts) = (models.clone(), rollouts.clone());
+                async move {
+                    let answer = match (req.method(), req.uri().path()) {
+                        (&http::Method::GET, "/metrics") => metrics_text(models, rollouts).await,
+                        (m, "/metrics") => Err(Error::MethodNotAllowed {
+                            method: m.to_string(),
+                            path: "/metrics".into(),
+                            allow: "GET",
+                        }),
+                        (_, path) => Err(Error::not_found(format!(
+                            "no route for {path}: this port serves GET /metrics only"
+                        ))),
+                    };
+                    let resp = answer.unwrap_or_else(|e| error_response(&e));
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             })
         },
         shutdown,
@@ -115,13 +118,17 @@ pub async fn serve_metrics(
     .await;
 }
 
-/// The Prometheus text exposition of every metric.
-fn metrics_text(
-    models: &Models,
-    rollouts: &crate::control::rollout::Rollouts,
+/// The Prometheus text exposition of every metric, rendered off the async
+/// threads (it reads the rollouts and drift windows).
+async fn metrics_text(
+    models: Arc<Models>,
+    rollouts: Arc<crate::control::rollout::Rollouts>,
 ) -> Result<Response<Body>> {
-    let text = crate::edge::metrics::render(models, rollouts)
-        .ok_or_else(|| Error::not_found("metrics are off (--no-metrics)"))?;
+    let text = super::off_runtime("metrics", move || {
+        crate::edge::metrics::render(&models, &rollouts)
+            .ok_or_else(|| Error::not_found("metrics are off (--no-metrics)"))
+    })
+    .await?;
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -420,14 +427,11 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
         }
         Route::RepositoryLoad(m) | Route::RepositoryUnload(m) => {
             admin_caller(state, &req, peer)?;
-            let name = m.to_string();
+            let (models, name) = (state.models.clone(), m.to_string());
             if matches!(route, Route::RepositoryLoad(_)) {
-                let models = state.models.clone();
-                tokio::task::spawn_blocking(move || models.load_model(&name))
-                    .await
-                    .map_err(|e| Error::Internal(format!("load stopped: {e}")))??;
+                super::off_runtime("load", move || models.load_model(&name)).await?;
             } else {
-                models.unload_model(&name)?;
+                super::off_runtime("unload", move || models.unload_model(&name)).await?;
             }
             Ok(empty(StatusCode::OK))
         }
@@ -438,29 +442,36 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                 let spec: crate::core::config::TrafficSpec = serde_json::from_slice(&body)
                     .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))?;
                 let (models, name) = (state.models.clone(), m.to_string());
-                tokio::task::spawn_blocking(move || models.set_traffic(&name, spec, &who))
-                    .await
-                    .map_err(|e| Error::Internal(format!("policy change stopped: {e}")))??;
+                super::off_runtime("policy change", move || {
+                    models.set_traffic(&name, spec, &who)
+                })
+                .await?;
             }
             Ok(json(StatusCode::OK, encode_traffic(&*models.model(m)?)))
         }
         Route::Drift(m, v) => {
             let mv = models.resolve(m, parse_version(m, v)?)?;
-            let monitor = mv.observer::<crate::control::drift::Monitor>().ok_or_else(|| {
+            let (version, reading) = (mv.version, mv.clone());
+            // The report locks the monitor's window: off the async threads.
+            let report = super::off_runtime("drift report", move || {
+                let monitor = reading.observer::<crate::control::drift::Monitor>();
+                Ok(monitor.map(|d| d.report()))
+            })
+            .await?
+            .ok_or_else(|| {
                 Error::not_found(format!(
-                    "model '{m}' version {} has no drift profile (baseline.json beside its files; see `switchyard profile`)",
-                    mv.version
+                    "model '{m}' version {version} has no drift profile (baseline.json beside its files; see `switchyard profile`)"
                 ))
             })?;
-            let mut body = serde_json::to_value(monitor.report()).expect("plain data");
+            let mut body = serde_json::to_value(report).expect("plain data");
             body["model"] = m.into();
-            body["version"] = mv.version.to_string().into();
+            body["version"] = version.to_string().into();
             Ok(json(
                 StatusCode::OK,
                 serde_json::to_vec(&body).expect("plain data"),
             ))
         }
-        Route::Metrics => metrics_text(models, &state.rollouts),
+        Route::Metrics => metrics_text(state.models.clone(), state.rollouts.clone()).await,
         Route::Rollout(m) => {
             let who = admin_caller(state, &req, peer)?;
             let (models, rollouts, name) =
@@ -470,16 +481,14 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                     let body = read_whole_body(req, state.config.max_body_bytes).await?;
                     let spec: crate::control::rollout::RolloutSpec = serde_json::from_slice(&body)
                         .map_err(|e| Error::invalid(format!("not a rollout: {e}")))?;
-                    tokio::task::spawn_blocking(move || rollouts.start(models, &name, spec, &who))
-                        .await
-                        .map_err(|e| Error::Internal(format!("rollout stopped: {e}")))??
+                    super::off_runtime("rollout", move || rollouts.start(models, &name, spec, &who))
+                        .await?
                 }
                 hyper::Method::DELETE => {
-                    tokio::task::spawn_blocking(move || rollouts.abort(&models, &name, &who))
-                        .await
-                        .map_err(|e| Error::Internal(format!("rollout stopped: {e}")))??
+                    super::off_runtime("rollout", move || rollouts.abort(&models, &name, &who))
+                        .await?
                 }
-                _ => rollouts.status(m)?,
+                _ => super::off_runtime("rollout", move || rollouts.status(&name)).await?,
             };
             Ok(json(
                 StatusCode::OK,

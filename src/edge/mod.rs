@@ -32,4 +32,17 @@ pub const EXTENSIONS: &[&str] = &[
     "statistics",
 ];
 pub use grpc::serve_grpc;
+
+/// Runs `f` on the blocking pool and awaits it: every control action (a load,
+/// a policy change, a rollout step, reading the rollouts or the drift windows,
+/// rendering `/metrics`) may wait on a lock that the control plane holds across
+/// a load, and must never do so on an async thread.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> crate::core::error::Result<T> + Send + 'static,
+) -> crate::core::error::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| crate::core::error::Error::Internal(format!("{what} stopped: {e}")))?
+}
 pub use http::{serve_http, serve_metrics, HttpConfig};

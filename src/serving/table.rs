@@ -212,17 +212,51 @@ impl Routed {
 }
 
 /// The live table plus the server's readiness, shared by every protocol front end.
+/// Read-only to all of them: only the [`Publisher`] changes it.
 #[derive(Default)]
 pub struct Models {
     table: ArcSwap<ModelTable>,
     loaded: AtomicBool,
     /// What serves explicit loads and unloads; unset: they are refused.
     control: OnceLock<Arc<dyn ModelControl>>,
-    /// Serialises writers, which build a new table from the current one; readers
-    /// never take it.
-    writer: Mutex<()>,
     /// Versions that failed to load or warm up, since the start.
     pub load_failures: AtomicU64,
+}
+
+/// The one handle that changes the table: [`Models::new`] makes it once, and
+/// the control plane keeps it. That only the control plane publishes is a fact
+/// of the types, not a convention.
+pub struct Publisher {
+    models: Arc<Models>,
+    /// Serialises writers, which build a new table from the current one;
+    /// readers never take it.
+    writer: Mutex<()>,
+}
+
+impl Publisher {
+    /// The table this handle publishes to.
+    pub fn models(&self) -> &Arc<Models> {
+        &self.models
+    }
+
+    /// Replaces one model (`None` removes it) in a new table and publishes it;
+    /// returns the model it replaced. Versions dropped from the table keep
+    /// serving the requests that already hold them, then free their memory.
+    pub fn replace_model(&self, name: &str, model: Option<Model>) -> Option<Arc<Model>> {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = ModelTable::clone(&self.models.snapshot());
+        let old = match model {
+            Some(m) => table.models.insert(name.to_string(), Arc::new(m)),
+            None => table.models.remove(name),
+        };
+        self.models.table.store(Arc::new(table));
+        old
+    }
+
+    /// Marks the initial load done; the server reports ready from then on.
+    pub fn set_loaded(&self) {
+        self.models.loaded.store(true, Ordering::Release);
+    }
 }
 
 /// One row of the repository index: a model version and its state.
@@ -236,8 +270,14 @@ pub struct IndexEntry {
 }
 
 impl Models {
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty table, and the one handle that may change it.
+    pub fn new() -> (Arc<Models>, Publisher) {
+        let models = Arc::new(Models::default());
+        let publisher = Publisher {
+            models: models.clone(),
+            writer: Mutex::new(()),
+        };
+        (models, publisher)
     }
 
     /// Hands explicit loads and unloads to `control` (once; later calls are ignored).
@@ -346,33 +386,9 @@ impl Models {
             .ok_or_else(|| Error::Unavailable("this server loads no models on request".into()))
     }
 
-    /// Replaces one model (`None` removes it) in a new table and publishes it;
-    /// returns the model it replaced. Versions dropped from the table keep serving
-    /// the requests that already hold them, then free their memory.
-    pub fn replace_model(&self, name: &str, model: Option<Model>) -> Option<Arc<Model>> {
-        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut table = ModelTable::clone(&self.snapshot());
-        let old = match model {
-            Some(m) => table.models.insert(name.to_string(), Arc::new(m)),
-            None => table.models.remove(name),
-        };
-        self.publish(table);
-        old
-    }
-
     /// The current table; cheap, lock-free, and stable for as long as it is held.
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<ModelTable>> {
         self.table.load()
-    }
-
-    /// Replaces the whole table at once: a request sees the old table or the new one.
-    pub fn publish(&self, table: ModelTable) {
-        self.table.store(Arc::new(table));
-    }
-
-    /// Marks the initial load done; the server reports ready from then on.
-    pub fn set_loaded(&self) {
-        self.loaded.store(true, Ordering::Release);
     }
 
     pub fn is_loaded(&self) -> bool {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::core::config::ModelConfig;
 use crate::core::error::{Error, Result};
 use crate::serving::{
-    Model, ModelControl, ModelVersion, Models, Traffic, TrafficSpec, VersionState,
+    Model, ModelControl, ModelVersion, Publisher, Traffic, TrafficSpec, VersionState,
 };
 
 use super::reconcile;
@@ -48,7 +48,8 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Follows one source on behalf of the model table.
 pub struct Watcher {
     source: Box<dyn Source>,
-    models: Arc<Models>,
+    /// The one handle that publishes the model table.
+    table: Publisher,
     opts: Options,
     state: Mutex<State>,
 }
@@ -84,10 +85,10 @@ struct Loaded {
 }
 
 impl Watcher {
-    pub fn new(source: Box<dyn Source>, models: Arc<Models>, opts: Options) -> Arc<Self> {
+    pub fn new(source: Box<dyn Source>, table: Publisher, opts: Options) -> Arc<Self> {
         Arc::new(Watcher {
             source,
-            models,
+            table,
             opts,
             state: Mutex::new(State::default()),
         })
@@ -121,7 +122,8 @@ impl Watcher {
         }
         // Models whose folder went away.
         let gone: Vec<String> = self
-            .models
+            .table
+            .models()
             .snapshot()
             .models
             .keys()
@@ -129,7 +131,7 @@ impl Watcher {
             .cloned()
             .collect();
         for name in gone {
-            self.models.replace_model(&name, None);
+            self.table.replace_model(&name, None);
             st.applied.remove(&name);
             st.seen.remove(&name);
             st.unloaded.remove(&name);
@@ -137,6 +139,43 @@ impl Watcher {
         }
         st.first_seen.retain(|(m, _, _), _| names.contains(m));
         Ok(settling)
+    }
+
+    /// Loads what the source has, marks the server ready, and in poll mode
+    /// starts following the source on its own thread. Blocking: run it off the
+    /// async runtime. A source that cannot be listed at start is an error
+    /// except in poll mode, which retries every interval.
+    pub fn start(self: Arc<Self>) -> Result<()> {
+        let mode = self.opts.mode;
+        if let Err(e) = self.scan(true) {
+            tracing::error!(error = %e, source = %self.describe(), "cannot list models");
+            if mode != ControlMode::Poll {
+                return Err(e);
+            }
+        }
+        let table = self.table.models().snapshot();
+        let ready = table
+            .models
+            .values()
+            .filter(|m| m.default_version().is_some())
+            .count();
+        tracing::info!(
+            models = table.models.len(),
+            ready,
+            source = %self.describe(),
+            model_control = ?mode,
+            "repository loaded"
+        );
+        self.table.set_loaded();
+        if mode == ControlMode::Poll {
+            std::thread::Builder::new()
+                .name("switchyard-watch".into())
+                .spawn(move || self.run())
+                .map_err(|e| {
+                    Error::Internal(format!("cannot start the repository watcher: {e}"))
+                })?;
+        }
+        Ok(())
     }
 
     /// Runs until the process ends: rescans on a change under the source's
@@ -199,14 +238,15 @@ impl Watcher {
     /// Makes one model serve what its listing and version policy say.
     fn apply(&self, st: &mut State, l: &ModelListing, stable: &BTreeMap<u64, u64>) {
         let name: Arc<str> = Arc::from(l.name.as_str());
-        let current = self.models.snapshot().models.get(&l.name).cloned();
+        let current = self.table.models().snapshot().models.get(&l.name).cloned();
         let applied = st.applied.get(&l.name).cloned().unwrap_or_default();
         let config = match &l.config {
             Ok(c) => c.clone(),
             Err(e) => {
                 if applied.config != l.config_fingerprint || current.is_none() {
                     tracing::error!(model = %l.name, error = %e, "config.toml cannot be used; what is loaded keeps serving");
-                    self.models
+                    self.table
+                        .models()
                         .load_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let model = match &current {
@@ -216,7 +256,7 @@ impl Watcher {
                         },
                         None => Model::failed(name, ModelConfig::default(), e.clone()),
                     };
-                    self.models.replace_model(&l.name, Some(model));
+                    self.table.replace_model(&l.name, Some(model));
                     st.applied.entry(l.name.clone()).or_default().config = l.config_fingerprint;
                 }
                 return;
@@ -249,7 +289,7 @@ impl Watcher {
                         error: None,
                         ..Model::clone(m)
                     };
-                    self.models.replace_model(&l.name, Some(fixed));
+                    self.table.replace_model(&l.name, Some(fixed));
                 }
                 return;
             }
@@ -271,7 +311,8 @@ impl Watcher {
                     "loaded"
                 ),
                 Err(e) => {
-                    self.models
+                    self.table
+                        .models()
                         .load_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(model = %l.name, version = v, error = %e, "version failed to load; it does not replace what serves");
@@ -341,7 +382,8 @@ impl Watcher {
                         need -= 1;
                     }
                     Err(e) => {
-                        self.models
+                        self.table
+                            .models()
                             .load_failures
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::error!(model = %l.name, version = v, error = %e, "version failed to load");
@@ -376,7 +418,7 @@ impl Watcher {
                 .unwrap_or_default(),
             aliases: l.aliases.clone(),
         };
-        self.models.replace_model(&l.name, Some(model));
+        self.table.replace_model(&l.name, Some(model));
         for v in &retired {
             tracing::info!(model = %l.name, version = v, "retired: queued requests finish, then it is dropped");
         }
@@ -403,7 +445,7 @@ impl Watcher {
     /// another replica sharing the state directory), else of its config.toml,
     /// when that changed since it was last applied.
     fn sync_traffic(&self, st: &mut State, name: &str) {
-        let Ok(model) = self.models.model(name) else {
+        let Ok(model) = self.table.models().model(name) else {
             return;
         };
         let from_file = self
@@ -428,7 +470,7 @@ impl Watcher {
         match applied {
             Ok(t) => {
                 let spec = serde_json::to_string(&t.spec).unwrap_or_default();
-                self.models.replace_model(
+                self.table.replace_model(
                     name,
                     Some(Model {
                         traffic: Arc::new(t),
@@ -507,7 +549,7 @@ impl ModelControl for Watcher {
         st.applied.remove(name);
         self.apply(&mut st, &listing, &stable);
         drop(st);
-        match self.models.model(name)?.unavailable_reason() {
+        match self.table.models().model(name)?.unavailable_reason() {
             None => Ok(()),
             Some(r) => Err(Error::load(format!("model '{name}' failed to load: {r}"))),
         }
@@ -515,7 +557,7 @@ impl ModelControl for Watcher {
 
     fn set_traffic(&self, name: &str, spec: TrafficSpec, who: &str) -> Result<Arc<Traffic>> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let model = self.models.model(name)?;
+        let model = self.table.models().model(name)?;
         let traffic = Arc::new(Traffic::new(spec, &model.ready_numbers(), &model.aliases)?);
         let text = serde_json::to_string_pretty(&traffic.spec).expect("plain data");
         if let Some(path) = self.traffic_file(name) {
@@ -527,7 +569,7 @@ impl ModelControl for Watcher {
             })?;
         }
         // One table swap: a request sees the whole old policy or the whole new one.
-        self.models.replace_model(
+        self.table.replace_model(
             name,
             Some(Model {
                 traffic: traffic.clone(),
@@ -549,7 +591,8 @@ impl ModelControl for Watcher {
         }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let old = self
-            .models
+            .table
+            .models()
             .model(name)
             .map_err(|_| Error::not_found(format!("unknown model '{name}'")))?;
         let unloaded = Model::failed(
@@ -557,7 +600,7 @@ impl ModelControl for Watcher {
             old.config.clone(),
             "unloaded by request".into(),
         );
-        self.models.replace_model(name, Some(unloaded));
+        self.table.replace_model(name, Some(unloaded));
         st.applied.remove(name);
         st.unloaded.insert(name.to_string());
         tracing::info!(

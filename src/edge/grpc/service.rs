@@ -408,9 +408,7 @@ impl GrpcInferenceService for InferenceService {
         self.check_admin(&req)?;
         let name = req.into_inner().model_name;
         let models = self.models.clone();
-        tokio::task::spawn_blocking(move || models.load_model(&name))
-            .await
-            .map_err(|e| Status::internal(format!("load stopped: {e}")))??;
+        crate::edge::off_runtime("load", move || models.load_model(&name)).await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -419,7 +417,8 @@ impl GrpcInferenceService for InferenceService {
         req: tonic::Request<pb::RepositoryModelUnloadRequest>,
     ) -> Reply<pb::RepositoryModelUnloadResponse> {
         self.check_admin(&req)?;
-        self.models.unload_model(&req.into_inner().model_name)?;
+        let (models, name) = (self.models.clone(), req.into_inner().model_name);
+        crate::edge::off_runtime("unload", move || models.unload_model(&name)).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }
