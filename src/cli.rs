@@ -1,0 +1,207 @@
+//! The command line: `switchyard serve` and `switchyard profile`, their flags
+//! (each also an environment variable), and the model source the flags name.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use switchyard::control::repository;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "A model-serving gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve a model repository over the KServe V2 / Open Inference Protocol.
+    Serve(Box<ServeArgs>),
+    /// Write a drift profile (baseline.json) of a model version from reference data.
+    Profile(ProfileArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ProfileArgs {
+    /// The version folder: DIR/<model>/<version>.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Reference (training) data: CSV (a header row names the features) or a 2-D .npy.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// Where to write it; default: baseline.json in the version folder.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Quantile bins per numeric feature.
+    #[arg(long, default_value_t = 10)]
+    pub bins: usize,
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Model repository: DIR/<model>/<version>/model.onnx, optional DIR/<model>/config.toml.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "SWITCHYARD_MODELS",
+        required_unless_present = "mlflow_uri"
+    )]
+    pub models: Option<PathBuf>,
+    /// Follow the MLflow Model Registry of this tracking server (http://host:port).
+    #[arg(long, value_name = "URL", env = "SWITCHYARD_MLFLOW_URI")]
+    pub mlflow_uri: Option<String>,
+    /// A registered model to serve, NAME or NAME@ALIAS (the alias's version
+    /// serves); repeatable. None: every registered model tagged switchyard.serve=true.
+    #[arg(long, value_name = "NAME[@ALIAS]", requires = "mlflow_uri")]
+    pub mlflow_model: Vec<String>,
+    /// Where versions downloaded from MLflow are kept.
+    #[arg(long, value_name = "DIR", env = "SWITCHYARD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Where traffic policies set over the admin API are kept, so that a restart
+    /// keeps them and replicas sharing it converge. Default: DIR/.switchyard of
+    /// --models (shared by every replica of that repository), else the cache dir.
+    #[arg(long, value_name = "DIR", env = "SWITCHYARD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Do not record Prometheus metrics (GET /metrics answers 404).
+    #[arg(long, conflicts_with = "metrics")]
+    pub no_metrics: bool,
+    /// Also serve GET /metrics alone on this address (as Triton's metrics port,
+    /// 8002); the HTTP port keeps serving it too.
+    #[arg(long, value_name = "ADDR", env = "SWITCHYARD_METRICS")]
+    pub metrics: Option<SocketAddr>,
+    /// Bucket bounds in seconds of the latency histograms, e.g.
+    /// 0.001,0.005,0.025,0.1,0.5 (default: 10 µs to 10 s, three a decade).
+    #[arg(long, value_name = "SECONDS,...", value_delimiter = ',')]
+    pub latency_buckets: Vec<f64>,
+    /// Bearer token the predict endpoints need (HTTP and gRPC); none: open.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SWITCHYARD_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
+    /// HTTP listen address.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8000",
+        env = "SWITCHYARD_HTTP"
+    )]
+    pub http: SocketAddr,
+    /// gRPC listen address.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8001",
+        env = "SWITCHYARD_GRPC"
+    )]
+    pub grpc: SocketAddr,
+    /// Bearer token the admin calls (repository load/unload) need. Without one,
+    /// admin calls are accepted from loopback peers only.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SWITCHYARD_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// The model `POST /invocations` (MLflow scoring) serves; default: the only one.
+    #[arg(long, value_name = "NAME", env = "SWITCHYARD_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// Largest request body (HTTP) or message (gRPC) accepted; larger ones get
+    /// 413 / RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "BYTES", default_value_t = switchyard::edge::http::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Who changes what is loaded: `poll` follows the repository (on change, and
+    /// rescanning every --poll-interval); `explicit` loads it at start and then
+    /// only on repository API calls; `none` loads it at start, never again.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "poll",
+        env = "SWITCHYARD_MODEL_CONTROL"
+    )]
+    pub model_control: repository::ControlMode,
+    /// How often the repository is rescanned (`poll`), e.g. 5s, 500ms, 1m. File
+    /// change events trigger a rescan sooner; this is the fallback.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration, env = "SWITCHYARD_POLL_INTERVAL")]
+    pub poll_interval: std::time::Duration,
+    /// Refuse to load a version that would take the server's memory (RSS) past
+    /// this, e.g. 2GiB, 512MB; a refused version is reported with the reason.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "SWITCHYARD_MEMORY_LIMIT")]
+    pub memory_limit: Option<u64>,
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("'{s}' is not a size such as 2GiB or 512MB: {e}"))
+}
+
+impl ProfileArgs {
+    /// Writes the profile.
+    pub fn run(self) -> anyhow::Result<()> {
+        let args = self;
+        switchyard::runtime::onnx::init()?;
+        anyhow::ensure!(args.bins >= 2, "--bins must be at least 2");
+        let profile =
+            switchyard::control::drift::profile::build(&args.model, &args.data, args.bins)?;
+        let out = args
+            .out
+            .unwrap_or_else(|| args.model.join(switchyard::control::drift::profile::FILE));
+        std::fs::write(&out, serde_json::to_vec_pretty(&profile)?)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        tracing::info!(
+            rows = profile.rows,
+            features = profile.features.len(),
+            out = %out.display(),
+            "profile written"
+        );
+        Ok(())
+    }
+}
+
+impl ServeArgs {
+    /// The model source the flags name (a repository folder, an MLflow
+    /// registry, or both), and the state directory that goes with it.
+    pub fn source(&self) -> anyhow::Result<(Box<dyn repository::Source>, PathBuf)> {
+        let args = self;
+        let mut sources: Vec<Box<dyn repository::Source>> = Vec::new();
+        if let Some(dir) = &args.models {
+            if !dir.is_dir() {
+                bail!(
+                    "the model repository {} is not a directory (expected DIR/<model>/<version>/model.onnx)",
+                    dir.display()
+                );
+            }
+            sources.push(Box::new(repository::FsSource::new(dir.clone())));
+        }
+        let cache = args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("switchyard-cache"));
+        let state_dir = args
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| match &args.models {
+                Some(dir) => dir.join(".switchyard"),
+                None => cache.join("state"),
+            });
+        if let Some(uri) = &args.mlflow_uri {
+            sources.push(Box::new(repository::MlflowSource::new(
+                uri,
+                repository::Follow::parse(&args.mlflow_model),
+                cache,
+            )?));
+        }
+        let source: Box<dyn repository::Source> = if sources.len() == 1 {
+            sources.pop().expect("one")
+        } else {
+            Box::new(repository::Combined::new(sources))
+        };
+        Ok((source, state_dir))
+    }
+}
