@@ -365,12 +365,173 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             allow,
         });
     }
-    if matches!(
-        route,
-        Route::Infer(..) | Route::V1Predict(_) | Route::Invocations(_)
-    ) {
-        state.admin.check_api(authorization(&req))?;
+    match route {
+        Route::Infer(..)
+        | Route::V1Predict(_)
+        | Route::Invocations(_)
+        | Route::OpenAiEmbeddings
+        | Route::TeiEmbed => inference(state, route, req).await,
+        Route::RepositoryIndex
+        | Route::RepositoryLoad(_)
+        | Route::RepositoryUnload(_)
+        | Route::Traffic(_)
+        | Route::Rollout(_) => control(state, route, req, peer).await,
+        _ => information(state, route).await,
     }
+}
+
+/// The inference routes: each a codec through the one pipeline.
+async fn inference(
+    state: &State,
+    route: Route<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    match route {
+        Route::V1Predict(m) => {
+            let (parts, body) = req.into_parts();
+            let call = Call {
+                model: m,
+                version: None,
+                headers: &parts.headers,
+            };
+            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            state.pipeline.infer(call, &super::v1::Codec, input).await
+        }
+        Route::Invocations(m) => {
+            let name = match m {
+                Some(m) => m.to_string(),
+                None => default_model(state)?,
+            };
+            let (parts, body) = req.into_parts();
+            let codec = super::mlflow::Codec {
+                content_type: parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            };
+            let call = Call {
+                model: &name,
+                version: None,
+                headers: &parts.headers,
+            };
+            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            state.pipeline.infer(call, &codec, input).await
+        }
+        Route::OpenAiEmbeddings => openai_embeddings(state, req)
+            .await
+            .or_else(|e| Ok(super::embeddings::openai_error(&e))),
+        Route::TeiEmbed => {
+            let name = default_encoder(state)?;
+            let (parts, body) = req.into_parts();
+            let call = Call {
+                model: &name,
+                version: None,
+                headers: &parts.headers,
+            };
+            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            state
+                .pipeline
+                .infer(call, &super::embeddings::Tei, input)
+                .await
+        }
+        Route::Infer(m, v) => {
+            let version = parse_version(m, v)?;
+            let (parts, body) = req.into_parts();
+            let codec = v2::HttpCodec::new(&parts.headers);
+            let call = Call {
+                model: m,
+                version,
+                headers: &parts.headers,
+            };
+            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            state.pipeline.infer(call, &codec, input).await
+        }
+
+        other => Err(Error::Internal(format!(
+            "{} routed to the wrong handler",
+            other.allow()
+        ))),
+    }
+}
+
+/// The repository and admin routes: checked callers, actions off the async threads.
+async fn control(
+    state: &State,
+    route: Route<'_>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>> {
+    let models = &state.models;
+    match route {
+        Route::RepositoryIndex => {
+            // Triton's body is optional: {"ready": true} lists ready models only.
+            let body = read_whole_body(req, state.config.max_body_bytes).await?;
+            let ready = if body.iter().all(u8::is_ascii_whitespace) {
+                false
+            } else {
+                let v: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| Error::invalid(format!("malformed JSON request: {e}")))?;
+                v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false)
+            };
+            Ok(json(StatusCode::OK, v2::encode_index(&models.index(ready))))
+        }
+        Route::RepositoryLoad(m) | Route::RepositoryUnload(m) => {
+            admin_caller(state, &req, peer)?;
+            let (models, name) = (state.models.clone(), m.to_string());
+            if matches!(route, Route::RepositoryLoad(_)) {
+                super::off_runtime("load", move || models.load_model(&name)).await?;
+            } else {
+                super::off_runtime("unload", move || models.unload_model(&name)).await?;
+            }
+            Ok(empty(StatusCode::OK))
+        }
+        Route::Traffic(m) => {
+            let who = admin_caller(state, &req, peer)?;
+            if req.method() == hyper::Method::PUT {
+                let body = read_whole_body(req, state.config.max_body_bytes).await?;
+                let spec: crate::core::config::TrafficSpec = serde_json::from_slice(&body)
+                    .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))?;
+                let (models, name) = (state.models.clone(), m.to_string());
+                super::off_runtime("policy change", move || {
+                    models.set_traffic(&name, spec, &who)
+                })
+                .await?;
+            }
+            Ok(json(StatusCode::OK, encode_traffic(&*models.model(m)?)))
+        }
+        Route::Rollout(m) => {
+            let who = admin_caller(state, &req, peer)?;
+            let (models, rollouts, name) =
+                (state.models.clone(), state.rollouts.clone(), m.to_string());
+            let status = match req.method().clone() {
+                hyper::Method::POST => {
+                    let body = read_whole_body(req, state.config.max_body_bytes).await?;
+                    let spec: crate::control::rollout::RolloutSpec = serde_json::from_slice(&body)
+                        .map_err(|e| Error::invalid(format!("not a rollout: {e}")))?;
+                    super::off_runtime("rollout", move || rollouts.start(models, &name, spec, &who))
+                        .await?
+                }
+                hyper::Method::DELETE => {
+                    super::off_runtime("rollout", move || rollouts.abort(&models, &name, &who))
+                        .await?
+                }
+                _ => super::off_runtime("rollout", move || rollouts.status(&name)).await?,
+            };
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_vec(&status).expect("plain data"),
+            ))
+        }
+        other => Err(Error::Internal(format!(
+            "{} routed to the wrong handler",
+            other.allow()
+        ))),
+    }
+}
+
+/// Health, metadata, statistics, drift and metrics: reads of the table.
+async fn information(state: &State, route: Route<'_>) -> Result<Response<Body>> {
     let models = &state.models;
     match route {
         Route::ServerMetadata => Ok(json(
@@ -413,88 +574,8 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
             let versions = models.versions_for_stats(m, parse_version(m, v)?)?;
             Ok(json(StatusCode::OK, v2::encode_stats(&versions)))
         }
-        Route::RepositoryIndex => {
-            // Triton's body is optional: {"ready": true} lists ready models only.
-            let body = read_whole_body(req, state.config.max_body_bytes).await?;
-            let ready = if body.iter().all(u8::is_ascii_whitespace) {
-                false
-            } else {
-                let v: serde_json::Value = serde_json::from_slice(&body)
-                    .map_err(|e| Error::invalid(format!("malformed JSON request: {e}")))?;
-                v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false)
-            };
-            Ok(json(StatusCode::OK, v2::encode_index(&models.index(ready))))
-        }
-        Route::RepositoryLoad(m) | Route::RepositoryUnload(m) => {
-            admin_caller(state, &req, peer)?;
-            let (models, name) = (state.models.clone(), m.to_string());
-            if matches!(route, Route::RepositoryLoad(_)) {
-                super::off_runtime("load", move || models.load_model(&name)).await?;
-            } else {
-                super::off_runtime("unload", move || models.unload_model(&name)).await?;
-            }
-            Ok(empty(StatusCode::OK))
-        }
-        Route::Traffic(m) => {
-            let who = admin_caller(state, &req, peer)?;
-            if req.method() == hyper::Method::PUT {
-                let body = read_whole_body(req, state.config.max_body_bytes).await?;
-                let spec: crate::core::config::TrafficSpec = serde_json::from_slice(&body)
-                    .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))?;
-                let (models, name) = (state.models.clone(), m.to_string());
-                super::off_runtime("policy change", move || {
-                    models.set_traffic(&name, spec, &who)
-                })
-                .await?;
-            }
-            Ok(json(StatusCode::OK, encode_traffic(&*models.model(m)?)))
-        }
-        Route::Drift(m, v) => {
-            let mv = models.resolve(m, parse_version(m, v)?)?;
-            let (version, reading) = (mv.version, mv.clone());
-            // The report locks the monitor's window: off the async threads.
-            let report = super::off_runtime("drift report", move || {
-                let monitor = reading.observer::<crate::control::drift::Monitor>();
-                Ok(monitor.map(|d| d.report()))
-            })
-            .await?
-            .ok_or_else(|| {
-                Error::not_found(format!(
-                    "model '{m}' version {version} has no drift profile (baseline.json beside its files; see `switchyard profile`)"
-                ))
-            })?;
-            let mut body = serde_json::to_value(report).expect("plain data");
-            body["model"] = m.into();
-            body["version"] = version.to_string().into();
-            Ok(json(
-                StatusCode::OK,
-                serde_json::to_vec(&body).expect("plain data"),
-            ))
-        }
+        Route::Drift(m, v) => drift_report(models, m, v).await,
         Route::Metrics => metrics_text(state.models.clone(), state.rollouts.clone()).await,
-        Route::Rollout(m) => {
-            let who = admin_caller(state, &req, peer)?;
-            let (models, rollouts, name) =
-                (state.models.clone(), state.rollouts.clone(), m.to_string());
-            let status = match req.method().clone() {
-                hyper::Method::POST => {
-                    let body = read_whole_body(req, state.config.max_body_bytes).await?;
-                    let spec: crate::control::rollout::RolloutSpec = serde_json::from_slice(&body)
-                        .map_err(|e| Error::invalid(format!("not a rollout: {e}")))?;
-                    super::off_runtime("rollout", move || rollouts.start(models, &name, spec, &who))
-                        .await?
-                }
-                hyper::Method::DELETE => {
-                    super::off_runtime("rollout", move || rollouts.abort(&models, &name, &who))
-                        .await?
-                }
-                _ => super::off_runtime("rollout", move || rollouts.status(&name)).await?,
-            };
-            Ok(json(
-                StatusCode::OK,
-                serde_json::to_vec(&status).expect("plain data"),
-            ))
-        }
         Route::V1List => {
             let mut names: Vec<String> = models
                 .snapshot()
@@ -518,37 +599,6 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                     .expect("plain data"),
             ))
         }
-        Route::V1Predict(m) => {
-            let (parts, body) = req.into_parts();
-            let call = Call {
-                model: m,
-                version: None,
-                headers: &parts.headers,
-            };
-            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
-            state.pipeline.infer(call, &super::v1::Codec, input).await
-        }
-        Route::Invocations(m) => {
-            let name = match m {
-                Some(m) => m.to_string(),
-                None => default_model(state)?,
-            };
-            let (parts, body) = req.into_parts();
-            let codec = super::mlflow::Codec {
-                content_type: parts
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-            };
-            let call = Call {
-                model: &name,
-                version: None,
-                headers: &parts.headers,
-            };
-            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
-            state.pipeline.infer(call, &codec, input).await
-        }
         Route::Ping => {
             if models.is_loaded() {
                 // What `mlflow models serve` answers.
@@ -562,36 +612,35 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
                 Ok(not_ready())
             }
         }
-        Route::OpenAiEmbeddings => openai_embeddings(state, req)
-            .await
-            .or_else(|e| Ok(super::embeddings::openai_error(&e))),
-        Route::TeiEmbed => {
-            let name = default_encoder(state)?;
-            let (parts, body) = req.into_parts();
-            let call = Call {
-                model: &name,
-                version: None,
-                headers: &parts.headers,
-            };
-            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
-            state
-                .pipeline
-                .infer(call, &super::embeddings::Tei, input)
-                .await
-        }
-        Route::Infer(m, v) => {
-            let version = parse_version(m, v)?;
-            let (parts, body) = req.into_parts();
-            let codec = v2::HttpCodec::new(&parts.headers);
-            let call = Call {
-                model: m,
-                version,
-                headers: &parts.headers,
-            };
-            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
-            state.pipeline.infer(call, &codec, input).await
-        }
+        other => Err(Error::Internal(format!(
+            "{} routed to the wrong handler",
+            other.allow()
+        ))),
     }
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]/drift`: the version's drift report.
+async fn drift_report(models: &Models, m: &str, v: &str) -> Result<Response<Body>> {
+    let mv = models.resolve(m, parse_version(m, v)?)?;
+    let (version, reading) = (mv.version, mv.clone());
+    // The report locks the monitor's window: off the async threads.
+    let report = super::off_runtime("drift report", move || {
+        let monitor = reading.observer::<crate::control::drift::Monitor>();
+        Ok(monitor.map(|d| d.report()))
+    })
+    .await?
+    .ok_or_else(|| {
+        Error::not_found(format!(
+            "model '{m}' version {version} has no drift profile (baseline.json beside its files; see `switchyard profile`)"
+        ))
+    })?;
+    let mut body = serde_json::to_value(report).expect("plain data");
+    body["model"] = m.into();
+    body["version"] = version.to_string().into();
+    Ok(json(
+        StatusCode::OK,
+        serde_json::to_vec(&body).expect("plain data"),
+    ))
 }
 
 /// The model `POST /invocations` scores: `--default-model`, or the only one.

@@ -116,64 +116,12 @@ pub fn decode_request(
     let req: RequestJson<'_> = serde_json::from_slice(&body[..json_len])
         .map_err(|e| Error::invalid(format!("malformed JSON request: {e}")))?;
     let mut offset = 0usize;
-    let mut inputs = Vec::with_capacity(req.inputs.len());
-    for input in req.inputs {
-        let dtype = DataType::parse(&input.datatype).ok_or_else(|| {
-            Error::invalid(format!(
-                "input '{}': unknown datatype '{}'",
-                input.name, input.datatype
-            ))
-        })?;
-        let params = input.parameters.unwrap_or_default();
-        let what = format!("input '{}'", input.name);
-        refuse_unsupported(&params, &what)?;
-        let binary_size = match params.get("binary_data_size") {
-            None => None,
-            Some(v) => Some(v.as_u64().ok_or_else(|| {
-                Error::invalid(format!(
-                    "{what}: binary_data_size must be a non-negative integer, got {v}"
-                ))
-            })?),
-        };
-        let data = match (input.data, binary_size) {
-            (Some(_), Some(_)) => {
-                return Err(Error::invalid(format!(
-                    "{what}: has both 'data' and parameters.binary_data_size"
-                )))
-            }
-            (None, None) => return Err(Error::invalid(format!("{what}: missing field 'data'"))),
-            (Some(raw), None) => {
-                let capacity = crate::core::tensor::element_count(&input.shape)
-                    .unwrap_or(0)
-                    .min(1 << 20)
-                    * dtype.size().unwrap_or(8);
-                parse_data(&input.name, dtype, raw, capacity)?
-            }
-            (None, Some(size)) => {
-                if json_len == body.len() && size > 0 {
-                    return Err(Error::invalid(format!(
-                        "{what}: binary_data_size is {size} but the request has no binary \
-                         data (no Inference-Header-Content-Length header)"
-                    )));
-                }
-                let end = usize::try_from(size)
-                    .ok()
-                    .and_then(|s| offset.checked_add(s))
-                    .filter(|&end| end <= binary.len())
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "{what}: binary_data_size {size} runs past the end of the body \
-                             ({} bytes of binary data, {offset} used by earlier inputs)",
-                            binary.len()
-                        ))
-                    })?;
-                let data = binary.slice(offset..end);
-                offset = end;
-                data
-            }
-        };
-        inputs.push(Tensor::new(input.name, dtype, input.shape, data)?);
-    }
+    let has_binary = json_len < body.len();
+    let inputs = req
+        .inputs
+        .into_iter()
+        .map(|input| decode_input(input, &binary, has_binary, &mut offset))
+        .collect::<Result<Vec<_>>>()?;
     if offset != binary.len() {
         return Err(Error::invalid(format!(
             "the body carries {} bytes after the JSON header but the inputs' \
@@ -187,19 +135,11 @@ pub fn decode_request(
         binary_default: bool_param(&parameters, "binary_data_output", "request")?.unwrap_or(false),
         binary: Vec::new(),
     };
-    let mut outputs = Vec::with_capacity(req.outputs.len());
-    for o in req.outputs {
-        let params = o.parameters.unwrap_or_default();
-        let what = format!("output '{}'", o.name);
-        refuse_unsupported(&params, &what)?;
-        if let Some(b) = bool_param(&params, "binary_data", &what)? {
-            format.binary.push((o.name.clone(), b));
-        }
-        outputs.push(RequestedOutput {
-            name: o.name,
-            parameters: params,
-        });
-    }
+    let outputs = req
+        .outputs
+        .into_iter()
+        .map(|o| decode_output(o, &mut format))
+        .collect::<Result<Vec<_>>>()?;
     Ok((
         InferRequest {
             id: req.id,
@@ -213,6 +153,85 @@ pub fn decode_request(
         },
         format,
     ))
+}
+
+/// One input of a request: JSON `data`, or the next `binary_data_size`
+/// bytes of the binary part (from `offset`, which it advances).
+fn decode_input(
+    input: InputJson<'_>,
+    binary: &Bytes,
+    has_binary: bool,
+    offset: &mut usize,
+) -> Result<Tensor> {
+    let dtype = DataType::parse(&input.datatype).ok_or_else(|| {
+        Error::invalid(format!(
+            "input '{}': unknown datatype '{}'",
+            input.name, input.datatype
+        ))
+    })?;
+    let params = input.parameters.unwrap_or_default();
+    let what = format!("input '{}'", input.name);
+    refuse_unsupported(&params, &what)?;
+    let binary_size = match params.get("binary_data_size") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            Error::invalid(format!(
+                "{what}: binary_data_size must be a non-negative integer, got {v}"
+            ))
+        })?),
+    };
+    let data = match (input.data, binary_size) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(format!(
+                "{what}: has both 'data' and parameters.binary_data_size"
+            )))
+        }
+        (None, None) => return Err(Error::invalid(format!("{what}: missing field 'data'"))),
+        (Some(raw), None) => {
+            let capacity = crate::core::tensor::element_count(&input.shape)
+                .unwrap_or(0)
+                .min(1 << 20)
+                * dtype.size().unwrap_or(8);
+            parse_data(&input.name, dtype, raw, capacity)?
+        }
+        (None, Some(size)) => {
+            if !has_binary && size > 0 {
+                return Err(Error::invalid(format!(
+                    "{what}: binary_data_size is {size} but the request has no binary \
+                     data (no Inference-Header-Content-Length header)"
+                )));
+            }
+            let end = usize::try_from(size)
+                .ok()
+                .and_then(|s| offset.checked_add(s))
+                .filter(|&end| end <= binary.len())
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{what}: binary_data_size {size} runs past the end of the body \
+                         ({} bytes of binary data, {offset} used by earlier inputs)",
+                        binary.len()
+                    ))
+                })?;
+            let data = binary.slice(*offset..end);
+            *offset = end;
+            data
+        }
+    };
+    Tensor::new(input.name, dtype, input.shape, data)
+}
+
+/// One requested output; its `binary_data` choice goes into `format`.
+fn decode_output(o: OutputJson, format: &mut OutputFormat) -> Result<RequestedOutput> {
+    let params = o.parameters.unwrap_or_default();
+    let what = format!("output '{}'", o.name);
+    refuse_unsupported(&params, &what)?;
+    if let Some(b) = bool_param(&params, "binary_data", &what)? {
+        format.binary.push((o.name.clone(), b));
+    }
+    Ok(RequestedOutput {
+        name: o.name,
+        parameters: params,
+    })
 }
 
 /// An output tensor in the JSON response; a binary one names its size instead of its data.
