@@ -413,3 +413,134 @@ impl Models {
         self.model(name)?.resolve(version)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::config::ShadowSpec;
+    use crate::core::metadata::ModelMetadata;
+    use crate::core::tensor::Tensor;
+    use crate::runtime::Backend;
+    use crate::serving::{BatchPolicy, Stats, Workers};
+
+    struct Echo;
+
+    impl Backend for Echo {
+        fn infer(&mut self, inputs: &[Tensor], _: &[String]) -> Result<Vec<Tensor>> {
+            Ok(inputs.to_vec())
+        }
+    }
+
+    fn version(v: u64) -> VersionState {
+        let stats = Arc::new(Stats::new(0));
+        let workers = Workers::spawn(
+            "m",
+            vec![Box::new(Echo)],
+            4,
+            std::time::Duration::ZERO,
+            BatchPolicy::default(),
+            stats.clone(),
+        )
+        .unwrap();
+        let metadata = ModelMetadata {
+            platform: "test",
+            inputs: vec![],
+            outputs: vec![],
+            max_batch_size: 0,
+        };
+        VersionState::Ready(Arc::new(ModelVersion::new(
+            Arc::from("m"),
+            v,
+            metadata,
+            workers,
+            stats,
+        )))
+    }
+
+    /// Versions 1 and 2 ready, 3 failed, with `spec` as the policy.
+    fn model(spec: TrafficSpec) -> Model {
+        let mut m = Model::failed(Arc::from("m"), ModelConfig::default(), String::new());
+        m.error = None;
+        m.versions = BTreeMap::from([
+            (1, version(1)),
+            (2, version(2)),
+            (3, VersionState::Failed("broken".into())),
+        ]);
+        m.traffic = Arc::new(Traffic::new(spec, &m.ready_numbers(), &m.aliases).unwrap());
+        m
+    }
+
+    fn weights(w: &[(&str, u64)]) -> TrafficSpec {
+        TrafficSpec {
+            weights: w.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_named_version_wins_over_the_policy_and_a_failed_one_says_why() {
+        let m = model(weights(&[("1", 100)]));
+        assert_eq!(m.route(Some(2), None).unwrap().primary.version, 2);
+        let e = m.route(Some(3), None).err().unwrap();
+        assert!(matches!(e, Error::Unavailable(_)) && e.to_string().contains("broken"));
+        assert!(matches!(m.route(Some(9), None), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn no_policy_is_the_highest_ready_version() {
+        let m = model(TrafficSpec::default());
+        assert_eq!(m.route(None, None).unwrap().primary.version, 2);
+    }
+
+    #[test]
+    fn weights_split_requests_and_a_key_always_goes_to_one_version() {
+        let m = model(weights(&[("1", 75), ("2", 25)]));
+        let n = 4000;
+        let ones = (0..n)
+            .filter(|_| m.route(None, None).unwrap().primary.version == 1)
+            .count();
+        let share = ones as f64 / n as f64;
+        assert!((0.7..0.8).contains(&share), "version 1 took {share}");
+        for user in ["alice", "bob", "carol"] {
+            let first = m
+                .route(None, Some(user.as_bytes()))
+                .unwrap()
+                .primary
+                .version;
+            for _ in 0..20 {
+                let again = m.route(None, Some(user.as_bytes())).unwrap();
+                assert_eq!(again.primary.version, first, "{user}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_shadow_gets_a_copy_but_never_of_its_own_requests() {
+        let mut spec = weights(&[("1", 100)]);
+        spec.shadow = Some(ShadowSpec {
+            version: "2".into(),
+            percent: 100.0,
+        });
+        let m = model(spec);
+        let r = m.route(None, None).unwrap();
+        assert_eq!(r.primary.version, 1);
+        assert_eq!(r.shadow.as_ref().map(|(s, _)| s.version), Some(2));
+        let named = m.route(Some(2), None).unwrap();
+        assert!(named.shadow.is_none(), "a named version is not shadowed");
+    }
+
+    #[test]
+    fn only_the_publisher_changes_what_readers_see() {
+        let (models, publisher) = Models::new();
+        assert!(models.model("m").is_err());
+        let before = models.snapshot();
+        publisher.replace_model("m", Some(model(TrafficSpec::default())));
+        assert!(before.models.is_empty(), "a snapshot held stays as it was");
+        assert_eq!(models.model("m").unwrap().ready_numbers(), [1, 2]);
+        assert!(!models.is_loaded());
+        publisher.set_loaded();
+        assert!(models.is_loaded());
+        publisher.replace_model("m", None);
+        assert!(matches!(models.model("m"), Err(Error::NotFound(_))));
+    }
+}
