@@ -188,8 +188,9 @@ pub struct ShadowStats {
     pub disagreements: AtomicU64,
     /// Nanoseconds the shadow took, summed.
     pub latency_ns: AtomicU64,
-    /// Per output: the largest absolute difference seen (f64 bits).
-    max_abs_diff: std::sync::Mutex<BTreeMap<String, f64>>,
+    /// Per output: the largest absolute difference seen. Updated by
+    /// read-copy-update, so no lock is taken on an async thread.
+    max_abs_diff: arc_swap::ArcSwap<BTreeMap<String, f64>>,
 }
 
 impl ShadowStats {
@@ -211,8 +212,7 @@ impl ShadowStats {
             }
         };
         let mut agree = true;
-        // Off the request path (a spawned task): a lock here costs no request.
-        let mut diffs = self.max_abs_diff.lock().unwrap_or_else(|e| e.into_inner());
+        let mut diffs: Vec<(&str, f64)> = Vec::with_capacity(primary.len());
         for p in primary {
             let Some(s) = shadow.iter().find(|s| s.name == p.name) else {
                 continue;
@@ -229,8 +229,7 @@ impl ShadowStats {
                 .zip(&b)
                 .map(|(x, y)| (x - y).abs())
                 .fold(0.0, f64::max);
-            let e = diffs.entry(p.name.clone()).or_insert(0.0);
-            *e = e.max(d);
+            diffs.push((&p.name, d));
             if let Some(&cols) = p.shape.last().filter(|_| p.shape.len() >= 2) {
                 let cols = cols.max(1) as usize;
                 agree &= a
@@ -238,6 +237,21 @@ impl ShadowStats {
                     .zip(b.chunks(cols))
                     .all(|(x, y)| argmax(x) == argmax(y));
             }
+        }
+        let grows = |m: &BTreeMap<String, f64>| {
+            diffs
+                .iter()
+                .any(|(n, d)| m.get(*n).is_none_or(|old| d > old))
+        };
+        if grows(&self.max_abs_diff.load()) {
+            self.max_abs_diff.rcu(|m| {
+                let mut m = BTreeMap::clone(m);
+                for (n, d) in &diffs {
+                    let e = m.entry(n.to_string()).or_insert(0.0);
+                    *e = e.max(*d);
+                }
+                m
+            });
         }
         if agree {
             self.argmax_agree.fetch_add(1, Relaxed);
@@ -257,7 +271,7 @@ impl ShadowStats {
             "argmax_agreement": if answered > 0 { self.argmax_agree.load(Relaxed) as f64 / answered as f64 } else { 0.0 },
             "disagreements": self.disagreements.load(Relaxed),
             "mean_latency_us": if n > 0 { self.latency_ns.load(Relaxed) as f64 / n as f64 / 1000.0 } else { 0.0 },
-            "max_abs_diff": *self.max_abs_diff.lock().unwrap_or_else(|e| e.into_inner()),
+            "max_abs_diff": **self.max_abs_diff.load(),
         })
     }
 }
