@@ -3,17 +3,11 @@
 
 mod common;
 
-use common::{client, sample_models, Server};
+use common::{client, metric_sample as sample, sample_models, Server};
 use serde_json::json;
 
 fn row() -> serde_json::Value {
     json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": vec![0.25; 16]}]})
-}
-
-/// The value of the sample `name{labels}` (labels in the exposition's order).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 #[test]
@@ -115,12 +109,7 @@ fn no_metrics_turns_the_endpoint_off() {
 fn latency_buckets_can_be_chosen() {
     let s = Server::start(&sample_models(), &["--latency-buckets", "0.001,0.5"]);
     assert_eq!(s.post("/v2/models/mlp/infer", &row()).0, 200);
-    let text = client()
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = s.metrics_text();
     let buckets: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("switchyard_request_duration_seconds_bucket{model=\"mlp\",version=\"2\",protocol=\"http\""))

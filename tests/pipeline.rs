@@ -127,9 +127,7 @@ fn counted(text: &str, protocol: &str, code: u16) -> f64 {
     let series = format!(
         r#"switchyard_requests_total{{model="mlp",version="2",protocol="{protocol}",code="{code}"}}"#
     );
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    common::metric_sample(text, &series).unwrap_or(0.0)
 }
 
 #[test]
@@ -168,12 +166,7 @@ fn every_encoding_takes_the_same_path() {
     every(http_statuses(&s, true, &[auth]), 400);
     assert_eq!(grpc_code(&s, true, &[auth]), tonic::Code::InvalidArgument);
 
-    let text = client()
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = s.metrics_text();
     let http = http_calls(false).len() as f64;
     assert_eq!(counted(&text, "http", 200), http, "{text}");
     assert_eq!(counted(&text, "grpc", 200), 1.0);

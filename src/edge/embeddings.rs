@@ -156,8 +156,7 @@ impl Codec for OpenAi {
         call: &Call<'_>,
         meta: Option<&ModelMetadata>,
     ) -> Result<(InferRequest, OpenAiShape)> {
-        let meta =
-            meta.ok_or_else(|| Error::Internal("embeddings decode against metadata".into()))?;
+        let meta = super::pipeline::given(meta)?;
         let base64 = match req.encoding_format.as_deref() {
             None | Some("float") => false,
             Some("base64") => true,
@@ -254,8 +253,7 @@ impl Codec for Tei {
         call: &Call<'_>,
         meta: Option<&ModelMetadata>,
     ) -> Result<(InferRequest, String)> {
-        let meta =
-            meta.ok_or_else(|| Error::Internal("embeddings decode against metadata".into()))?;
+        let meta = super::pipeline::given(meta)?;
         let req: TeiRequest = parse(&body, "an embed request ({\"inputs\": ...})")?;
         for (key, given) in [("normalize", &req.normalize), ("truncate", &req.truncate)] {
             if given.is_some() {

@@ -212,7 +212,7 @@ impl super::pipeline::Codec for Codec {
         call: &super::pipeline::Call<'_>,
         meta: Option<&ModelMetadata>,
     ) -> Result<(InferRequest, Shape)> {
-        let meta = meta.ok_or_else(|| Error::Internal("MLflow decodes against metadata".into()))?;
+        let meta = super::pipeline::given(meta)?;
         decode(
             &body,
             self.content_type.as_deref(),

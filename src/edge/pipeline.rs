@@ -42,6 +42,12 @@ pub trait Codec {
     fn encode(&self, response: InferResponse, shape: Self::Shape) -> Result<Self::Output>;
 }
 
+/// The routed version's metadata that a [`Codec::NEEDS_METADATA`] codec is
+/// always given: an error, not a panic, if a codec is declared otherwise.
+pub fn given(meta: Option<&ModelMetadata>) -> Result<&ModelMetadata> {
+    meta.ok_or_else(|| Error::Internal("a codec that decodes rows was given no metadata".into()))
+}
+
 /// Request headers (HTTP) or metadata (gRPC), by lower-case name.
 pub trait Headers: Sync {
     fn header(&self, name: &str) -> Option<&[u8]>;

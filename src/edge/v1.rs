@@ -110,7 +110,7 @@ impl super::pipeline::Codec for Codec {
         call: &super::pipeline::Call<'_>,
         meta: Option<&ModelMetadata>,
     ) -> Result<(InferRequest, Layout)> {
-        let meta = meta.ok_or_else(|| Error::Internal("V1 decodes against metadata".into()))?;
+        let meta = super::pipeline::given(meta)?;
         decode_predict(&body, meta, call.model, call.version)
     }
 

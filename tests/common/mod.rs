@@ -130,6 +130,24 @@ fn status_json(r: reqwest::blocking::Response) -> (u16, serde_json::Value) {
     (status, v)
 }
 
+impl Server {
+    /// The Prometheus text of `GET /metrics`.
+    pub fn metrics_text(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+}
+
+/// The value of the sample `name{labels}` (labels in the exposition's order).
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
