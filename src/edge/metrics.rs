@@ -206,6 +206,14 @@ pub fn render(models: &Models, rollouts: &crate::control::rollout::Rollouts) -> 
         gauge!("switchyard_rollout_weight", "model" => st.model, "candidate" => st.spec.candidate, "phase" => phase)
             .set(st.weight as f64);
     }
+    let retiring = models.retiring();
+    gauge!("switchyard_versions_retiring").set(retiring.len() as f64);
+    gauge!("switchyard_retiring_oldest_seconds").set(
+        retiring
+            .iter()
+            .map(|r| r.since.elapsed().as_secs_f64())
+            .fold(0.0, f64::max),
+    );
     counter!("switchyard_load_failures_total").absolute(
         models
             .load_failures

@@ -17,7 +17,7 @@ pub use crate::core::metadata::{parse_version, ModelMetadata, TensorSpec};
 pub use observer::{Observation, RequestObserver};
 pub use stats::{Histogram, Stats, Tally};
 pub use table::{
-    IndexEntry, Model, ModelControl, ModelTable, Models, Publisher, Routed, VersionState,
+    IndexEntry, Model, ModelControl, ModelTable, Models, Publisher, Retiring, Routed, VersionState,
 };
 pub use traffic::{ShadowStats, Traffic};
 pub use worker::{BatchPolicy, Job, Workers};
@@ -387,6 +387,12 @@ impl ModelVersion {
                 .version_policy()
                 .unwrap_or(crate::core::config::VersionPolicy::Latest(1)),
         }
+    }
+
+    /// The count of this version's worker threads still running; it outlives
+    /// the version (see [`Retiring`]).
+    pub fn workers_alive(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.workers.alive()
     }
 
     /// Requests waiting for a worker.

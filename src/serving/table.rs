@@ -221,6 +221,28 @@ pub struct Models {
     control: OnceLock<Arc<dyn ModelControl>>,
     /// Versions that failed to load or warm up, since the start.
     pub load_failures: AtomicU64,
+    /// Versions out of the table whose workers still run.
+    retiring: ArcSwap<Vec<Retiring>>,
+}
+
+/// A version taken out of the table (replaced, retired, unloaded) whose worker
+/// threads have not all exited: they finish the requests it holds, then stop.
+/// One that stays long is pinned by a request that never ends or a backend
+/// that hangs, and keeps its memory: it is shown in the metrics and logged.
+#[derive(Debug, Clone)]
+pub struct Retiring {
+    pub model: Arc<str>,
+    pub version: u64,
+    pub since: std::time::Instant,
+    alive: Arc<std::sync::atomic::AtomicUsize>,
+    warned: Arc<AtomicBool>,
+}
+
+impl Retiring {
+    /// Its worker threads still running.
+    pub fn workers(&self) -> usize {
+        self.alive.load(Ordering::Acquire)
+    }
 }
 
 /// The one handle that changes the table: [`Models::new`] makes it once, and
@@ -245,12 +267,63 @@ impl Publisher {
     pub fn replace_model(&self, name: &str, model: Option<Model>) -> Option<Arc<Model>> {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut table = ModelTable::clone(&self.models.snapshot());
-        let old = match model {
-            Some(m) => table.models.insert(name.to_string(), Arc::new(m)),
+        let new = model.map(Arc::new);
+        let old = match &new {
+            Some(m) => table.models.insert(name.to_string(), m.clone()),
             None => table.models.remove(name),
         };
         self.models.table.store(Arc::new(table));
+        if let Some(old) = &old {
+            self.retire_left(old, new.as_deref());
+        }
         old
+    }
+
+    /// Records the versions of `old` that `new` no longer holds as retiring,
+    /// and forgets retired ones whose workers have all exited.
+    fn retire_left(&self, old: &Model, new: Option<&Model>) {
+        let kept = |mv: &Arc<ModelVersion>| {
+            new.is_some_and(|n| n.ready_versions().any(|k| Arc::ptr_eq(k, mv)))
+        };
+        let left: Vec<Retiring> = old
+            .ready_versions()
+            .filter(|mv| !kept(mv))
+            .map(|mv| Retiring {
+                model: mv.model.clone(),
+                version: mv.version,
+                since: std::time::Instant::now(),
+                alive: mv.workers_alive(),
+                warned: Arc::default(),
+            })
+            .collect();
+        self.models.retiring.rcu(|list| {
+            let mut list: Vec<Retiring> =
+                list.iter().filter(|r| r.workers() > 0).cloned().collect();
+            list.extend(left.iter().cloned());
+            list
+        });
+    }
+
+    /// Logs, once each, the retired versions whose workers still run after
+    /// `deadline`; forgets those whose workers have exited.
+    pub fn sweep_retiring(&self, deadline: std::time::Duration) {
+        for r in self.models.retiring() {
+            if r.since.elapsed() > deadline && !r.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    model = %r.model,
+                    version = r.version,
+                    workers = r.workers(),
+                    "retired {}s ago and still running: a request that does not end or a backend that hangs pins its memory",
+                    r.since.elapsed().as_secs()
+                );
+            }
+        }
+        self.models.retiring.rcu(|list| {
+            list.iter()
+                .filter(|r| r.workers() > 0)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
     }
 
     /// Marks the initial load done; the server reports ready from then on.
@@ -389,6 +462,16 @@ impl Models {
     /// The current table; cheap, lock-free, and stable for as long as it is held.
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<ModelTable>> {
         self.table.load()
+    }
+
+    /// Retired versions whose workers still run.
+    pub fn retiring(&self) -> Vec<Retiring> {
+        self.retiring
+            .load()
+            .iter()
+            .filter(|r| r.workers() > 0)
+            .cloned()
+            .collect()
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -542,5 +625,27 @@ mod tests {
         assert!(models.is_loaded());
         publisher.replace_model("m", None);
         assert!(matches!(models.model("m"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn a_version_out_of_the_table_is_retiring_until_its_workers_exit() {
+        let (models, publisher) = Models::new();
+        publisher.replace_model("m", Some(model(TrafficSpec::default())));
+        assert!(models.retiring().is_empty());
+        let held = models.resolve("m", Some(2)).unwrap();
+        // Version 2 leaves the table; a request still holds it.
+        let mut next = Model::clone(&models.model("m").unwrap());
+        next.versions.remove(&2);
+        publisher.replace_model("m", Some(next));
+        let r = models.retiring();
+        assert_eq!(r.iter().map(|r| r.version).collect::<Vec<_>>(), [2]);
+        assert_eq!(r[0].workers(), 1);
+        drop(held);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !models.retiring().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "workers did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        publisher.sweep_retiring(std::time::Duration::ZERO);
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use super::{Stats, TensorSpec};
@@ -87,6 +88,18 @@ pub struct Workers {
     tx: Vec<Sender<Job>>,
     capacity: usize,
     threads: Vec<JoinHandle<()>>,
+    /// Threads still running; outlives the version, so that a retired one can
+    /// be watched until its last worker has exited.
+    alive: Arc<AtomicUsize>,
+}
+
+/// Counts a worker thread as alive until it returns (or unwinds).
+struct Alive(Arc<AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl Workers {
@@ -106,6 +119,7 @@ impl Workers {
             .unzip();
         let rx = Queues(rx);
         let mut threads = Vec::with_capacity(instances.len());
+        let alive = Arc::new(AtomicUsize::new(0));
         let check = Arc::new(OutputCheck {
             label: label.to_string(),
             logged: Default::default(),
@@ -115,9 +129,14 @@ impl Workers {
             let stats = stats.clone();
             let policy = policy.clone();
             let check = check.clone();
+            alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let counted = Alive(alive.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("{label}#{i}"))
-                .spawn(move || run(backend, rx, idle_spin, &policy, &stats, &check))
+                .spawn(move || {
+                    let _counted = counted;
+                    run(backend, rx, idle_spin, &policy, &stats, &check)
+                })
                 .map_err(|e| Error::load(format!("cannot start worker thread: {e}")))?;
             threads.push(handle);
         }
@@ -125,6 +144,7 @@ impl Workers {
             tx,
             capacity,
             threads,
+            alive,
         })
     }
 
@@ -150,6 +170,11 @@ impl Workers {
 
     pub fn instances(&self) -> usize {
         self.threads.len()
+    }
+
+    /// The count of worker threads still running, which outlives these workers.
+    pub fn alive(&self) -> Arc<AtomicUsize> {
+        self.alive.clone()
     }
 }
 
