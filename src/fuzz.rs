@@ -49,6 +49,7 @@ pub fn signatures() -> Vec<ModelMetadata> {
             inputs: vec![spec("input", DataType::F32, &[-1, 4], &[None, None])],
             outputs: vec![spec("output", DataType::F32, &[-1, 3], &[None, None])],
             max_batch_size: 64,
+            optional_outputs: Vec::new(),
         },
         ModelMetadata {
             platform: "onnxruntime_onnx",
@@ -58,6 +59,7 @@ pub fn signatures() -> Vec<ModelMetadata> {
             ],
             outputs: vec![spec("y", DataType::F16, &[-1], &[Some("n")])],
             max_batch_size: 8,
+            optional_outputs: Vec::new(),
         },
         ModelMetadata {
             platform: "onnxruntime_onnx",
@@ -68,6 +70,7 @@ pub fn signatures() -> Vec<ModelMetadata> {
             ],
             outputs: vec![spec("z", DataType::U64, &[-1, -1], &[None, None])],
             max_batch_size: 0,
+            optional_outputs: Vec::new(),
         },
         // A model of no inputs (a Constant): nothing a body gives can feed it.
         ModelMetadata {
@@ -75,6 +78,7 @@ pub fn signatures() -> Vec<ModelMetadata> {
             inputs: vec![],
             outputs: vec![spec("c", DataType::F32, &[5], &[None])],
             max_batch_size: 0,
+            optional_outputs: Vec::new(),
         },
     ]
 }

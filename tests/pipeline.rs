@@ -140,9 +140,24 @@ fn every_encoding_takes_the_same_path() {
         }
     };
 
-    // Auth: no token, refused before anything else.
+    // Auth: no token, refused before anything else (a bad version, a missing
+    // default model, a body to read).
     every(http_statuses(&s, false, &[]), 401);
     assert_eq!(grpc_code(&s, false, &[]), tonic::Code::Unauthenticated);
+    for path in [
+        "/v2/models/mlp/versions/x/infer",
+        "/invocations",
+        "/embed",
+        "/v1/embeddings",
+    ] {
+        let code = client()
+            .post(s.url(path))
+            .body("{")
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(code, 401, "{path}");
+    }
 
     // Answered.
     every(http_statuses(&s, false, &[auth]), 200);

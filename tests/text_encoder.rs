@@ -99,14 +99,26 @@ fn minilm_embeds_texts_the_same_alone_or_batched() {
     let (code, resp) = s.post("/v2/models/minilm/infer", &texts(&batch));
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["outputs"][0]["shape"], json!([6, 384]));
+    // `tokens` only when asked for: a request that names no output gets the
+    // embedding alone, as before the output existed (V1 and MLflow answers too).
+    assert_eq!(resp["outputs"].as_array().unwrap().len(), 1);
+    let mut asked = texts(&batch);
+    asked["outputs"] = json!([{"name": "tokens"}]);
+    let (code, counted) = s.post("/v2/models/minilm/infer", &asked);
+    assert_eq!(code, 200, "{counted}");
     // "" is [CLS] [SEP]; the long text is cut to max_length (256).
-    assert_eq!(resp["outputs"][1]["name"], "tokens");
-    let tokens = resp["outputs"][1]["data"].as_array().unwrap();
+    let tokens = counted["outputs"][0]["data"].as_array().unwrap();
     assert_eq!(
         (tokens[4].as_i64(), tokens[5].as_i64()),
         (Some(2), Some(256))
     );
     assert!(tokens[0].as_i64().unwrap() > 5);
+    let (code, v1) = s.post(
+        "/v1/models/minilm:predict",
+        &json!({"instances": ["a cat"]}),
+    );
+    assert_eq!(code, 200, "{v1}");
+    assert_eq!(v1["predictions"][0].as_array().map(Vec::len), Some(384));
     let e = embeddings(&resp);
     for v in &e {
         assert!((dot(v, v) - 1.0).abs() < 1e-5, "normalised: {}", dot(v, v));

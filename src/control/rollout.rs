@@ -380,7 +380,9 @@ fn control(
             error_rate,
             p99_ms,
             // Drift of the candidate's inputs over its own drift window.
-            psi: candidate_psi(&models, model, candidate),
+            psi: spec
+                .max_drift_psi
+                .and_then(|_| candidate_psi(&models, model, candidate)),
         };
         let step = judge(&spec, s.weight, s.failed_checks, &measured);
         event.what = step.to_string();

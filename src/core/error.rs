@@ -86,11 +86,6 @@ impl Error {
             Error::DeadlineExceeded(_) => 504,
         }
     }
-
-    /// Whether the client can fix it (a 4xx), rather than the server.
-    pub fn is_client_error(&self) -> bool {
-        (400..500).contains(&self.status_code())
-    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

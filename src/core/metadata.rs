@@ -39,6 +39,10 @@ pub struct ModelMetadata {
     /// 0: no batch dimension; otherwise the first dim of every input and output is
     /// the batch dim and a request may carry at most this many rows.
     pub max_batch_size: u32,
+    /// Outputs given only to a request that names them (a text encoder's
+    /// token counts): a request that names none gets the others, so that an
+    /// output added for one protocol changes no other protocol's answers.
+    pub optional_outputs: Vec<String>,
 }
 
 impl ModelMetadata {
@@ -204,6 +208,15 @@ impl ModelMetadata {
         Ok(())
     }
 
+    /// The outputs a request that names none gets.
+    pub fn default_outputs(&self) -> Vec<String> {
+        self.outputs
+            .iter()
+            .filter(|s| !self.optional_outputs.contains(&s.name))
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     /// The inputs' names as error messages list them: `'a', 'b'`.
     pub fn input_names(&self) -> String {
         names(&self.inputs)
@@ -274,6 +287,7 @@ mod tests {
             ],
             outputs: vec![spec("y", DataType::F32, &[-1], &[Some("n")])],
             max_batch_size,
+            optional_outputs: Vec::new(),
         }
     }
 
@@ -291,6 +305,7 @@ mod tests {
             inputs: vec![spec("text", DataType::Bytes, &[-1], &[None])],
             outputs: vec![spec("embedding", DataType::F32, &[-1, 384], &[None, None])],
             max_batch_size: 32,
+            optional_outputs: Vec::new(),
         };
         assert_eq!(m.shown_inputs()[0].shape, [-1, 1]);
         let mut r = req(vec![Tensor {
@@ -321,6 +336,7 @@ mod tests {
                 inputs: ins,
                 outputs: outs,
                 max_batch_size: 0,
+                optional_outputs: Vec::new(),
             }
             .inferred_batch_dim()
             .0

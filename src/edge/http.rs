@@ -41,9 +41,9 @@ impl Default for HttpConfig {
 
 struct State {
     models: Arc<Models>,
+    /// Holds the credential policy of predict and admin calls alike.
     pipeline: super::pipeline::Pipeline,
     config: HttpConfig,
-    admin: AdminAuth,
     rollouts: Arc<crate::control::rollout::Rollouts>,
 }
 
@@ -62,10 +62,9 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()>,
 ) {
     let state = Arc::new(State {
-        pipeline: super::pipeline::Pipeline::new(models.clone(), admin.clone()),
+        pipeline: super::pipeline::Pipeline::new(models.clone(), admin),
         models,
         config,
-        admin,
         rollouts,
     });
     super::server::serve(
@@ -310,7 +309,7 @@ fn authorization(req: &Request<Incoming>) -> Option<&str> {
 /// Checks an admin call; says who made it, for the log.
 fn admin_caller(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Result<String> {
     let auth = authorization(req);
-    state.admin.check(auth, Some(peer))?;
+    state.pipeline.auth.check(auth, Some(peer))?;
     let how = if auth.is_some() {
         "bearer token"
     } else {
@@ -386,6 +385,9 @@ async fn inference(
     route: Route<'_>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>> {
+    // Before anything a route does ahead of the pipeline (a version parsed, a
+    // default model chosen, a body read for the model it names).
+    state.pipeline.authorize(req.headers())?;
     match route {
         Route::V1Predict(m) => {
             let (parts, body) = req.into_parts();
@@ -418,9 +420,12 @@ async fn inference(
             let input = read_body(&parts.headers, body, state.config.max_body_bytes);
             state.pipeline.infer(call, &codec, input).await
         }
-        Route::OpenAiEmbeddings => openai_embeddings(state, req)
-            .await
-            .or_else(|e| Ok(super::embeddings::openai_error(&e))),
+        Route::OpenAiEmbeddings => openai_embeddings(state, req).await.or_else(|e| {
+            if e.http_status().is_server_error() {
+                tracing::warn!(path = "/v1/embeddings", error = %e, "request failed");
+            }
+            Ok(super::embeddings::openai_error(&e))
+        }),
         Route::TeiEmbed => {
             let name = default_encoder(state)?;
             let (parts, body) = req.into_parts();
@@ -645,17 +650,32 @@ async fn drift_report(models: &Models, m: &str, v: &str) -> Result<Response<Body
 
 /// The model `POST /invocations` scores: `--default-model`, or the only one.
 fn default_model(state: &State) -> Result<String> {
+    default_of(state, |_| true).map_err(|n| {
+        Error::not_found(format!(
+            "POST /invocations scores the default model, and there is none: start with \
+             --default-model NAME or post to /models/NAME/invocations ({n} models loaded)"
+        ))
+    })
+}
+
+/// `--default-model`, or the only model that `fits`; else how many fit.
+fn default_of(
+    state: &State,
+    fits: impl Fn(&crate::serving::Model) -> bool,
+) -> std::result::Result<String, usize> {
     if let Some(m) = &state.config.default_model {
         return Ok(m.clone());
     }
     let table = state.models.snapshot();
-    match table.models.keys().collect::<Vec<_>>().as_slice() {
+    let names: Vec<&String> = table
+        .models
+        .iter()
+        .filter(|(_, m)| fits(m))
+        .map(|(name, _)| name)
+        .collect();
+    match names.as_slice() {
         [only] => Ok((*only).clone()),
-        names => Err(Error::not_found(format!(
-            "POST /invocations scores the default model, and there is none: start with \
-             --default-model NAME or post to /models/NAME/invocations ({} models loaded)",
-            names.len()
-        ))),
+        names => Err(names.len()),
     }
 }
 
@@ -681,27 +701,16 @@ async fn openai_embeddings(state: &State, req: Request<Incoming>) -> Result<Resp
 /// The model TEI's `POST /embed` embeds with: `--default-model`, or the only
 /// text encoder served.
 fn default_encoder(state: &State) -> Result<String> {
-    if let Some(m) = &state.config.default_model {
-        return Ok(m.clone());
-    }
-    let table = state.models.snapshot();
-    let encoders: Vec<&String> = table
-        .models
-        .iter()
-        .filter(|(_, m)| {
-            m.default_version()
-                .is_some_and(|v| v.metadata.platform == "safetensors_bert")
-        })
-        .map(|(name, _)| name)
-        .collect();
-    match encoders.as_slice() {
-        [only] => Ok((*only).clone()),
-        names => Err(Error::not_found(format!(
+    default_of(state, |m| {
+        m.default_version()
+            .is_some_and(|v| v.metadata.platform == "safetensors_bert")
+    })
+    .map_err(|n| {
+        Error::not_found(format!(
             "POST /embed embeds with the default model, and there is none: start with \
-             --default-model NAME ({} text encoders are ready)",
-            names.len()
-        ))),
-    }
+             --default-model NAME ({n} text encoders are ready)"
+        ))
+    })
 }
 
 /// A 200 with a binary body (Triton's binary tensor extension).

@@ -136,6 +136,15 @@ fn describe() {
         "1 when the share of drifted outputs reaches drift.share."
     );
     describe_gauge!("switchyard_drift_window_rows", "Rows in the drift window.");
+    describe_gauge!(
+        "switchyard_versions_retiring",
+        "Versions out of the table whose workers still finish what they hold."
+    );
+    describe_gauge!(
+        "switchyard_retiring_oldest_seconds",
+        Unit::Seconds,
+        "How long the oldest retiring version has been retiring."
+    );
 }
 
 /// The drift gauges of one version.

@@ -74,12 +74,6 @@ pub struct Call<'a> {
 }
 
 impl Call<'_> {
-    fn text_header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .header(name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    }
-
     /// The `grpc-timeout` deadline, from gRPC metadata or an HTTP header alike
     /// (as gRPC-Web sends it over HTTP/1.1).
     fn timeout(&self) -> Result<Option<Duration>> {
@@ -106,7 +100,11 @@ pub fn grpc_timeout(v: &[u8]) -> Result<Duration> {
             String::from_utf8_lossy(v)
         ))
     };
-    let s = std::str::from_utf8(v).map_err(|_| bad())?;
+    // ASCII only: the unit is split off by byte, which must be a char boundary.
+    let s = std::str::from_utf8(v)
+        .ok()
+        .filter(|s| s.is_ascii())
+        .ok_or_else(bad)?;
     if s.len() < 2 || s.len() > 9 {
         return Err(bad());
     }
@@ -138,17 +136,28 @@ impl Pipeline {
         Pipeline { models, auth }
     }
 
+    /// Checks the API token of a call's headers: the first step of every
+    /// inference, which a listener that must read something first (a body
+    /// naming the model) takes before that.
+    pub fn authorize(&self, headers: &dyn Headers) -> Result<()> {
+        let token = headers
+            .header("authorization")
+            .and_then(|v| std::str::from_utf8(v).ok());
+        self.auth.check_api(token)
+    }
+
     /// Runs one inference call: `input` is awaited (a body read) only once the
     /// caller is authorised and the model exists, so a wrong name is answered
-    /// at once.
+    /// at once. A `grpc-timeout` counts from here, the body's upload included.
     pub async fn infer<C: Codec>(
         &self,
         call: Call<'_>,
         codec: &C,
         input: impl Future<Output = Result<C::Input>>,
     ) -> Result<C::Output> {
-        self.auth.check_api(call.text_header("authorization"))?;
-        let timeout = call.timeout()?;
+        let started = Instant::now();
+        self.authorize(call.headers)?;
+        let deadline = call.timeout()?.map(|d| (started.checked_add(d), d));
         let model = self.models.model(call.model)?;
         if call.version.is_some() {
             model.resolve(call.version)?;
@@ -171,14 +180,15 @@ impl Pipeline {
                     (request, shape, routed)
                 }
                 Err(e) => {
-                    if let Ok(r) = model.route(call.version, header_key.as_deref()) {
-                        return Err(refused::<C>(&r.primary, e));
+                    // Counted against the version named, else the default one.
+                    if let Ok(v) = model.resolve(call.version) {
+                        return Err(refused::<C>(&v, e));
                     }
                     return Err(e);
                 }
             }
         };
-        let response = run::<C>(routed, request, timeout).await?;
+        let response = run::<C>(routed, request, deadline).await?;
         codec.encode(response, shape)
     }
 }
@@ -197,15 +207,17 @@ fn refused<C: Codec>(version: &ModelVersion, e: Error) -> Error {
 async fn run<C: Codec>(
     routed: Routed,
     mut request: InferRequest,
-    timeout: Option<Duration>,
+    deadline: Option<(Option<Instant>, Duration)>,
 ) -> Result<InferResponse> {
     request.protocol = C::PROTOCOL;
-    request.deadline = timeout.and_then(|d| Instant::now().checked_add(d));
-    let Some(d) = timeout else {
+    // Past what an Instant can hold is no deadline at all.
+    let Some((Some(at), d)) = deadline else {
         return routed.infer(request).await;
     };
+    request.deadline = Some(at);
     let primary = routed.primary.clone();
-    match tokio::time::timeout(d, routed.infer(request)).await {
+    let at = tokio::time::Instant::from_std(at);
+    match tokio::time::timeout_at(at, routed.infer(request)).await {
         Ok(answer) => answer,
         // The version's own count never saw the end of a dropped request.
         Err(_) => Err(refused::<C>(
@@ -226,7 +238,16 @@ mod tests {
         assert_eq!(grpc_timeout(b"2H").unwrap(), Duration::from_secs(7200));
         assert_eq!(grpc_timeout(b"5S").unwrap(), Duration::from_secs(5));
         assert_eq!(grpc_timeout(b"7u").unwrap(), Duration::from_micros(7));
-        for bad in [&b"m"[..], b"10", b"123456789S", b"+1S", b"1x", b"\xff1S"] {
+        let accented = "1\u{e9}".as_bytes();
+        for bad in [
+            &b"m"[..],
+            b"10",
+            b"123456789S",
+            b"+1S",
+            b"1x",
+            b"\xff1S",
+            accented,
+        ] {
             assert!(grpc_timeout(bad).is_err(), "{bad:?}");
         }
     }

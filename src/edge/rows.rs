@@ -942,6 +942,7 @@ mod tests {
                 .collect(),
             outputs: vec![],
             max_batch_size: 0,
+            optional_outputs: Vec::new(),
         }
     }
 

@@ -239,13 +239,15 @@ pub fn load(version_dir: &Path, config: &ModelConfig) -> Result<Loaded> {
         shape: vec![-1],
         symbols: vec![None],
     };
-    super::candle_loaded(
+    let mut loaded = super::candle_loaded(
         "safetensors_bert",
         input,
         vec![output, tokens],
         config,
         encoder,
-    )
+    )?;
+    loaded.metadata.optional_outputs.push(TOKENS_OUTPUT.into());
+    Ok(loaded)
 }
 
 impl Encoder {

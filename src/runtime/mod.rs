@@ -108,6 +108,7 @@ fn candle_loaded<B: Backend + Clone + 'static>(
         inputs: vec![input],
         outputs,
         max_batch_size: 0,
+        optional_outputs: Vec::new(),
     };
     metadata.max_batch_size = max_batch_size(config, &metadata)?;
     let instances = (0..config.instances())

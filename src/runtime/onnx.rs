@@ -203,6 +203,7 @@ pub fn load(path: &Path, config: &ModelConfig) -> Result<Loaded> {
         inputs,
         outputs,
         max_batch_size: 0,
+        optional_outputs: Vec::new(),
     };
     metadata.max_batch_size = super::max_batch_size(config, &metadata)?;
     let outputs_all = metadata.outputs.clone();

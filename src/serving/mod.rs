@@ -217,11 +217,7 @@ impl ModelVersion {
         self.metadata.validate(&req)?;
         let deadline = self.deadline(&req)?;
         let outputs: Vec<String> = if req.outputs.is_empty() {
-            self.metadata
-                .outputs
-                .iter()
-                .map(|s| s.name.clone())
-                .collect()
+            self.metadata.default_outputs()
         } else {
             req.outputs.iter().map(|o| o.name.clone()).collect()
         };
@@ -282,12 +278,7 @@ impl ModelVersion {
     /// (the watcher's warm-up). Counted in the run statistics, not as a served request.
     pub fn infer_blocking(&self, req: InferRequest) -> Result<Vec<Tensor>> {
         self.metadata.validate(&req)?;
-        let outputs = self
-            .metadata
-            .outputs
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
+        let outputs = self.metadata.default_outputs();
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.workers.submit(
             Job {

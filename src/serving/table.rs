@@ -225,6 +225,10 @@ pub struct Models {
     retiring: ArcSwap<Vec<Retiring>>,
 }
 
+/// How long a retired version's workers may take to finish what it holds
+/// before that is logged.
+pub const RETIRE_WARN_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A version taken out of the table (replaced, retired, unloaded) whose worker
 /// threads have not all exited: they finish the requests it holds, then stop.
 /// One that stays long is pinned by a request that never ends or a backend
@@ -301,28 +305,6 @@ impl Publisher {
                 list.iter().filter(|r| r.workers() > 0).cloned().collect();
             list.extend(left.iter().cloned());
             list
-        });
-    }
-
-    /// Logs, once each, the retired versions whose workers still run after
-    /// `deadline`; forgets those whose workers have exited.
-    pub fn sweep_retiring(&self, deadline: std::time::Duration) {
-        for r in self.models.retiring() {
-            if r.since.elapsed() > deadline && !r.warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    model = %r.model,
-                    version = r.version,
-                    workers = r.workers(),
-                    "retired {}s ago and still running: a request that does not end or a backend that hangs pins its memory",
-                    r.since.elapsed().as_secs()
-                );
-            }
-        }
-        self.models.retiring.rcu(|list| {
-            list.iter()
-                .filter(|r| r.workers() > 0)
-                .cloned()
-                .collect::<Vec<_>>()
         });
     }
 
@@ -464,14 +446,29 @@ impl Models {
         self.table.load()
     }
 
-    /// Retired versions whose workers still run.
+    /// Retired versions whose workers still run. One still running
+    /// [`RETIRE_WARN_AFTER`] after it left is logged, once, when it is read
+    /// (every `/metrics` scrape reads it).
     pub fn retiring(&self) -> Vec<Retiring> {
-        self.retiring
+        let list: Vec<Retiring> = self
+            .retiring
             .load()
             .iter()
             .filter(|r| r.workers() > 0)
             .cloned()
-            .collect()
+            .collect();
+        for r in &list {
+            if r.since.elapsed() > RETIRE_WARN_AFTER && !r.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    model = %r.model,
+                    version = r.version,
+                    workers = r.workers(),
+                    "retired {} s ago and still running: a request that does not end or a backend that hangs pins its memory",
+                    r.since.elapsed().as_secs()
+                );
+            }
+        }
+        list
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -530,6 +527,7 @@ mod tests {
             inputs: vec![],
             outputs: vec![],
             max_batch_size: 0,
+            optional_outputs: Vec::new(),
         };
         VersionState::Ready(Arc::new(ModelVersion::new(
             Arc::from("m"),
@@ -646,6 +644,5 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "workers did not exit");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        publisher.sweep_retiring(std::time::Duration::ZERO);
     }
 }

@@ -242,6 +242,7 @@ mod tests {
             ],
             outputs: vec![],
             max_batch_size: 0,
+            optional_outputs: Vec::new(),
         };
         let r = generated("m", &meta).unwrap();
         assert_eq!(&r.inputs[0].data[..], &[0u8; 8][..]);
@@ -261,6 +262,7 @@ mod tests {
             inputs: vec![],
             outputs: vec![spec("y", DataType::F32, &[-1, 3])],
             max_batch_size: 0,
+            optional_outputs: Vec::new(),
         };
         let t = |dtype, shape: &[i64]| Tensor {
             name: "y".into(),

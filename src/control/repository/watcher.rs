@@ -41,10 +41,6 @@ pub struct Options {
     pub warmup_decoder: super::warmup::Decoder,
 }
 
-/// How long a retired version's workers may take to finish what it holds
-/// before that is logged.
-const RETIRE_DEADLINE: Duration = Duration::from_secs(60);
-
 /// How soon a scan that saw a version still changing is repeated: a version
 /// counts once two scans see the same files.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -200,7 +196,6 @@ impl Watcher {
                     std::thread::sleep(wait);
                 }
             }
-            self.table.sweep_retiring(RETIRE_DEADLINE);
             wait = match self.scan(false) {
                 Ok(true) => SETTLE.min(self.opts.poll_interval),
                 Ok(false) => self.opts.poll_interval,
