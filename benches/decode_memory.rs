@@ -49,6 +49,7 @@ fn main() {
         }],
         outputs: vec![],
         max_batch_size: 0,
+        optional_outputs: Vec::new(),
     };
     let matrix: Vec<Vec<f32>> = (0..rows)
         .map(|r| {
