@@ -32,19 +32,23 @@ for t in "${targets[@]}"; do
     work=fuzz/work/$t
     mkdir -p "$work" "fuzz/artifacts/$t"
     log=fuzz/work/$t.log
+    # Wall time as it ran (a run stopped early with ^C counts what it had).
+    start=$(date +%s)
     if ! /usr/bin/time -f "%U %S" -o "fuzz/work/$t.cpu" "$bin/$t" "$work" "fuzz/corpus/$t" -max_total_time="$secs" -rss_limit_mb=256 \
         -max_len=1048576 -timeout=10 -print_final_stats=1 \
         -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1; then
         status=1
         echo "$t: FAILED, see $log and fuzz/artifacts/$t" >&2
     fi
+    took=$(( $(date +%s) - start ))
     # What adds coverage joins the committed corpus, cut to 4 KiB an input so
     # that it stays small enough to keep in git (edges only, not hit counts);
     # the rest stays in fuzz/work.
     "$bin/$t" -merge=1 -max_len=4096 -use_counters=0 "fuzz/corpus/$t" "$work" >/dev/null 2>&1 || true
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
-    took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o '[0-9]* second' | grep -o '[0-9]*' || echo "$secs")
-    cpu=$(awk '{printf "%d", $1 + $2}' "fuzz/work/$t.cpu" 2>/dev/null || echo "?")
+    # CPU time from the last line of time's output (a line before it says
+    # when the fuzzer exited non-zero).
+    cpu=$(tail -n 1 "fuzz/work/$t.cpu" 2>/dev/null | awk '{printf "%d", $1 + $2}')
     echo "| $t | ${took} s | ${cpu} s | $runs | $(ls "fuzz/corpus/$t" | wc -l) |"
 done
 exit $status
