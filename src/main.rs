@@ -3,12 +3,10 @@
 
 mod cli;
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command, ServeArgs};
-use switchyard::control::repository;
+use switchyard::control::{repository, Control};
 use switchyard::edge::{serve_grpc, serve_http, serve_metrics, AdminAuth, HttpConfig};
 use switchyard::runtime;
 use switchyard::serving::Models;
@@ -67,7 +65,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None => None,
         };
         let (models, publisher) = Models::new();
-        let watcher = repository::Watcher::new(
+        let (control, loaded) = Control::start(
             source,
             publisher,
             repository::Options {
@@ -77,9 +75,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 state_dir: Some(state_dir),
                 warmup_decoder: switchyard::edge::v2::decode_warmup_file,
             },
-        );
-        models.set_control(watcher.clone());
-        let loader = tokio::task::spawn_blocking(move || watcher.start());
+        )?;
         let config = HttpConfig {
             max_body_bytes: args.max_body_bytes,
             default_model: args.default_model,
@@ -89,19 +85,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let rollouts = Arc::new(switchyard::control::rollout::Rollouts::default());
         let metrics = metrics_listener.map(|l| {
             tokio::spawn(serve_metrics(
                 l,
                 models.clone(),
-                rollouts.clone(),
+                control.clone(),
                 stopped(stop_rx.clone()),
             ))
         });
         let http = tokio::spawn(serve_http(
             listener,
             models.clone(),
-            rollouts,
+            control.clone(),
             config,
             admin.clone(),
             stopped(stop_rx.clone()),
@@ -109,6 +104,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let grpc = tokio::spawn(serve_grpc(
             grpc_listener,
             models,
+            control,
             admin,
             args.max_body_bytes,
             stopped(stop_rx),
@@ -117,7 +113,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        loader.await.context("model loading stopped")??;
+        loaded.await.context("the control plane stopped")??;
         http.await.context("HTTP server stopped")?;
         grpc.await.context("gRPC server stopped")?;
         if let Some(m) = metrics {

@@ -6,5 +6,8 @@
 //! Imports: `core`, `runtime`, `serving`.
 
 pub mod drift;
+pub mod plane;
 pub mod repository;
 pub mod rollout;
+
+pub use plane::Control;

@@ -4,8 +4,7 @@
 //! then all of it (promotion); `threshold` failed checks roll it back to 0.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -110,16 +109,33 @@ pub struct Status {
     pub history: Vec<Event>,
 }
 
-struct Rollout {
-    status: Mutex<Status>,
-    /// Wakes the controller early to abort.
-    wake: Condvar,
+/// Changes traffic policies on behalf of the rollouts: the control plane,
+/// whose thread owns both.
+pub(crate) trait Policies {
+    fn models(&self) -> &Models;
+    fn set_traffic(&mut self, model: &str, spec: TrafficSpec, who: &str) -> Result<()>;
 }
 
-/// The rollouts of this server, one per model at most.
+/// The candidate's counters when a window opened: successes, failures, latency.
+type Counts = (u64, u64, Vec<u64>);
+
+/// One rollout and what its next check compares against.
+struct Run {
+    status: Status,
+    stable: u64,
+    candidate: u64,
+    interval: Duration,
+    /// When the next check is due.
+    next: Instant,
+    before: Option<Counts>,
+}
+
+/// The rollouts of this server, one per model at most. Owned by the control
+/// plane's thread, which calls [`Rollouts::tick`] when [`Rollouts::next_due`]
+/// comes: no thread, lock or condition variable per rollout.
 #[derive(Default)]
 pub struct Rollouts {
-    running: Mutex<HashMap<String, Arc<Rollout>>>,
+    runs: HashMap<String, Run>,
 }
 
 fn now() -> f64 {
@@ -130,11 +146,10 @@ fn now() -> f64 {
 
 impl Rollouts {
     /// Validates and starts a rollout of `spec.candidate` against the version
-    /// that serves now. Blocking (it sets the first weights): call it off the
-    /// async runtime.
-    pub fn start(
-        &self,
-        models: Arc<Models>,
+    /// that serves now, and sets the first weights.
+    pub(crate) fn start(
+        &mut self,
+        p: &mut dyn Policies,
         model: &str,
         spec: RolloutSpec,
         who: &str,
@@ -156,7 +171,7 @@ impl Rollouts {
         if spec.threshold == 0 {
             return Err(Error::invalid("threshold must be at least 1"));
         }
-        let m = models.model(model)?;
+        let m = p.models().model(model)?;
         let candidate: u64 = spec.candidate.parse().map_err(|_| {
             Error::invalid(format!(
                 "candidate '{}' is not a version number",
@@ -185,17 +200,18 @@ impl Rollouts {
                     "no version of '{model}' other than {candidate} serves to roll out against"
                 ))
             })?;
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = running.get(model) {
-            if r.status.lock().unwrap_or_else(|e| e.into_inner()).phase == Phase::Progressing {
-                return Err(Error::invalid(format!(
-                    "a rollout of '{model}' is in progress: DELETE it first"
-                )));
-            }
+        if self
+            .runs
+            .get(model)
+            .is_some_and(|r| r.status.phase == Phase::Progressing)
+        {
+            return Err(Error::invalid(format!(
+                "a rollout of '{model}' is in progress: DELETE it first"
+            )));
         }
         let first = spec.step_weight.min(spec.max_weight);
         set_weights(
-            &models,
+            p,
             model,
             stable,
             candidate,
@@ -222,78 +238,84 @@ impl Rollouts {
             by = who,
             "rollout started"
         );
-        let rollout = Arc::new(Rollout {
-            status: Mutex::new(status.clone()),
-            wake: Condvar::new(),
-        });
-        running.insert(model.to_string(), rollout.clone());
-        let name = model.to_string();
-        std::thread::Builder::new()
-            .name(format!("rollout-{model}"))
-            .spawn(move || control(models, &name, stable, candidate, interval, &rollout))
-            .map_err(|e| Error::Internal(format!("cannot start the rollout: {e}")))?;
+        let run = Run {
+            status: status.clone(),
+            stable,
+            candidate,
+            interval,
+            next: Instant::now() + interval,
+            before: counts(p.models(), model, candidate),
+        };
+        self.runs.insert(model.to_string(), run);
         Ok(status)
     }
 
     /// Every rollout this server ran or runs.
     pub fn all(&self) -> Vec<Status> {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        running
-            .values()
-            .map(|r| r.status.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .collect()
+        self.runs.values().map(|r| r.status.clone()).collect()
     }
 
     pub fn status(&self, model: &str) -> Result<Status> {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let r = running
+        self.runs
             .get(model)
-            .ok_or_else(|| Error::not_found(format!("no rollout of '{model}'")))?;
-        let s = r.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(s)
+            .map(|r| r.status.clone())
+            .ok_or_else(|| Error::not_found(format!("no rollout of '{model}'")))
     }
 
     /// Stops a rollout in progress and gives the stable version all the traffic.
-    pub fn abort(&self, models: &Models, model: &str, who: &str) -> Result<Status> {
+    pub(crate) fn abort(&mut self, p: &mut dyn Policies, model: &str, who: &str) -> Result<Status> {
         let r = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(model)
-            .cloned()
+            .runs
+            .get_mut(model)
             .ok_or_else(|| Error::not_found(format!("no rollout of '{model}'")))?;
-        let mut s = r.status.lock().unwrap_or_else(|e| e.into_inner());
-        if s.phase == Phase::Progressing {
-            let stable: u64 = s.stable.parse().unwrap_or_default();
-            let candidate: u64 = s.spec.candidate.parse().unwrap_or_default();
+        if r.status.phase == Phase::Progressing {
             set_weights(
-                models,
+                p,
                 model,
-                stable,
-                candidate,
+                r.stable,
+                r.candidate,
                 0,
                 &format!("rollout aborted by {who}"),
             )?;
+            let s = &mut r.status;
             s.phase = Phase::Aborted;
             s.weight = 0;
             s.history.push(Event::note(format!("aborted by {who}"), 0));
             tracing::info!(model, by = who, "rollout aborted");
-            r.wake.notify_all();
         }
-        Ok(s.clone())
+        Ok(r.status.clone())
+    }
+
+    /// When the next check of a rollout in progress is due.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.runs
+            .values()
+            .filter(|r| r.status.phase == Phase::Progressing)
+            .map(|r| r.next)
+            .min()
+    }
+
+    /// Checks every rollout whose interval has passed.
+    pub(crate) fn tick(&mut self, p: &mut dyn Policies, now: Instant) {
+        for (model, r) in &mut self.runs {
+            if r.status.phase == Phase::Progressing && r.next <= now {
+                r.next = now + r.interval;
+                check(p, model, r);
+            }
+        }
     }
 }
 
 /// Gives `candidate` `weight` % and `stable` the rest, keeping the sticky header.
 fn set_weights(
-    models: &Models,
+    p: &mut dyn Policies,
     model: &str,
     stable: u64,
     candidate: u64,
     weight: u64,
     who: &str,
 ) -> Result<()> {
-    let current = models.model(model)?;
+    let current = p.models().model(model)?;
     let mut spec = TrafficSpec {
         weights: [
             (stable.to_string(), 100 - weight),
@@ -312,111 +334,96 @@ fn set_weights(
     {
         spec.shadow = None;
     }
-    models.set_traffic(model, spec, who).map(|_| ())
+    p.set_traffic(model, spec, who)
 }
 
-/// The controller: one check per interval until the rollout ends.
-fn control(
-    models: Arc<Models>,
-    model: &str,
-    stable: u64,
-    candidate: u64,
-    interval: Duration,
-    r: &Rollout,
-) {
-    let window = |models: &Models| {
-        let m = models.model(model).ok()?;
-        let mv = m.versions.get(&candidate).and_then(|s| match s {
-            crate::serving::VersionState::Ready(mv) => Some(mv.clone()),
-            crate::serving::VersionState::Failed(_) => None,
-        })?;
-        Some((
-            mv.stats.success.get().0,
-            mv.stats.fail.get().0,
-            mv.stats.latency.snapshot(),
-        ))
+/// The candidate's counters now; `None` when it does not serve.
+fn counts(models: &Models, model: &str, candidate: u64) -> Option<Counts> {
+    let m = models.model(model).ok()?;
+    let crate::serving::VersionState::Ready(mv) = m.versions.get(&candidate)? else {
+        return None;
     };
-    let end = |s: &mut Status, phase: Phase, why: &str| {
-        finish(&models, model, stable, candidate, s, phase, why)
+    Some((
+        mv.stats.success.get().0,
+        mv.stats.fail.get().0,
+        mv.stats.latency.snapshot(),
+    ))
+}
+
+/// One check at the end of an interval: measures the window, judges it, and
+/// steps the weights (or ends the rollout).
+fn check(p: &mut dyn Policies, model: &str, r: &mut Run) {
+    let after = counts(p.models(), model, r.candidate);
+    let (Some((ok0, fail0, h0)), Some((ok1, fail1, h1))) = (&r.before, &after) else {
+        // The candidate stopped serving: that is a failed rollout.
+        finish(
+            p,
+            model,
+            r,
+            Phase::RolledBack,
+            "the candidate is not ready any more",
+        );
+        return;
     };
-    let mut before = window(&models);
-    loop {
-        let mut s = r.status.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = r
-            .wake
-            .wait_timeout_while(s, interval, |s| s.phase == Phase::Progressing)
-            .unwrap_or_else(|e| e.into_inner());
-        s = guard;
-        if s.phase != Phase::Progressing {
-            return;
-        }
-        let after = window(&models);
-        let (Some((ok0, fail0, h0)), Some((ok1, fail1, h1))) = (&before, &after) else {
-            // The candidate stopped serving: that is a failed rollout.
-            end(
-                &mut s,
-                Phase::RolledBack,
-                "the candidate is not ready any more",
-            );
-            return;
-        };
-        let ok = ok1 - ok0.min(ok1);
-        let fail = fail1 - fail0.min(fail1);
-        let n = ok + fail;
-        let error_rate = if n > 0 { fail as f64 / n as f64 } else { 0.0 };
-        let p99_ms = Histogram::quantile(h0, h1, 0.99).map(|d| d.as_secs_f64() * 1000.0);
-        before = after;
-        let spec = s.spec.clone();
-        let mut event = Event {
-            at: now(),
-            what: String::new(),
-            weight: s.weight,
-            requests: Some(n),
-            error_rate: Some(error_rate),
-            p99_ms,
-        };
-        let measured = Window {
-            requests: n,
-            error_rate,
-            p99_ms,
-            // Drift of the candidate's inputs over its own drift window.
-            psi: spec
-                .max_drift_psi
-                .and_then(|_| candidate_psi(&models, model, candidate)),
-        };
-        let step = judge(&spec, s.weight, s.failed_checks, &measured);
-        event.what = step.to_string();
-        s.history.push(event);
-        match step {
-            Step::Wait { .. } => {}
-            Step::Promote => {
-                end(&mut s, Phase::Promoted, "promoted");
+    let ok = ok1 - ok0.min(ok1);
+    let fail = fail1 - fail0.min(fail1);
+    let n = ok + fail;
+    let error_rate = if n > 0 { fail as f64 / n as f64 } else { 0.0 };
+    let p99_ms = Histogram::quantile(h0, h1, 0.99).map(|d| d.as_secs_f64() * 1000.0);
+    r.before = after;
+    let measured = Window {
+        requests: n,
+        error_rate,
+        p99_ms,
+        // Drift of the candidate's inputs over its own drift window.
+        psi: r
+            .status
+            .spec
+            .max_drift_psi
+            .and_then(|_| candidate_psi(p.models(), model, r.candidate)),
+    };
+    let step = judge(
+        &r.status.spec,
+        r.status.weight,
+        r.status.failed_checks,
+        &measured,
+    );
+    r.status.history.push(Event {
+        at: now(),
+        what: step.to_string(),
+        weight: r.status.weight,
+        requests: Some(n),
+        error_rate: Some(error_rate),
+        p99_ms,
+    });
+    let candidate = r.candidate;
+    match step {
+        Step::Wait { .. } => {}
+        Step::Promote => finish(p, model, r, Phase::Promoted, "promoted"),
+        Step::Advance { to, .. } => {
+            if let Err(e) = set_weights(p, model, r.stable, candidate, to, "rollout") {
+                finish(
+                    p,
+                    model,
+                    r,
+                    Phase::RolledBack,
+                    &format!("cannot set weights: {e}"),
+                );
                 return;
             }
-            Step::Advance { to, .. } => {
-                if let Err(e) = set_weights(&models, model, stable, candidate, to, "rollout") {
-                    end(
-                        &mut s,
-                        Phase::RolledBack,
-                        &format!("cannot set weights: {e}"),
-                    );
-                    return;
-                }
-                s.weight = to;
-                tracing::info!(model, candidate, weight = to, "rollout step");
-            }
-            Step::Fail {
-                failed_checks,
-                ref problems,
-                roll_back,
-                ..
-            } => {
-                s.failed_checks = failed_checks;
-                tracing::warn!(model, candidate, "rollout check failed: {problems}");
-                if roll_back {
-                    end(&mut s, Phase::RolledBack, "rolled back");
-                    return;
-                }
+            r.status.weight = to;
+            tracing::info!(model, candidate, weight = to, "rollout step");
+        }
+        Step::Fail {
+            failed_checks,
+            ref problems,
+            roll_back,
+            ..
+        } => {
+            r.status.failed_checks = failed_checks;
+            tracing::warn!(model, candidate, "rollout check failed: {problems}");
+            if roll_back {
+                finish(p, model, r, Phase::RolledBack, "rolled back");
             }
         }
     }
@@ -513,30 +520,23 @@ fn judge(spec: &RolloutSpec, weight: u64, failed_checks: u32, w: &Window) -> Ste
     }
 }
 
-fn finish(
-    models: &Models,
-    model: &str,
-    stable: u64,
-    candidate: u64,
-    s: &mut Status,
-    phase: Phase,
-    why: &str,
-) {
+fn finish(p: &mut dyn Policies, model: &str, r: &mut Run, phase: Phase, why: &str) {
     let weight = if phase == Phase::Promoted { 100 } else { 0 };
     if let Err(e) = set_weights(
-        models,
+        p,
         model,
-        stable,
-        candidate,
+        r.stable,
+        r.candidate,
         weight,
         &format!("rollout {why}"),
     ) {
         tracing::error!(model, error = %e, "rollout could not set its final weights");
     }
+    let s = &mut r.status;
     s.phase = phase;
     s.weight = weight;
     s.history.push(Event::note(why.to_string(), weight));
-    tracing::info!(model, candidate, phase = ?phase, "rollout {why}");
+    tracing::info!(model, candidate = r.candidate, phase = ?phase, "rollout {why}");
 }
 
 /// The largest PSI of the candidate's input features, when it is monitored.

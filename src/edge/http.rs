@@ -16,6 +16,7 @@ use super::auth::AdminAuth;
 use super::pipeline::Call;
 use super::status::ErrorStatus;
 use super::{compression, v2};
+use crate::control::Control;
 use crate::core::error::{Error, Result};
 use crate::serving::{parse_version, Models};
 
@@ -44,7 +45,7 @@ struct State {
     /// Holds the credential policy of predict and admin calls alike.
     pipeline: super::pipeline::Pipeline,
     config: HttpConfig,
-    rollouts: Arc<crate::control::rollout::Rollouts>,
+    control: Control,
 }
 
 type Body = Full<Bytes>;
@@ -56,7 +57,7 @@ pub type HttpResponse = Response<Body>;
 pub async fn serve_http(
     listener: TcpListener,
     models: Arc<Models>,
-    rollouts: Arc<crate::control::rollout::Rollouts>,
+    control: Control,
     config: HttpConfig,
     admin: AdminAuth,
     shutdown: impl Future<Output = ()>,
@@ -65,7 +66,7 @@ pub async fn serve_http(
         pipeline: super::pipeline::Pipeline::new(models.clone(), admin),
         models,
         config,
-        rollouts,
+        control,
     });
     super::server::serve(
         listener,
@@ -86,18 +87,18 @@ pub async fn serve_http(
 pub async fn serve_metrics(
     listener: TcpListener,
     models: Arc<Models>,
-    rollouts: Arc<crate::control::rollout::Rollouts>,
+    control: Control,
     shutdown: impl Future<Output = ()>,
 ) {
     super::server::serve(
         listener,
         move |_| {
-            let (models, rollouts) = (models.clone(), rollouts.clone());
+            let (models, control) = (models.clone(), control.clone());
             service_fn(move |req: Request<Incoming>| {
-                let (models, rollouts) = (models.clone(), rollouts.clone());
+                let (models, control) = (models.clone(), control.clone());
                 async move {
                     let answer = match (req.method(), req.uri().path()) {
-                        (&http::Method::GET, "/metrics") => metrics_text(models, rollouts).await,
+                        (&http::Method::GET, "/metrics") => metrics_text(models, &control).await,
                         (m, "/metrics") => Err(Error::MethodNotAllowed {
                             method: m.to_string(),
                             path: "/metrics".into(),
@@ -117,12 +118,11 @@ pub async fn serve_metrics(
     .await;
 }
 
-/// The Prometheus text exposition of every metric, rendered off the async
-/// threads (it reads the rollouts and drift windows).
-async fn metrics_text(
-    models: Arc<Models>,
-    rollouts: Arc<crate::control::rollout::Rollouts>,
-) -> Result<Response<Body>> {
+/// The Prometheus text exposition of every metric: the rollouts as the
+/// control plane answers, the rest rendered off the async threads (it reads
+/// the drift windows, which their binning threads lock).
+async fn metrics_text(models: Arc<Models>, control: &Control) -> Result<Response<Body>> {
+    let rollouts = control.rollouts().await?;
     let text = super::off_runtime("metrics", move || {
         crate::edge::metrics::render(&models, &rollouts)
             .ok_or_else(|| Error::not_found("metrics are off (--no-metrics)"))
@@ -483,11 +483,10 @@ async fn control(
         }
         Route::RepositoryLoad(m) | Route::RepositoryUnload(m) => {
             admin_caller(state, &req, peer)?;
-            let (models, name) = (state.models.clone(), m.to_string());
             if matches!(route, Route::RepositoryLoad(_)) {
-                super::off_runtime("load", move || models.load_model(&name)).await?;
+                state.control.load(m).await?;
             } else {
-                super::off_runtime("unload", move || models.unload_model(&name)).await?;
+                state.control.unload(m).await?;
             }
             Ok(empty(StatusCode::OK))
         }
@@ -497,31 +496,21 @@ async fn control(
                 let body = read_whole_body(req, state.config.max_body_bytes).await?;
                 let spec: crate::core::config::TrafficSpec = serde_json::from_slice(&body)
                     .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))?;
-                let (models, name) = (state.models.clone(), m.to_string());
-                super::off_runtime("policy change", move || {
-                    models.set_traffic(&name, spec, &who)
-                })
-                .await?;
+                state.control.set_traffic(m, spec, &who).await?;
             }
             Ok(json(StatusCode::OK, encode_traffic(&*models.model(m)?)))
         }
         Route::Rollout(m) => {
             let who = admin_caller(state, &req, peer)?;
-            let (models, rollouts, name) =
-                (state.models.clone(), state.rollouts.clone(), m.to_string());
             let status = match req.method().clone() {
                 hyper::Method::POST => {
                     let body = read_whole_body(req, state.config.max_body_bytes).await?;
                     let spec: crate::control::rollout::RolloutSpec = serde_json::from_slice(&body)
                         .map_err(|e| Error::invalid(format!("not a rollout: {e}")))?;
-                    super::off_runtime("rollout", move || rollouts.start(models, &name, spec, &who))
-                        .await?
+                    state.control.start_rollout(m, spec, &who).await?
                 }
-                hyper::Method::DELETE => {
-                    super::off_runtime("rollout", move || rollouts.abort(&models, &name, &who))
-                        .await?
-                }
-                _ => super::off_runtime("rollout", move || rollouts.status(&name)).await?,
+                hyper::Method::DELETE => state.control.abort_rollout(m, &who).await?,
+                _ => state.control.rollout(m).await?,
             };
             Ok(json(
                 StatusCode::OK,
@@ -580,7 +569,7 @@ async fn information(state: &State, route: Route<'_>) -> Result<Response<Body>> 
             Ok(json(StatusCode::OK, v2::encode_stats(&versions)))
         }
         Route::Drift(m, v) => drift_report(models, m, v).await,
-        Route::Metrics => metrics_text(state.models.clone(), state.rollouts.clone()).await,
+        Route::Metrics => metrics_text(state.models.clone(), &state.control).await,
         Route::V1List => {
             let mut names: Vec<String> = models
                 .snapshot()

@@ -176,7 +176,7 @@ fn drift(model: &str, version: &str, r: &crate::control::drift::Report) {
 
 /// The Prometheus text of every metric; the gauges are read off the table first.
 /// `None` when the recorder is off (`--no-metrics`).
-pub fn render(models: &Models, rollouts: &crate::control::rollout::Rollouts) -> Option<String> {
+pub fn render(models: &Models, rollouts: &[crate::control::rollout::Status]) -> Option<String> {
     let handle = HANDLE.get()?;
     let table = models.snapshot();
     for (name, m) in &table.models {
@@ -210,9 +210,9 @@ pub fn render(models: &Models, rollouts: &crate::control::rollout::Rollouts) -> 
         counter!("switchyard_shadow_disagreements_total", &labels)
             .absolute(s.disagreements.load(Relaxed));
     }
-    for st in rollouts.all() {
+    for st in rollouts {
         let phase = format!("{:?}", st.phase).to_lowercase();
-        gauge!("switchyard_rollout_weight", "model" => st.model, "candidate" => st.spec.candidate, "phase" => phase)
+        gauge!("switchyard_rollout_weight", "model" => st.model.clone(), "candidate" => st.spec.candidate.clone(), "phase" => phase)
             .set(st.weight as f64);
     }
     let retiring = models.retiring();

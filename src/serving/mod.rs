@@ -16,9 +16,7 @@ pub use crate::core::config::TrafficSpec;
 pub use crate::core::metadata::{parse_version, ModelMetadata, TensorSpec};
 pub use observer::{Observation, RequestObserver};
 pub use stats::{Histogram, Stats, Tally};
-pub use table::{
-    IndexEntry, Model, ModelControl, ModelTable, Models, Publisher, Retiring, Routed, VersionState,
-};
+pub use table::{IndexEntry, Model, ModelTable, Models, Publisher, Retiring, Routed, VersionState};
 pub use traffic::{ShadowStats, Traffic};
 pub use worker::{BatchPolicy, Job, Workers};
 

@@ -3,14 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use super::traffic::{ShadowStats, Traffic};
 use super::{ModelVersion, ServingConfig};
 use crate::core::config::ModelConfig;
-use crate::core::config::TrafficSpec;
 use crate::core::error::{Error, Result};
 
 /// A version slot: serving, or the reason it is not.
@@ -170,17 +169,6 @@ pub struct ModelTable {
     pub models: HashMap<String, Arc<Model>>,
 }
 
-/// Loads and unloads on request (the repository API); the watcher implements it.
-pub trait ModelControl: Send + Sync {
-    /// (Re)loads a model from its source. Blocking: call it off the async runtime.
-    fn load(&self, name: &str) -> Result<()>;
-    /// Takes a model out of service; queued requests finish first.
-    fn unload(&self, name: &str) -> Result<()>;
-    /// Validates, applies at once and keeps a model's traffic policy; `who` says
-    /// where the change came from, for the log.
-    fn set_traffic(&self, name: &str, spec: TrafficSpec, who: &str) -> Result<Arc<Traffic>>;
-}
-
 /// Where one request goes: the version that answers, and a shadow that gets a copy.
 pub struct Routed {
     pub primary: Arc<ModelVersion>,
@@ -217,8 +205,6 @@ impl Routed {
 pub struct Models {
     table: ArcSwap<ModelTable>,
     loaded: AtomicBool,
-    /// What serves explicit loads and unloads; unset: they are refused.
-    control: OnceLock<Arc<dyn ModelControl>>,
     /// Versions that failed to load or warm up, since the start.
     pub load_failures: AtomicU64,
     /// Versions out of the table whose workers still run.
@@ -249,14 +235,13 @@ impl Retiring {
     }
 }
 
-/// The one handle that changes the table: [`Models::new`] makes it once, and
-/// the control plane keeps it. That only the control plane publishes is a fact
-/// of the types, not a convention.
+/// The one handle that changes the table: [`Models::new`] makes one per
+/// table, it is neither `Clone` nor shared, and publishing takes it by `&mut`;
+/// the control plane's thread takes it and never lends it. That only the
+/// control plane publishes is a fact of the types, not a convention, and
+/// writers need no lock.
 pub struct Publisher {
     models: Arc<Models>,
-    /// Serialises writers, which build a new table from the current one;
-    /// readers never take it.
-    writer: Mutex<()>,
 }
 
 impl Publisher {
@@ -268,8 +253,7 @@ impl Publisher {
     /// Replaces one model (`None` removes it) in a new table and publishes it;
     /// returns the model it replaced. Versions dropped from the table keep
     /// serving the requests that already hold them, then free their memory.
-    pub fn replace_model(&self, name: &str, model: Option<Model>) -> Option<Arc<Model>> {
-        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn replace_model(&mut self, name: &str, model: Option<Model>) -> Option<Arc<Model>> {
         let mut table = ModelTable::clone(&self.models.snapshot());
         let new = model.map(Arc::new);
         let old = match &new {
@@ -330,17 +314,10 @@ impl Models {
         let models = Arc::new(Models::default());
         let publisher = Publisher {
             models: models.clone(),
-            writer: Mutex::new(()),
         };
         (models, publisher)
     }
 
-    /// Hands explicit loads and unloads to `control` (once; later calls are ignored).
-    pub fn set_control(&self, control: Arc<dyn ModelControl>) {
-        let _ = self.control.set(control);
-    }
-
-    /// The Triton-shaped configuration of a version (the default one when `None`).
     pub fn serving_config(&self, name: &str, version: Option<u64>) -> Result<ServingConfig> {
         let model = self.model(name)?;
         let mv = self.resolve(name, version)?;
@@ -423,24 +400,6 @@ impl Models {
         out
     }
 
-    /// (Re)loads one model from its source (the repository API's load).
-    pub fn load_model(&self, name: &str) -> Result<()> {
-        self.control()?.load(name)
-    }
-
-    /// Takes a model out of service (the repository API's unload). It stays
-    /// listed, as unavailable, so its state is visible; in-flight requests finish
-    /// on the versions they hold.
-    pub fn unload_model(&self, name: &str) -> Result<()> {
-        self.control()?.unload(name)
-    }
-
-    fn control(&self) -> Result<&Arc<dyn ModelControl>> {
-        self.control
-            .get()
-            .ok_or_else(|| Error::Unavailable("this server loads no models on request".into()))
-    }
-
     /// The current table; cheap, lock-free, and stable for as long as it is held.
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<ModelTable>> {
         self.table.load()
@@ -483,11 +442,6 @@ impl Models {
             .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))
     }
 
-    /// Applies a traffic policy (the admin API's PUT).
-    pub fn set_traffic(&self, name: &str, spec: TrafficSpec, who: &str) -> Result<Arc<Traffic>> {
-        self.control()?.set_traffic(name, spec, who)
-    }
-
     /// The version a request goes to: the one it names, or the model's default.
     pub fn resolve(&self, name: &str, version: Option<u64>) -> Result<Arc<ModelVersion>> {
         self.model(name)?.resolve(version)
@@ -497,7 +451,7 @@ impl Models {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::config::ShadowSpec;
+    use crate::core::config::{ShadowSpec, TrafficSpec};
     use crate::core::metadata::ModelMetadata;
     use crate::core::tensor::Tensor;
     use crate::runtime::Backend;
@@ -612,7 +566,7 @@ mod tests {
 
     #[test]
     fn only_the_publisher_changes_what_readers_see() {
-        let (models, publisher) = Models::new();
+        let (models, mut publisher) = Models::new();
         assert!(models.model("m").is_err());
         let before = models.snapshot();
         publisher.replace_model("m", Some(model(TrafficSpec::default())));
@@ -627,7 +581,7 @@ mod tests {
 
     #[test]
     fn a_version_out_of_the_table_is_retiring_until_its_workers_exit() {
-        let (models, publisher) = Models::new();
+        let (models, mut publisher) = Models::new();
         publisher.replace_model("m", Some(model(TrafficSpec::default())));
         assert!(models.retiring().is_empty());
         let held = models.resolve("m", Some(2)).unwrap();

@@ -10,7 +10,7 @@ pub mod watcher;
 
 pub use mlflow::{Follow, MlflowSource};
 pub use source::{Combined, FsSource, ModelListing, Source};
-pub use watcher::{ControlMode, Options, Watcher};
+pub use watcher::{ControlMode, Options};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

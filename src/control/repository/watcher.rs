@@ -1,18 +1,20 @@
-//! Keeps the model table in step with a source: diffs the versions each model
-//! should serve (complete versions, through its version policy) against those it
-//! serves, loads and warms up the new ones off the request path, publishes them
-//! with one table swap, then retires the old ones, which drain and free.
+//! Keeps the model table in step with a source, in three steps that the
+//! control plane ([`crate::control::plane`]) drives: [`Repository::prepare`]
+//! diffs the versions a model should serve (complete ones, through its version
+//! policy) against those it serves, on the plane's thread and without I/O;
+//! [`Loader::build`] loads and warms up the new versions on a load thread
+//! (downloads and ONNX Runtime loads take minutes); [`Repository::commit`]
+//! publishes the result with one table swap, back on the plane's thread, and
+//! the old versions retire, drain and free.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::core::config::ModelConfig;
+use crate::core::config::{ModelConfig, VersionPolicy};
 use crate::core::error::{Error, Result};
-use crate::serving::{
-    Model, ModelControl, ModelVersion, Publisher, Traffic, TrafficSpec, VersionState,
-};
+use crate::serving::{Model, ModelVersion, Models, Publisher, Traffic, TrafficSpec, VersionState};
 
 use super::reconcile;
 use super::source::{ModelListing, Source};
@@ -28,7 +30,7 @@ pub enum ControlMode {
     None,
 }
 
-/// How the watcher runs.
+/// How the repository is followed.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub mode: ControlMode,
@@ -41,33 +43,31 @@ pub struct Options {
     pub warmup_decoder: super::warmup::Decoder,
 }
 
-/// How soon a scan that saw a version still changing is repeated: a version
-/// counts once two scans see the same files.
-const SETTLE: Duration = Duration::from_millis(300);
+/// Answers whoever asked for a load, once it is published (or refused).
+pub(crate) type Ack = tokio::sync::oneshot::Sender<Result<()>>;
 
-/// Follows one source on behalf of the model table.
-pub struct Watcher {
-    source: Box<dyn Source>,
-    /// The one handle that publishes the model table.
+/// The repository's side of the control plane: what it remembers between
+/// scans, and the one handle that publishes the table. Owned by the plane's
+/// thread, so none of it is locked.
+pub(crate) struct Repository {
+    source: Arc<dyn Source>,
     table: Publisher,
     opts: Options,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
     /// Each model's versions and fingerprints as the previous scan saw them.
     seen: HashMap<String, BTreeMap<u64, u64>>,
     /// When each (model, version, fingerprint) was first seen: detection time.
     first_seen: HashMap<(String, u64, u64), Instant>,
     /// What the table holds, as fingerprints of what it was loaded from.
     applied: HashMap<String, Applied>,
-    /// Models unloaded by request: the watcher leaves them alone until a load.
+    /// Models unloaded by request: scans leave them alone until a load.
     unloaded: HashSet<String>,
     /// Fingerprint of the traffic policy each model was last given (state file or
     /// config.toml), and of one that could not be applied (logged once).
     traffic_applied: HashMap<String, u64>,
     traffic_refused: HashMap<String, u64>,
+    /// Counts the changes to each model that a load did not make (an unload,
+    /// a removal) and the loads published: a load planned before one is stale.
+    generation: HashMap<String, u64>,
 }
 
 #[derive(Default, Clone)]
@@ -77,6 +77,46 @@ struct Applied {
     versions: BTreeMap<u64, u64>,
 }
 
+/// What one model's load thread is given: the plan and what it was made from.
+pub(crate) struct Job {
+    pub(crate) name: Arc<str>,
+    listing: ModelListing,
+    stable: BTreeMap<u64, u64>,
+    config: ModelConfig,
+    policy: VersionPolicy,
+    plan: reconcile::Plan,
+    current: Option<Arc<Model>>,
+    applied: BTreeMap<u64, u64>,
+    generation: u64,
+    /// When the files of each version to load were first seen.
+    detected: BTreeMap<u64, Instant>,
+    /// An explicit load waiting for this one.
+    pub(crate) ack: Option<Ack>,
+}
+
+/// What a load thread sends back to be published.
+pub(crate) struct Built {
+    job: Job,
+    model: Model,
+    /// Versions loaded or tried, whose fingerprints are now applied.
+    tried: Vec<u64>,
+    retired: Vec<u64>,
+}
+
+impl Built {
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.job.name
+    }
+}
+
+/// What load threads share: how to fetch, load and warm up a version.
+pub(crate) struct Loader {
+    source: Arc<dyn Source>,
+    models: Arc<Models>,
+    memory_limit: Option<u64>,
+    warmup_decoder: super::warmup::Decoder,
+}
+
 /// What one load of a version took.
 struct Loaded {
     version: ModelVersion,
@@ -84,40 +124,90 @@ struct Loaded {
     warmup: Duration,
 }
 
-impl Watcher {
-    pub fn new(source: Box<dyn Source>, table: Publisher, opts: Options) -> Arc<Self> {
-        Arc::new(Watcher {
-            source,
+/// How soon a scan that saw a version still changing is repeated: a version
+/// counts once two scans see the same files.
+pub(crate) const SETTLE: Duration = Duration::from_millis(300);
+
+impl Repository {
+    pub(crate) fn new(source: Box<dyn Source>, table: Publisher, opts: Options) -> Self {
+        Repository {
+            source: Arc::from(source),
             table,
             opts,
-            state: Mutex::new(State::default()),
-        })
+            seen: HashMap::new(),
+            first_seen: HashMap::new(),
+            applied: HashMap::new(),
+            unloaded: HashSet::new(),
+            traffic_applied: HashMap::new(),
+            traffic_refused: HashMap::new(),
+            generation: HashMap::new(),
+        }
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn source(&self) -> &Arc<dyn Source> {
+        &self.source
+    }
+
+    pub(crate) fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    pub(crate) fn models(&self) -> &Arc<Models> {
+        self.table.models()
+    }
+
+    pub(crate) fn describe(&self) -> String {
         self.source.describe()
     }
 
-    /// Brings every model in line with the source. The first scan takes every
-    /// version as complete (the files were there before the server started);
-    /// later ones only versions unchanged since the scan before. Returns whether
-    /// some version is still changing.
-    pub fn scan(&self, first: bool) -> Result<bool> {
-        let listings = self.source.list()?;
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    /// What load threads need, shared.
+    pub(crate) fn loader(&self) -> Arc<Loader> {
+        Arc::new(Loader {
+            source: self.source.clone(),
+            models: self.table.models().clone(),
+            memory_limit: self.opts.memory_limit,
+            warmup_decoder: self.opts.warmup_decoder,
+        })
+    }
+
+    /// Marks the initial load done; the server reports ready from then on.
+    pub(crate) fn set_loaded(&self) {
+        self.table.set_loaded();
+    }
+
+    fn bump(&mut self, name: &str) {
+        *self.generation.entry(name.to_string()).or_default() += 1;
+    }
+
+    /// Takes in one scan of the source: records what each listing holds and
+    /// returns the loads to run, for the models whose versions all count
+    /// (`first`: the files were there before the server started) and that
+    /// `busy` does not name (a load of theirs runs). Applies the rest at once:
+    /// models gone from the source are removed, policies synced. Returns
+    /// whether some version is still changing.
+    pub(crate) fn scan(
+        &mut self,
+        listings: &[ModelListing],
+        first: bool,
+        busy: &dyn Fn(&str) -> bool,
+        jobs: &mut Vec<Job>,
+    ) -> bool {
         let mut settling = false;
-        let names: HashSet<String> = listings.iter().map(|l| l.name.clone()).collect();
-        for l in &listings {
-            let stable = stable_versions(&mut st, l, first);
+        let names: HashSet<&str> = listings.iter().map(|l| l.name.as_str()).collect();
+        for l in listings {
+            let stable = self.stable_versions(l, first);
             // A model with a version still changing waits for it: acting on part
             // of the change could retire what serves before its successor counts.
             if stable.len() < l.versions.len() {
                 settling = true;
                 continue;
             }
-            if !st.unloaded.contains(&l.name) {
-                self.apply(&mut st, l, &stable);
-                self.sync_traffic(&mut st, &l.name);
+            if self.unloaded.contains(&l.name) || busy(&l.name) {
+                continue;
+            }
+            match self.prepare(l, stable) {
+                Some(job) => jobs.push(job),
+                None => self.sync_traffic(&l.name),
             }
         }
         // Models whose folder went away.
@@ -127,128 +217,57 @@ impl Watcher {
             .snapshot()
             .models
             .keys()
-            .filter(|n| !names.contains(*n))
+            .filter(|n| !names.contains(n.as_str()))
             .cloned()
             .collect();
         for name in gone {
             self.table.replace_model(&name, None);
-            st.applied.remove(&name);
-            st.seen.remove(&name);
-            st.unloaded.remove(&name);
+            self.applied.remove(&name);
+            self.seen.remove(&name);
+            self.unloaded.remove(&name);
+            self.bump(&name);
             tracing::info!(model = %name, "removed: it is no longer in the {}", self.source.describe());
         }
-        st.first_seen.retain(|(m, _, _), _| names.contains(m));
-        Ok(settling)
+        self.first_seen
+            .retain(|(m, _, _), _| names.contains(m.as_str()));
+        settling
     }
 
-    /// Loads what the source has, marks the server ready, and in poll mode
-    /// starts following the source on its own thread. Blocking: run it off the
-    /// async runtime. A source that cannot be listed at start is an error
-    /// except in poll mode, which retries every interval.
-    pub fn start(self: Arc<Self>) -> Result<()> {
-        let mode = self.opts.mode;
-        if let Err(e) = self.scan(true) {
-            tracing::error!(error = %e, source = %self.describe(), "cannot list models");
-            if mode != ControlMode::Poll {
-                return Err(e);
-            }
+    /// An explicit load: takes the files of `l` as they are now, whatever was
+    /// applied or unloaded before. `None` when it is applied at once (a broken
+    /// config.toml, say); the caller answers from the table then.
+    pub(crate) fn reload(&mut self, l: &ModelListing) -> Option<Job> {
+        self.unloaded.remove(&l.name);
+        let stable = self.stable_versions(l, true);
+        self.applied.remove(&l.name);
+        let job = self.prepare(l, stable);
+        if job.is_none() {
+            self.sync_traffic(&l.name);
         }
-        let table = self.table.models().snapshot();
-        let ready = table
-            .models
-            .values()
-            .filter(|m| m.default_version().is_some())
-            .count();
-        tracing::info!(
-            models = table.models.len(),
-            ready,
-            source = %self.describe(),
-            model_control = ?mode,
-            "repository loaded"
-        );
-        self.table.set_loaded();
-        if mode == ControlMode::Poll {
-            std::thread::Builder::new()
-                .name("switchyard-watch".into())
-                .spawn(move || self.run())
-                .map_err(|e| {
-                    Error::Internal(format!("cannot start the repository watcher: {e}"))
-                })?;
-        }
-        Ok(())
+        job
     }
 
-    /// Runs until the process ends: rescans on a change under the source's
-    /// watched paths (after the writes settle) and every poll interval.
-    pub fn run(self: Arc<Self>) {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let _watcher = self.watch(tx);
-        let mut wait = self.opts.poll_interval;
-        loop {
-            match rx.recv_timeout(wait) {
-                Ok(()) => {
-                    // A burst of events is one change: let it finish, drop the rest.
-                    std::thread::sleep(Duration::from_millis(50));
-                    while rx.try_recv().is_ok() {}
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    std::thread::sleep(wait);
-                }
-            }
-            wait = match self.scan(false) {
-                Ok(true) => SETTLE.min(self.opts.poll_interval),
-                Ok(false) => self.opts.poll_interval,
-                Err(e) => {
-                    tracing::warn!(error = %e, source = %self.source.describe(), "cannot list models; what is loaded keeps serving");
-                    self.opts.poll_interval
-                }
-            };
+    /// What the table says of a model after an explicit load.
+    pub(crate) fn load_outcome(&self, name: &str) -> Result<()> {
+        match self.table.models().model(name)?.unavailable_reason() {
+            None => Ok(()),
+            Some(r) => Err(Error::load(format!("model '{name}' failed to load: {r}"))),
         }
     }
 
-    /// Starts a file watcher on the source's paths, sending on every change;
-    /// `None` (poll only) when there is nothing to watch or it cannot start.
-    fn watch(&self, tx: std::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher as _;
-        let paths = self.source.watch_paths();
-        if paths.is_empty() {
-            return None;
-        }
-        let handler = move |ev: notify::Result<notify::Event>| {
-            if ev.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = tx.send(());
-            }
-        };
-        let mut w = match notify::recommended_watcher(handler) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the repository for changes; polling only");
-                return None;
-            }
-        };
-        for p in paths {
-            if let Err(e) = w.watch(&p, notify::RecursiveMode::Recursive) {
-                tracing::warn!(path = %p.display(), error = %e, "cannot watch; polling only");
-            }
-        }
-        Some(w)
-    }
-
-    /// Makes one model serve what its listing and version policy say.
-    fn apply(&self, st: &mut State, l: &ModelListing, stable: &BTreeMap<u64, u64>) {
+    /// The first step for one model: what it should serve, and the load that
+    /// gets it there; `None` when nothing needs loading or it was settled here
+    /// (an unreadable config.toml keeps what serves).
+    fn prepare(&mut self, l: &ModelListing, stable: BTreeMap<u64, u64>) -> Option<Job> {
         let name: Arc<str> = Arc::from(l.name.as_str());
         let current = self.table.models().snapshot().models.get(&l.name).cloned();
-        let applied = st.applied.get(&l.name).cloned().unwrap_or_default();
+        let applied = self.applied.get(&l.name).cloned().unwrap_or_default();
         let config = match &l.config {
             Ok(c) => c.clone(),
             Err(e) => {
                 if applied.config != l.config_fingerprint || current.is_none() {
                     tracing::error!(model = %l.name, error = %e, "config.toml cannot be used; what is loaded keeps serving");
-                    self.table
-                        .models()
-                        .load_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.count_failure();
                     let model = match &current {
                         Some(m) => Model {
                             error: Some(e.clone()),
@@ -257,30 +276,25 @@ impl Watcher {
                         None => Model::failed(name, ModelConfig::default(), e.clone()),
                     };
                     self.table.replace_model(&l.name, Some(model));
-                    st.applied.entry(l.name.clone()).or_default().config = l.config_fingerprint;
+                    self.applied.entry(l.name.clone()).or_default().config = l.config_fingerprint;
                 }
-                return;
+                return None;
             }
         };
         let config_changed = applied.config != l.config_fingerprint || current.is_none();
-        let policy = config
-            .version_policy()
-            .unwrap_or(crate::core::config::VersionPolicy::Latest(1));
-        let available: Vec<u64> = stable.keys().copied().collect();
-        let old_versions = current
+        let policy = config.version_policy().unwrap_or(VersionPolicy::Latest(1));
+        let serving: Vec<u64> = current
             .as_ref()
-            .map(|m| m.versions.clone())
+            .map(|m| m.versions.keys().copied().collect())
             .unwrap_or_default();
-        let serving: Vec<u64> = old_versions.keys().copied().collect();
         let plan = reconcile::plan(
             &policy,
-            stable,
+            &stable,
             &l.aliases,
             &serving,
             &applied.versions,
             config_changed,
         );
-        let (desired, to_load) = (plan.desired.clone(), plan.load.clone());
         if let Some(m) = current.as_ref().filter(|_| plan.is_empty()) {
             if m.default == l.default {
                 if m.error.is_some() && !m.versions.is_empty() {
@@ -291,272 +305,121 @@ impl Watcher {
                     };
                     self.table.replace_model(&l.name, Some(fixed));
                 }
-                return;
+                return None;
             }
         }
-
-        let mut attempts = BTreeMap::new();
-        for &v in &to_load {
-            let fp = stable[&v];
-            let detected = st.first_seen.get(&(l.name.clone(), v, fp)).copied();
-            let res = self.load(&name, v, &config);
-            match &res {
-                Ok(done) => tracing::info!(
-                    model = %l.name,
-                    version = v,
-                    detect_ms = detected.map(|t| t.elapsed().saturating_sub(done.load + done.warmup).as_millis() as u64),
-                    load_ms = done.load.as_millis() as u64,
-                    warmup_ms = done.warmup.as_millis() as u64,
-                    max_batch_size = done.version.metadata.max_batch_size,
-                    "loaded"
-                ),
-                Err(e) => {
-                    self.table
-                        .models()
-                        .load_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(model = %l.name, version = v, error = %e, "version failed to load; it does not replace what serves");
-                }
-            }
-            attempts.insert(v, res);
-        }
-
-        let mut versions = BTreeMap::new();
-        let mut failures = BTreeMap::new();
-        for &v in &desired {
-            match attempts.remove(&v) {
-                Some(Ok(done)) => {
-                    versions.insert(v, VersionState::Ready(Arc::new(done.version)));
-                }
-                Some(Err(e)) => match old_versions.get(&v) {
-                    Some(old @ VersionState::Ready(_)) => {
-                        versions.insert(v, old.clone());
-                        failures.insert(v, e.to_string());
-                    }
-                    _ => {
-                        versions.insert(v, VersionState::Failed(e.to_string()));
-                    }
-                },
-                None => {
-                    if let Some(s) = old_versions.get(&v) {
-                        versions.insert(v, s.clone());
-                    }
-                    if let Some(e) = current.as_ref().and_then(|m| m.failures.get(&v)) {
-                        failures.insert(v, e.clone());
-                    }
-                }
-            }
-        }
-        // A version that failed never replaces one that serves: while a desired
-        // version is not ready, the old ones serve on as long as their files are there.
-        let ready = |vs: &BTreeMap<u64, VersionState>, v: &u64| {
-            matches!(vs.get(v), Some(VersionState::Ready(_)))
-        };
-        let desired_ok = desired.iter().all(|v| ready(&versions, v));
-        let (kept, retired) = reconcile::retirements(
-            &plan.retire,
-            desired_ok,
-            |v| ready(&old_versions, &v),
-            |v| l.versions.contains_key(&v),
-        );
-        for v in kept {
-            versions.insert(v, old_versions[&v].clone());
-        }
-        // `latest = N` with a failed version: the next ones down stand in, so
-        // that a broken newest version does not leave the model without any.
-        let mut tried = to_load.clone();
-        if let crate::core::config::VersionPolicy::Latest(n) = policy {
-            let serving = versions.keys().filter(|v| ready(&versions, v)).count();
-            let mut need = n.min(available.len()).saturating_sub(serving);
-            let candidates =
-                reconcile::stand_ins(stable, &applied.versions, |v| versions.contains_key(&v));
-            for v in candidates {
-                if need == 0 {
-                    break;
-                }
-                tried.push(v);
-                match self.load(&name, v, &config) {
-                    Ok(done) => {
-                        tracing::info!(model = %l.name, version = v, "loaded in place of a newer version that failed");
-                        versions.insert(v, VersionState::Ready(Arc::new(done.version)));
-                        need -= 1;
-                    }
-                    Err(e) => {
-                        self.table
-                            .models()
-                            .load_failures
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::error!(model = %l.name, version = v, error = %e, "version failed to load");
-                        versions.insert(v, VersionState::Failed(e.to_string()));
-                    }
-                }
-            }
-        }
-        let error = versions.is_empty().then(|| {
-            if let Some(p) = &l.problem {
-                p.clone()
-            } else if l.versions.is_empty() {
-                format!("no version folder (expected {}/1/model.onnx)", l.name)
-            } else {
-                "no complete version to serve yet".to_string()
-            }
-        });
-        let model = Model {
+        let detected = plan
+            .load
+            .iter()
+            .filter_map(|&v| {
+                let seen = self.first_seen.get(&(l.name.clone(), v, stable[&v]))?;
+                Some((v, *seen))
+            })
+            .collect();
+        Some(Job {
+            detected,
+            generation: self.generation.get(&l.name).copied().unwrap_or_default(),
             name,
+            listing: l.clone(),
+            stable,
             config,
-            versions,
-            error,
-            default: l.default,
-            failures,
-            traffic: current
-                .as_ref()
-                .map(|m| m.traffic.clone())
-                .unwrap_or_default(),
-            shadow_stats: current
-                .as_ref()
-                .map(|m| m.shadow_stats.clone())
-                .unwrap_or_default(),
-            aliases: l.aliases.clone(),
-        };
-        self.table.replace_model(&l.name, Some(model));
-        for v in &retired {
-            tracing::info!(model = %l.name, version = v, "retired: queued requests finish, then it is dropped");
-        }
+            policy,
+            plan,
+            current,
+            applied: applied.versions,
+            ack: None,
+        })
+    }
 
-        let a = st.applied.entry(l.name.clone()).or_default();
-        a.config = l.config_fingerprint;
+    fn count_failure(&self) {
+        self.table
+            .models()
+            .load_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last step: publishes what a load thread built, with the traffic
+    /// policy and shadow statistics the model has *now* (a policy set while it
+    /// loaded is kept). A load overtaken by an unload or a removal is dropped.
+    /// Returns who waits for it, and what to answer.
+    pub(crate) fn commit(&mut self, built: Built) -> Option<(Ack, Result<()>)> {
+        let Built {
+            mut job,
+            mut model,
+            tried,
+            retired,
+        } = built;
+        let name = job.name.to_string();
+        let ack = job.ack.take();
+        if self.generation.get(&name).copied().unwrap_or_default() != job.generation {
+            tracing::info!(model = %name, "a load finished after the model was unloaded or removed; dropped");
+            return ack.map(|a| {
+                (
+                    a,
+                    Err(Error::Unavailable(format!(
+                        "model '{name}' was unloaded or removed while it loaded"
+                    ))),
+                )
+            });
+        }
+        if let Ok(now) = self.table.models().model(&name) {
+            model.traffic = now.traffic.clone();
+            model.shadow_stats = now.shadow_stats.clone();
+        }
+        self.table.replace_model(&name, Some(model));
+        for v in &retired {
+            tracing::info!(model = %name, version = v, "retired: queued requests finish, then it is dropped");
+        }
+        let a = self.applied.entry(name.clone()).or_default();
+        a.config = job.listing.config_fingerprint;
         for v in &tried {
-            a.versions.insert(*v, stable[v]);
+            a.versions.insert(*v, job.stable[v]);
         }
         for v in &retired {
             a.versions.remove(v);
         }
+        self.bump(&name);
+        self.sync_traffic(&name);
+        ack.map(|a| (a, self.load_outcome(&name)))
     }
 
-    /// `<state-dir>/traffic/<model>.json`.
-    fn traffic_file(&self, name: &str) -> Option<PathBuf> {
-        self.opts
-            .state_dir
-            .as_ref()
-            .map(|d| d.join("traffic").join(format!("{name}.json")))
-    }
-
-    /// Gives a model the traffic policy of its state file (written by this or
-    /// another replica sharing the state directory), else of its config.toml,
-    /// when that changed since it was last applied.
-    fn sync_traffic(&self, st: &mut State, name: &str) {
-        let Ok(model) = self.table.models().model(name) else {
-            return;
-        };
-        let from_file = self
-            .traffic_file(name)
-            .and_then(|p| std::fs::read_to_string(p).ok());
-        let (text, origin) = match &from_file {
-            Some(t) => (t.clone(), "the state directory"),
-            None => (
-                serde_json::to_string(&model.config.traffic.clone().unwrap_or_default())
-                    .unwrap_or_default(),
-                "config.toml",
-            ),
-        };
-        // Aliases resolve to versions: when one moves, the policy is applied again.
-        let fp = fingerprint(&format!("{text}{:?}", model.aliases));
-        if st.traffic_applied.get(name) == Some(&fp) {
-            return;
-        }
-        let applied = serde_json::from_str::<TrafficSpec>(&text)
-            .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))
-            .and_then(|spec| Traffic::new(spec, &model.ready_numbers(), &model.aliases));
-        match applied {
-            Ok(t) => {
-                let spec = serde_json::to_string(&t.spec).unwrap_or_default();
-                self.table.replace_model(
-                    name,
-                    Some(Model {
-                        traffic: Arc::new(t),
-                        ..Model::clone(&model)
-                    }),
-                );
-                st.traffic_applied.insert(name.to_string(), fp);
-                st.traffic_refused.remove(name);
-                tracing::info!(model = name, policy = %spec, from = origin, "traffic policy applied");
-            }
-            Err(e) => {
-                if st.traffic_refused.insert(name.to_string(), fp) != Some(fp) {
-                    tracing::warn!(model = name, from = origin, error = %e, "traffic policy not applied (yet); retried every scan");
-                }
-            }
-        }
-    }
-
-    /// Materialises, loads and warms up one version; refuses it first when the
-    /// memory limit leaves no room.
-    fn load(&self, name: &Arc<str>, v: u64, config: &ModelConfig) -> Result<Loaded> {
-        let dir = self.source.materialize(name, v)?;
-        self.check_memory(&dir)?;
-        let t0 = Instant::now();
-        let version = super::load_version(name, v, &dir, config)?;
-        let load = t0.elapsed();
-        let t1 = Instant::now();
-        let mut version = version;
-        super::warmup::warm_up(&version, &dir, self.opts.warmup_decoder)?;
-        let warmup = t1.elapsed();
-        version.load_duration = load + warmup;
-        Ok(Loaded {
-            version,
-            load,
-            warmup,
-        })
-    }
-
-    /// A version needs about twice its files in memory while it loads (the file
-    /// and ONNX Runtime's own copy); refuses it when that would pass the limit.
-    fn check_memory(&self, dir: &Path) -> Result<()> {
-        let Some(limit) = self.opts.memory_limit else {
-            return Ok(());
-        };
-        let need = 2 * dir_size(dir);
-        let rss = crate::core::sys::rss_bytes().unwrap_or(0);
-        if rss + need > limit {
-            return Err(Error::load(format!(
-                "not loaded: it needs about {} (twice its files) and the server already uses {} of its --memory-limit {}",
-                bytesize::ByteSize(need),
-                bytesize::ByteSize(rss),
-                bytesize::ByteSize(limit)
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl ModelControl for Watcher {
-    fn load(&self, name: &str) -> Result<()> {
+    /// Takes a model out of service; queued requests finish first. A load of
+    /// it that runs is dropped when it ends.
+    pub(crate) fn unload(&mut self, name: &str) -> Result<()> {
         if self.opts.mode == ControlMode::None {
             return Err(Error::invalid(
-                "models are not loaded on request: the server runs with --model-control none",
+                "models are not unloaded on request: the server runs with --model-control none",
             ));
         }
-        let listing = self.source.list_one(name)?.ok_or_else(|| {
-            Error::not_found(format!(
-                "the {} has no model '{name}'",
-                self.source.describe()
-            ))
-        })?;
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.unloaded.remove(name);
-        // An explicit load takes the files as they are now.
-        let stable = stable_versions(&mut st, &listing, true);
-        st.applied.remove(name);
-        self.apply(&mut st, &listing, &stable);
-        drop(st);
-        match self.table.models().model(name)?.unavailable_reason() {
-            None => Ok(()),
-            Some(r) => Err(Error::load(format!("model '{name}' failed to load: {r}"))),
-        }
+        let old = self
+            .table
+            .models()
+            .model(name)
+            .map_err(|_| Error::not_found(format!("unknown model '{name}'")))?;
+        let unloaded = Model::failed(
+            old.name.clone(),
+            old.config.clone(),
+            "unloaded by request".into(),
+        );
+        self.table.replace_model(name, Some(unloaded));
+        self.applied.remove(name);
+        self.unloaded.insert(name.to_string());
+        self.bump(name);
+        tracing::info!(
+            model = name,
+            "unloaded by request; queued requests finish first"
+        );
+        Ok(())
     }
 
-    fn set_traffic(&self, name: &str, spec: TrafficSpec, who: &str) -> Result<Arc<Traffic>> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    /// Validates, applies at once and keeps a model's traffic policy; `who`
+    /// says where the change came from, for the log.
+    pub(crate) fn set_traffic(
+        &mut self,
+        name: &str,
+        spec: TrafficSpec,
+        who: &str,
+    ) -> Result<Arc<Traffic>> {
         let model = self.table.models().model(name)?;
         let traffic = Arc::new(Traffic::new(spec, &model.ready_numbers(), &model.aliases)?);
         let text = serde_json::to_string_pretty(&traffic.spec).expect("plain data");
@@ -576,54 +439,278 @@ impl ModelControl for Watcher {
                 ..Model::clone(&model)
             }),
         );
-        st.traffic_applied
-            .insert(name.to_string(), fingerprint(&text));
-        st.traffic_refused.remove(name);
+        // What it replaced is applied: a later sync changes it only when the
+        // state file, config.toml or the aliases change.
+        let (_, _, fp) = self.policy_source(name, &model);
+        self.traffic_applied.insert(name.to_string(), fp);
+        self.traffic_refused.remove(name);
         tracing::info!(model = name, policy = %serde_json::to_string(&traffic.spec).unwrap_or_default(), by = who, "traffic policy changed");
         Ok(traffic)
     }
 
-    fn unload(&self, name: &str) -> Result<()> {
-        if self.opts.mode == ControlMode::None {
-            return Err(Error::invalid(
-                "models are not unloaded on request: the server runs with --model-control none",
-            ));
+    /// `<state-dir>/traffic/<model>.json`.
+    fn traffic_file(&self, name: &str) -> Option<PathBuf> {
+        self.opts
+            .state_dir
+            .as_ref()
+            .map(|d| d.join("traffic").join(format!("{name}.json")))
+    }
+
+    /// Where a model's policy comes from now: the text of its state file,
+    /// else of its config.toml, where that is, and a fingerprint that changes
+    /// with either or with the aliases (they resolve to versions: when one
+    /// moves, the policy is applied again).
+    fn policy_source(&self, name: &str, model: &Model) -> (String, &'static str, u64) {
+        let from_file = self
+            .traffic_file(name)
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        let (text, origin) = match from_file {
+            Some(t) => (t, "the state directory"),
+            None => (
+                serde_json::to_string(&model.config.traffic.clone().unwrap_or_default())
+                    .unwrap_or_default(),
+                "config.toml",
+            ),
+        };
+        let fp = fingerprint(&format!("{text}{:?}", model.aliases));
+        (text, origin, fp)
+    }
+
+    /// Gives a model the traffic policy of its state file (written by this or
+    /// another replica sharing the state directory), else of its config.toml,
+    /// when that changed since it was last applied.
+    fn sync_traffic(&mut self, name: &str) {
+        let Ok(model) = self.table.models().model(name) else {
+            return;
+        };
+        let (text, origin, fp) = self.policy_source(name, &model);
+        if self.traffic_applied.get(name) == Some(&fp) {
+            return;
         }
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self
-            .table
-            .models()
-            .model(name)
-            .map_err(|_| Error::not_found(format!("unknown model '{name}'")))?;
-        let unloaded = Model::failed(
-            old.name.clone(),
-            old.config.clone(),
-            "unloaded by request".into(),
+        let applied = serde_json::from_str::<TrafficSpec>(&text)
+            .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))
+            .and_then(|spec| Traffic::new(spec, &model.ready_numbers(), &model.aliases));
+        match applied {
+            Ok(t) => {
+                let spec = serde_json::to_string(&t.spec).unwrap_or_default();
+                self.table.replace_model(
+                    name,
+                    Some(Model {
+                        traffic: Arc::new(t),
+                        ..Model::clone(&model)
+                    }),
+                );
+                self.traffic_applied.insert(name.to_string(), fp);
+                self.traffic_refused.remove(name);
+                tracing::info!(model = name, policy = %spec, from = origin, "traffic policy applied");
+            }
+            Err(e) => {
+                if self.traffic_refused.insert(name.to_string(), fp) != Some(fp) {
+                    tracing::warn!(model = name, from = origin, error = %e, "traffic policy not applied (yet); retried every scan");
+                }
+            }
+        }
+    }
+    /// The versions of `l` whose files are the same as at the previous scan (all of
+    /// them when `first` or when the source vouches for them), and records this scan.
+    fn stable_versions(&mut self, l: &ModelListing, first: bool) -> BTreeMap<u64, u64> {
+        let now = Instant::now();
+        for (&v, &fp) in &l.versions {
+            self.first_seen
+                .entry((l.name.clone(), v, fp))
+                .or_insert(now);
+        }
+        let prev = self.seen.insert(l.name.clone(), l.versions.clone());
+        l.versions
+            .iter()
+            .filter(|(v, fp)| {
+                first || l.complete || prev.as_ref().and_then(|p| p.get(v)) == Some(fp)
+            })
+            .map(|(&v, &fp)| (v, fp))
+            .collect()
+    }
+}
+
+impl Loader {
+    /// The middle step, on a load thread: loads and warms up the versions the
+    /// plan names (and stand-ins for a newest version that fails), and builds
+    /// the model to publish. A version that failed never replaces one that
+    /// serves.
+    pub(crate) fn build(&self, job: Job) -> Built {
+        let current = job.current.as_deref();
+        let old_versions = current.map(|m| m.versions.clone()).unwrap_or_default();
+        let mut attempts = BTreeMap::new();
+        for &v in &job.plan.load {
+            let res = self.load(&job.name, v, &job.config);
+            match &res {
+                Ok(done) => tracing::info!(
+                    model = %job.name,
+                    version = v,
+                    detect_ms = job.detected.get(&v).map(|t| t.elapsed().saturating_sub(done.load + done.warmup).as_millis() as u64),
+                    load_ms = done.load.as_millis() as u64,
+                    warmup_ms = done.warmup.as_millis() as u64,
+                    max_batch_size = done.version.metadata.max_batch_size,
+                    "loaded"
+                ),
+                Err(e) => {
+                    self.count_failure();
+                    tracing::error!(model = %job.name, version = v, error = %e, "version failed to load; it does not replace what serves");
+                }
+            }
+            attempts.insert(v, res);
+        }
+        let mut versions = BTreeMap::new();
+        let mut failures = BTreeMap::new();
+        for &v in &job.plan.desired {
+            match attempts.remove(&v) {
+                Some(Ok(done)) => {
+                    versions.insert(v, VersionState::Ready(Arc::new(done.version)));
+                }
+                Some(Err(e)) => match old_versions.get(&v) {
+                    Some(old @ VersionState::Ready(_)) => {
+                        versions.insert(v, old.clone());
+                        failures.insert(v, e.to_string());
+                    }
+                    _ => {
+                        versions.insert(v, VersionState::Failed(e.to_string()));
+                    }
+                },
+                None => {
+                    if let Some(s) = old_versions.get(&v) {
+                        versions.insert(v, s.clone());
+                    }
+                    if let Some(e) = current.and_then(|m| m.failures.get(&v)) {
+                        failures.insert(v, e.clone());
+                    }
+                }
+            }
+        }
+        // While a desired version is not ready, the old ones serve on as long
+        // as their files are there.
+        let desired_ok = job.plan.desired.iter().all(|v| is_ready(&versions, v));
+        let (kept, retired) = reconcile::retirements(
+            &job.plan.retire,
+            desired_ok,
+            |v| is_ready(&old_versions, &v),
+            |v| job.listing.versions.contains_key(&v),
         );
-        self.table.replace_model(name, Some(unloaded));
-        st.applied.remove(name);
-        st.unloaded.insert(name.to_string());
-        tracing::info!(
-            model = name,
-            "unloaded by request; queued requests finish first"
-        );
+        for v in kept {
+            versions.insert(v, old_versions[&v].clone());
+        }
+        let mut tried = job.plan.load.clone();
+        self.stand_in(&job, &mut versions, &mut tried);
+        let l = &job.listing;
+        let error = versions.is_empty().then(|| {
+            if let Some(p) = &l.problem {
+                p.clone()
+            } else if l.versions.is_empty() {
+                format!("no version folder (expected {}/1/model.onnx)", l.name)
+            } else {
+                "no complete version to serve yet".to_string()
+            }
+        });
+        let model = Model {
+            name: job.name.clone(),
+            config: job.config.clone(),
+            versions,
+            error,
+            default: l.default,
+            failures,
+            traffic: current.map(|m| m.traffic.clone()).unwrap_or_default(),
+            shadow_stats: current.map(|m| m.shadow_stats.clone()).unwrap_or_default(),
+            aliases: l.aliases.clone(),
+        };
+        Built {
+            job,
+            model,
+            tried,
+            retired,
+        }
+    }
+
+    /// `latest = N` with a failed version: the next ones down stand in, so
+    /// that a broken newest version does not leave the model without any.
+    fn stand_in(
+        &self,
+        job: &Job,
+        versions: &mut BTreeMap<u64, VersionState>,
+        tried: &mut Vec<u64>,
+    ) {
+        let VersionPolicy::Latest(n) = job.policy else {
+            return;
+        };
+        let serving = versions.keys().filter(|v| is_ready(versions, v)).count();
+        let mut need = n.min(job.stable.len()).saturating_sub(serving);
+        let candidates =
+            reconcile::stand_ins(&job.stable, &job.applied, |v| versions.contains_key(&v));
+        for v in candidates {
+            if need == 0 {
+                break;
+            }
+            tried.push(v);
+            match self.load(&job.name, v, &job.config) {
+                Ok(done) => {
+                    tracing::info!(model = %job.name, version = v, "loaded in place of a newer version that failed");
+                    versions.insert(v, VersionState::Ready(Arc::new(done.version)));
+                    need -= 1;
+                }
+                Err(e) => {
+                    self.count_failure();
+                    tracing::error!(model = %job.name, version = v, error = %e, "version failed to load");
+                    versions.insert(v, VersionState::Failed(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn count_failure(&self) {
+        self.models
+            .load_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Materialises, loads and warms up one version; refuses it first when the
+    /// memory limit leaves no room.
+    fn load(&self, name: &Arc<str>, v: u64, config: &ModelConfig) -> Result<Loaded> {
+        let dir = self.source.materialize(name, v)?;
+        self.check_memory(&dir)?;
+        let t0 = Instant::now();
+        let version = super::load_version(name, v, &dir, config)?;
+        let load = t0.elapsed();
+        let t1 = Instant::now();
+        let mut version = version;
+        super::warmup::warm_up(&version, &dir, self.warmup_decoder)?;
+        let warmup = t1.elapsed();
+        version.load_duration = load + warmup;
+        Ok(Loaded {
+            version,
+            load,
+            warmup,
+        })
+    }
+
+    /// A version needs about twice its files in memory while it loads (the file
+    /// and ONNX Runtime's own copy); refuses it when that would pass the limit.
+    fn check_memory(&self, dir: &Path) -> Result<()> {
+        let Some(limit) = self.memory_limit else {
+            return Ok(());
+        };
+        let need = 2 * dir_size(dir);
+        let rss = crate::core::sys::rss_bytes().unwrap_or(0);
+        if rss + need > limit {
+            return Err(Error::load(format!(
+                "not loaded: it needs about {} (twice its files) and the server already uses {} of its --memory-limit {}",
+                bytesize::ByteSize(need),
+                bytesize::ByteSize(rss),
+                bytesize::ByteSize(limit)
+            )));
+        }
         Ok(())
     }
 }
 
-/// The versions of `l` whose files are the same as at the previous scan (all of
-/// them when `first` or when the source vouches for them), and records this scan.
-fn stable_versions(st: &mut State, l: &ModelListing, first: bool) -> BTreeMap<u64, u64> {
-    let now = Instant::now();
-    for (&v, &fp) in &l.versions {
-        st.first_seen.entry((l.name.clone(), v, fp)).or_insert(now);
-    }
-    let prev = st.seen.insert(l.name.clone(), l.versions.clone());
-    l.versions
-        .iter()
-        .filter(|(v, fp)| first || l.complete || prev.as_ref().and_then(|p| p.get(v)) == Some(fp))
-        .map(|(&v, &fp)| (v, fp))
-        .collect()
+fn is_ready(vs: &BTreeMap<u64, VersionState>, v: &u64) -> bool {
+    matches!(vs.get(v), Some(VersionState::Ready(_)))
 }
 
 fn fingerprint(text: &str) -> u64 {

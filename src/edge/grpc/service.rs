@@ -38,6 +38,7 @@ struct Peer(SocketAddr);
 /// The service state: the model table, the admin policy and the pipeline.
 pub struct InferenceService {
     models: Arc<Models>,
+    control: crate::control::Control,
     admin: AdminAuth,
     pipeline: Pipeline,
 }
@@ -57,10 +58,11 @@ impl Headers for StreamHeaders {
 }
 
 impl InferenceService {
-    pub fn new(models: Arc<Models>, admin: AdminAuth) -> Self {
+    pub fn new(models: Arc<Models>, control: crate::control::Control, admin: AdminAuth) -> Self {
         InferenceService {
             pipeline: Pipeline::new(models.clone(), admin.clone()),
             models,
+            control,
             admin,
         }
     }
@@ -408,9 +410,7 @@ impl GrpcInferenceService for InferenceService {
         req: tonic::Request<pb::RepositoryModelLoadRequest>,
     ) -> Reply<pb::RepositoryModelLoadResponse> {
         self.check_admin(&req)?;
-        let name = req.into_inner().model_name;
-        let models = self.models.clone();
-        crate::edge::off_runtime("load", move || models.load_model(&name)).await?;
+        self.control.load(&req.into_inner().model_name).await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -419,8 +419,7 @@ impl GrpcInferenceService for InferenceService {
         req: tonic::Request<pb::RepositoryModelUnloadRequest>,
     ) -> Reply<pb::RepositoryModelUnloadResponse> {
         self.check_admin(&req)?;
-        let (models, name) = (self.models.clone(), req.into_inner().model_name);
-        crate::edge::off_runtime("unload", move || models.unload_model(&name)).await?;
+        self.control.unload(&req.into_inner().model_name).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }
@@ -469,11 +468,12 @@ async fn call(
 pub async fn serve_grpc(
     listener: TcpListener,
     models: Arc<Models>,
+    control: crate::control::Control,
     admin: AdminAuth,
     max_message_bytes: usize,
     shutdown: impl Future<Output = ()>,
 ) {
-    let server = GrpcInferenceServiceServer::new(InferenceService::new(models, admin))
+    let server = GrpcInferenceServiceServer::new(InferenceService::new(models, control, admin))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(usize::MAX)
         .accept_compressed(CompressionEncoding::Gzip)

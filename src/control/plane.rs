@@ -1,0 +1,611 @@
+//! The control plane's one owner: a thread that holds the repository state,
+//! the traffic policies and the rollouts, and alone publishes the model table.
+//! Everything else sends it a command through a [`Control`] handle and awaits
+//! the reply with a timeout. Source listings, downloads, loads and warm-ups run
+//! on threads of their own and report back, so a status read or a policy
+//! change never waits behind a load.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::core::config::TrafficSpec;
+use crate::core::error::{Error, Result};
+use crate::serving::{Models, Publisher, Traffic};
+
+use super::repository::source::ModelListing;
+use super::repository::watcher::{Ack, Built, ControlMode, Job, Loader, Options, Repository};
+use super::repository::Source;
+use super::rollout::{self, Policies, RolloutSpec, Rollouts};
+
+/// How long a caller waits for the plane to answer a quick command.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an explicit load may take before its caller is answered that it
+/// still runs (it goes on; the repository index shows when it is done).
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Command {
+    Load(String, Ack),
+    Unload(String, Reply<()>),
+    SetTraffic(String, TrafficSpec, String, Reply<Arc<Traffic>>),
+    RolloutStart(String, RolloutSpec, String, Reply<rollout::Status>),
+    RolloutAbort(String, String, Reply<rollout::Status>),
+    RolloutStatus(String, Reply<rollout::Status>),
+    Rollouts(Reply<Vec<rollout::Status>>),
+    /// Files under the source changed (the file watcher).
+    Changed,
+    /// A listing thread's answer.
+    Listed(bool, Result<Vec<ModelListing>>),
+    /// The listing of one model for an explicit load.
+    ListedOne(String, Box<Result<Option<ModelListing>>>, Ack),
+    /// A load thread's result.
+    Built(Box<Built>),
+}
+
+/// The handle every other part holds: sends commands, awaits the answers.
+#[derive(Clone)]
+pub struct Control {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Control {
+    /// Starts the plane on its own thread: it lists the source and loads what
+    /// it has. The receiver answers once that first load is published (the
+    /// server is ready then), or with the error when the source cannot be
+    /// listed and `mode` is not poll (poll mode retries every interval).
+    pub fn start(
+        source: Box<dyn Source>,
+        table: Publisher,
+        opts: Options,
+    ) -> Result<(Control, oneshot::Receiver<Result<()>>)> {
+        let (tx, rx) = mpsc::channel();
+        let (loaded_tx, loaded_rx) = oneshot::channel();
+        let repo = Repository::new(source, table, opts);
+        let parallel = if repo.options().memory_limit.is_some() {
+            // Each load checks the memory left before it starts: one at a time.
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+        };
+        let plane = Plane {
+            loader: repo.loader(),
+            repo,
+            rollouts: Rollouts::default(),
+            tx: tx.clone(),
+            scan_at: None,
+            listing: false,
+            rescan: false,
+            busy: HashMap::new(),
+            queue: VecDeque::new(),
+            running: 0,
+            parallel,
+            starting: Some((loaded_tx, 0)),
+            waiting: HashMap::new(),
+        };
+        std::thread::Builder::new()
+            .name("switchyard-control".into())
+            .spawn(move || plane.run(rx))
+            .map_err(|e| Error::Internal(format!("cannot start the control plane: {e}")))?;
+        Ok((Control { tx }, loaded_rx))
+    }
+
+    async fn ask<T>(
+        &self,
+        timeout: Duration,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(command(tx))
+            .map_err(|_| Error::Unavailable("the control plane has stopped".into()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(Error::Internal(
+                "the control plane dropped the request".into(),
+            )),
+            Err(_) => Err(Error::Unavailable(format!(
+                "the control plane did not answer within {} s; it goes on in the background",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// (Re)loads a model from its source (the repository API's load); answers
+    /// once it is published.
+    pub async fn load(&self, model: &str) -> Result<()> {
+        let model = model.to_string();
+        self.ask(LOAD_TIMEOUT, |r| Command::Load(model, r)).await
+    }
+
+    /// Takes a model out of service (the repository API's unload). It stays
+    /// listed, as unavailable, so its state is visible; in-flight requests
+    /// finish on the versions they hold.
+    pub async fn unload(&self, model: &str) -> Result<()> {
+        let model = model.to_string();
+        self.ask(COMMAND_TIMEOUT, |r| Command::Unload(model, r))
+            .await
+    }
+
+    /// Validates, applies at once and keeps a model's traffic policy (the
+    /// admin API's PUT); `who` says where the change came from, for the log.
+    pub async fn set_traffic(
+        &self,
+        model: &str,
+        spec: TrafficSpec,
+        who: &str,
+    ) -> Result<Arc<Traffic>> {
+        let (model, who) = (model.to_string(), who.to_string());
+        self.ask(COMMAND_TIMEOUT, |r| {
+            Command::SetTraffic(model, spec, who, r)
+        })
+        .await
+    }
+
+    pub async fn start_rollout(
+        &self,
+        model: &str,
+        spec: RolloutSpec,
+        who: &str,
+    ) -> Result<rollout::Status> {
+        let (model, who) = (model.to_string(), who.to_string());
+        self.ask(COMMAND_TIMEOUT, |r| {
+            Command::RolloutStart(model, spec, who, r)
+        })
+        .await
+    }
+
+    /// Stops a rollout in progress; the stable version gets all the traffic.
+    pub async fn abort_rollout(&self, model: &str, who: &str) -> Result<rollout::Status> {
+        let (model, who) = (model.to_string(), who.to_string());
+        self.ask(COMMAND_TIMEOUT, |r| Command::RolloutAbort(model, who, r))
+            .await
+    }
+
+    pub async fn rollout(&self, model: &str) -> Result<rollout::Status> {
+        let model = model.to_string();
+        self.ask(COMMAND_TIMEOUT, |r| Command::RolloutStatus(model, r))
+            .await
+    }
+
+    /// Every rollout this server ran or runs.
+    pub async fn rollouts(&self) -> Result<Vec<rollout::Status>> {
+        self.ask(COMMAND_TIMEOUT, Command::Rollouts).await
+    }
+}
+
+/// The plane's state, owned by its thread.
+struct Plane {
+    repo: Repository,
+    loader: Arc<Loader>,
+    rollouts: Rollouts,
+    /// For the threads it starts to report back.
+    tx: mpsc::Sender<Command>,
+    /// When the next scan is due (poll mode, or a change seen).
+    scan_at: Option<Instant>,
+    /// A listing thread runs.
+    listing: bool,
+    /// A scan skipped a model that was loading: scan again once it is published.
+    rescan: bool,
+    /// Models with a load queued or running, and explicit loads that wait for it.
+    busy: HashMap<String, Vec<Ack>>,
+    queue: VecDeque<Job>,
+    running: usize,
+    parallel: usize,
+    /// Until the first scan is published: who waits for it, and the loads left.
+    starting: Option<(oneshot::Sender<Result<()>>, usize)>,
+    /// Explicit loads of models that a load was running for: retried after it.
+    waiting: HashMap<String, Vec<Ack>>,
+}
+
+impl Policies for Repository {
+    fn models(&self) -> &Models {
+        Repository::models(self)
+    }
+
+    fn set_traffic(&mut self, model: &str, spec: TrafficSpec, who: &str) -> Result<()> {
+        Repository::set_traffic(self, model, spec, who).map(|_| ())
+    }
+}
+
+impl Plane {
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        let _watch = (self.repo.options().mode == ControlMode::Poll).then(|| self.watch());
+        self.list(true);
+        loop {
+            let due = [self.scan_at, self.rollouts.next_due()]
+                .into_iter()
+                .flatten()
+                .min();
+            let command = match due {
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match command {
+                Ok(c) => self.handle(c),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let now = Instant::now();
+            if self.scan_at.is_some_and(|at| at <= now) && !self.listing {
+                self.scan_at = None;
+                self.list(false);
+            }
+            self.rollouts.tick(&mut self.repo, now);
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Load(model, ack) => self.load(model, ack),
+            Command::Unload(model, r) => {
+                let _ = r.send(self.repo.unload(&model));
+            }
+            Command::SetTraffic(model, spec, who, r) => {
+                let _ = r.send(self.repo.set_traffic(&model, spec, &who));
+            }
+            Command::RolloutStart(model, spec, who, r) => {
+                let _ = r.send(self.rollouts.start(&mut self.repo, &model, spec, &who));
+            }
+            Command::RolloutAbort(model, who, r) => {
+                let _ = r.send(self.rollouts.abort(&mut self.repo, &model, &who));
+            }
+            Command::RolloutStatus(model, r) => {
+                let _ = r.send(self.rollouts.status(&model));
+            }
+            Command::Rollouts(r) => {
+                let _ = r.send(Ok(self.rollouts.all()));
+            }
+            Command::Changed => {
+                // A burst of events is one change: let it finish.
+                let soon = Instant::now() + Duration::from_millis(50);
+                self.scan_at = Some(self.scan_at.map_or(soon, |at| at.min(soon)));
+            }
+            Command::Listed(first, listings) => self.listed(first, listings),
+            Command::ListedOne(model, listing, ack) => self.listed_one(model, *listing, ack),
+            Command::Built(built) => self.built(*built),
+        }
+    }
+
+    /// Lists the source on a thread of its own (a registry can be slow).
+    fn list(&mut self, first: bool) {
+        self.listing = true;
+        let (source, tx) = (self.repo.source().clone(), self.tx.clone());
+        self.spawn("switchyard-list", move || {
+            let _ = tx.send(Command::Listed(first, source.list()));
+        });
+    }
+
+    fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) {
+        if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+            tracing::error!(error = %e, "cannot start a {name} thread");
+        }
+    }
+
+    fn listed(&mut self, first: bool, listings: Result<Vec<ModelListing>>) {
+        self.listing = false;
+        let poll = self.repo.options().poll_interval;
+        let mode = self.repo.options().mode;
+        let settling = match listings {
+            Ok(listings) => {
+                let mut jobs = Vec::new();
+                if listings.iter().any(|l| self.busy.contains_key(&l.name)) {
+                    self.rescan = true;
+                }
+                let busy = |m: &str| self.busy.contains_key(m);
+                let settling = self.repo.scan(&listings, first, &busy, &mut jobs);
+                for job in jobs {
+                    self.enqueue(job);
+                }
+                settling
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, source = %self.repo.describe(), "cannot list models; what is loaded keeps serving");
+                if first && mode != ControlMode::Poll {
+                    if let Some((tx, _)) = self.starting.take() {
+                        let _ = tx.send(Err(e));
+                    }
+                    return;
+                }
+                false
+            }
+        };
+        if mode == ControlMode::Poll {
+            let wait = if settling {
+                super::repository::watcher::SETTLE.min(poll)
+            } else {
+                poll
+            };
+            let at = Instant::now() + wait;
+            self.scan_at = Some(self.scan_at.map_or(at, |s| s.min(at)));
+        }
+        if first {
+            if let Some((_, left)) = self.starting.as_mut() {
+                *left = self.queue.len() + self.running;
+            }
+            self.started_if_done();
+        }
+    }
+
+    /// Marks the server ready once the first scan's loads are all published.
+    fn started_if_done(&mut self) {
+        if !matches!(self.starting, Some((_, 0))) {
+            return;
+        }
+        let Some((tx, _)) = self.starting.take() else {
+            return;
+        };
+        let table = self.repo.models().snapshot();
+        let ready = table
+            .models
+            .values()
+            .filter(|m| m.default_version().is_some())
+            .count();
+        tracing::info!(
+            models = table.models.len(),
+            ready,
+            source = %self.repo.describe(),
+            model_control = ?self.repo.options().mode,
+            "repository loaded"
+        );
+        self.repo.set_loaded();
+        let _ = tx.send(Ok(()));
+    }
+
+    fn load(&mut self, model: String, ack: Ack) {
+        if self.repo.options().mode == ControlMode::None {
+            let _ = ack.send(Err(Error::invalid(
+                "models are not loaded on request: the server runs with --model-control none",
+            )));
+            return;
+        }
+        let (source, tx) = (self.repo.source().clone(), self.tx.clone());
+        self.spawn("switchyard-list", move || {
+            let listing = source.list_one(&model);
+            let _ = tx.send(Command::ListedOne(model, Box::new(listing), ack));
+        });
+    }
+
+    fn listed_one(&mut self, model: String, listing: Result<Option<ModelListing>>, ack: Ack) {
+        let listing = match listing {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                let _ = ack.send(Err(Error::not_found(format!(
+                    "the {} has no model '{model}'",
+                    self.repo.describe()
+                ))));
+                return;
+            }
+            Err(e) => {
+                let _ = ack.send(Err(e));
+                return;
+            }
+        };
+        if self.busy.contains_key(&model) {
+            // It takes the files as they are once the running load is published.
+            self.waiting.entry(model).or_default().push(ack);
+            return;
+        }
+        match self.repo.reload(&listing) {
+            Some(mut job) => {
+                job.ack = Some(ack);
+                self.enqueue(job);
+            }
+            None => {
+                let _ = ack.send(self.repo.load_outcome(&model));
+            }
+        }
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        self.busy.entry(job.name.to_string()).or_default();
+        self.queue.push_back(job);
+        self.start_loads();
+    }
+
+    /// Starts queued loads, up to `parallel` at once.
+    fn start_loads(&mut self) {
+        while self.running < self.parallel {
+            let Some(job) = self.queue.pop_front() else {
+                return;
+            };
+            self.running += 1;
+            let (loader, tx) = (self.loader.clone(), self.tx.clone());
+            self.spawn("switchyard-load", move || {
+                let built = loader.build(job);
+                let _ = tx.send(Command::Built(Box::new(built)));
+            });
+        }
+    }
+
+    fn built(&mut self, built: Built) {
+        self.running = self.running.saturating_sub(1);
+        let name = built.name().to_string();
+        if let Some((ack, answer)) = self.repo.commit(built) {
+            let _ = ack.send(answer);
+        }
+        self.busy.remove(&name);
+        for ack in self.waiting.remove(&name).unwrap_or_default() {
+            self.load(name.clone(), ack);
+        }
+        if let Some((_, left)) = self.starting.as_mut() {
+            *left = left.saturating_sub(1);
+        }
+        self.started_if_done();
+        if self.rescan && self.busy.is_empty() {
+            self.rescan = false;
+            let soon = Instant::now() + super::repository::watcher::SETTLE;
+            self.scan_at = Some(self.scan_at.map_or(soon, |at| at.min(soon)));
+        }
+        self.start_loads();
+    }
+
+    /// Starts a file watcher on the source's paths, sending a change to the
+    /// plane; `None` (poll only) when there is nothing to watch or it cannot.
+    fn watch(&self) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher as _;
+        let paths = self.repo.source().watch_paths();
+        if paths.is_empty() {
+            return None;
+        }
+        let tx = self.tx.clone();
+        let handler = move |ev: notify::Result<notify::Event>| {
+            if ev.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = tx.send(Command::Changed);
+            }
+        };
+        let mut w = match notify::recommended_watcher(handler) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the repository for changes; polling only");
+                return None;
+            }
+        };
+        for p in paths {
+            if let Err(e) = w.watch(&p, notify::RecursiveMode::Recursive) {
+                tracing::warn!(path = %p.display(), error = %e, "cannot watch; polling only");
+            }
+        }
+        Some(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::repository::FsSource;
+    use std::path::{Path, PathBuf};
+
+    /// The filesystem source, except that each version of `gated` waits for
+    /// the test to let it through: a registry that downloads slowly.
+    struct Slow {
+        fs: FsSource,
+        gated: &'static str,
+        gate: std::sync::Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Source for Slow {
+        fn describe(&self) -> String {
+            self.fs.describe()
+        }
+        fn list(&self) -> Result<Vec<ModelListing>> {
+            self.fs.list()
+        }
+        fn list_one(&self, name: &str) -> Result<Option<ModelListing>> {
+            self.fs.list_one(name)
+        }
+        fn materialize(&self, model: &str, version: u64) -> Result<PathBuf> {
+            if model == self.gated {
+                let _ = self.gate.lock().unwrap().recv();
+            }
+            self.fs.materialize(model, version)
+        }
+    }
+
+    /// Models `fast` and `slow`, two versions each, both serving.
+    fn repository() -> PathBuf {
+        let root = std::env::temp_dir().join(format!("switchyard-plane-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let onnx = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/identity/1/model.onnx");
+        for m in ["fast", "slow"] {
+            for v in ["1", "2"] {
+                let d = root.join(m).join(v);
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::copy(&onnx, d.join("model.onnx")).unwrap();
+            }
+            std::fs::write(
+                root.join(m).join("config.toml"),
+                "[version_policy]\nall = true\n",
+            )
+            .unwrap();
+        }
+        root
+    }
+
+    fn split(a: u64, b: u64) -> TrafficSpec {
+        serde_json::from_value(serde_json::json!({ "weights": { "1": a, "2": b } })).unwrap()
+    }
+
+    /// Awaits `f` for at most a second: what must never wait behind a load.
+    async fn at_once<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(1), f)
+            .await
+            .expect("answered while a load runs")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_are_answered_while_a_load_runs_and_a_policy_set_meanwhile_is_kept() {
+        let root = repository();
+        let (release, gate) = mpsc::channel();
+        let source = Slow {
+            fs: FsSource::new(root.clone()),
+            gated: "slow",
+            gate: std::sync::Mutex::new(gate),
+        };
+        let (models, publisher) = Models::new();
+        let opts = Options {
+            mode: ControlMode::Explicit,
+            poll_interval: Duration::from_secs(3600),
+            memory_limit: None,
+            state_dir: None,
+            warmup_decoder: |_, _, _| Err(Error::invalid("no warm-up files here")),
+        };
+        let (control, mut loaded) = Control::start(Box::new(source), publisher, opts).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while models.model("fast").is_err() {
+            assert!(Instant::now() < deadline, "fast never loaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // `slow` is still loading: the server is not ready, and the plane answers.
+        assert!(loaded.try_recv().is_err());
+        assert!(!models.is_loaded());
+        at_once(control.set_traffic("fast", split(70, 30), "test"))
+            .await
+            .unwrap();
+        assert!(at_once(control.rollouts()).await.unwrap().is_empty());
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        loaded.await.unwrap().unwrap();
+        assert!(models.is_loaded());
+
+        // A reload of `slow`, and a policy set while it loads: it survives the swap.
+        let reload = tokio::spawn({
+            let control = control.clone();
+            async move { control.load("slow").await }
+        });
+        at_once(control.set_traffic("slow", split(90, 10), "test"))
+            .await
+            .unwrap();
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        reload.await.unwrap().unwrap();
+        let slow = models.model("slow").unwrap();
+        assert_eq!(slow.ready_numbers(), vec![1, 2]);
+        assert_eq!(slow.traffic.spec.weights, split(90, 10).weights);
+
+        // An unload while a load runs wins: the load is dropped when it ends.
+        let reload = tokio::spawn({
+            let control = control.clone();
+            async move { control.load("slow").await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        at_once(control.unload("slow")).await.unwrap();
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        let answer = reload.await.unwrap().unwrap_err().to_string();
+        assert!(
+            answer.contains("unloaded or removed while it loaded"),
+            "{answer}"
+        );
+        let slow = models.model("slow").unwrap();
+        assert_eq!(
+            slow.unavailable_reason().as_deref(),
+            Some("unloaded by request")
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
