@@ -99,3 +99,55 @@ fn the_check_sees_an_upward_import() {
     let names: Vec<&str> = found.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names, ["edge", "serving"]);
 }
+
+/// A lock, a condition variable, a sleep or a blocking wait holds the thread
+/// that runs it. The async runtime's threads serve every request and admin
+/// call, so the layers that run on them (the edge, the serving layer's async
+/// paths) name none of these, except the lines listed here, each of which runs
+/// on a thread of its own. The control plane, load threads and drift monitors
+/// have threads of their own; what the edge reads of them goes through the
+/// plane's channel or `edge::off_runtime`. (Clippy's `await_holding_lock`,
+/// on by default, catches a guard held across an `.await` anywhere.)
+#[test]
+fn nothing_blocks_the_async_threads() {
+    const BLOCKING: [&str; 7] = [
+        "Mutex",
+        "RwLock",
+        "Condvar",
+        "thread::sleep",
+        "blocking_recv",
+        "block_on",
+        "block_in_place",
+    ];
+    const OWN_THREAD: [(&str, &str); 2] = [
+        // The metrics upkeep thread.
+        ("edge/metrics.rs", "thread::sleep"),
+        // `ModelVersion::infer_blocking`: warm-up, on a load thread.
+        ("serving/mod.rs", "blocking_recv"),
+    ];
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut bad = Vec::new();
+    for layer in ["edge", "serving"] {
+        let mut fs = Vec::new();
+        files(&src.join(layer), &mut fs);
+        for f in fs {
+            let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&f).unwrap();
+            // Unit tests below this line run on threads of their own.
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for (n, line) in code.lines().enumerate() {
+                let line = line.split("//").next().unwrap_or("");
+                for token in BLOCKING {
+                    if line.contains(token) && !OWN_THREAD.contains(&(rel.as_str(), token)) {
+                        bad.push(format!("src/{rel}:{}: {}", n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "blocking on the async threads' layers:\n{}",
+        bad.join("\n")
+    );
+}
