@@ -48,6 +48,7 @@ fn round_trip(c: &mut Criterion) {
     let mut g = c.benchmark_group("batcher");
     for (name, spin) in [("idle_spin_100us", 100), ("idle_spin_0", 0)] {
         let w = Workers::spawn(
+            &switchyard::core::tasks::Scope::new("bench"),
             "bench",
             vec![Box::new(Noop)],
             1024,

@@ -6,7 +6,8 @@ mod cli;
 use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command, ServeArgs};
-use switchyard::control::{repository, Control};
+use switchyard::control::{repository, shutdown, Control};
+use switchyard::core::tasks::Supervisor;
 use switchyard::edge::{serve_grpc, serve_http, serve_metrics, AdminAuth, HttpConfig};
 use switchyard::runtime;
 use switchyard::serving::Models;
@@ -35,10 +36,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (source, state_dir) = args.source()?;
     // Fail at start, with the fix, rather than on the first model.
     runtime::onnx::init()?;
+    let tree = Supervisor::default();
     // Before any model loads: their metric handles register with the recorder.
     if !args.no_metrics {
         let buckets = (!args.latency_buckets.is_empty()).then_some(args.latency_buckets.as_slice());
-        switchyard::edge::metrics::install(buckets)?;
+        switchyard::edge::metrics::install(buckets, &tree.edge)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -46,25 +48,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.http)
-            .await
-            .with_context(|| format!("cannot listen on {} for HTTP", args.http))?;
-        tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
-        let grpc_listener = tokio::net::TcpListener::bind(args.grpc)
-            .await
-            .with_context(|| format!("cannot listen on {} for gRPC", args.grpc))?;
-        tracing::info!(addr = %grpc_listener.local_addr()?, "gRPC listening");
+        let listener = bind(args.http, "HTTP").await?;
+        let grpc_listener = bind(args.grpc, "gRPC").await?;
         let metrics_listener = match args.metrics {
-            Some(addr) => {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-                tracing::info!(addr = %l.local_addr()?, "metrics listening");
-                Some(l)
-            }
+            Some(addr) => Some(bind(addr, "metrics").await?),
             None => None,
         };
-        let (models, publisher) = Models::new();
+        let (models, publisher) = Models::new(tree.serving.clone());
         let (control, loaded) = Control::start(
             source,
             publisher,
@@ -75,53 +65,65 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 state_dir: Some(state_dir),
                 warmup_decoder: switchyard::edge::v2::decode_warmup_file,
             },
+            tree.control.clone(),
         )?;
         let config = HttpConfig {
             max_body_bytes: args.max_body_bytes,
             default_model: args.default_model,
         };
         let admin = AdminAuth::new(args.admin_token).with_api_token(args.api_token);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let metrics = metrics_listener.map(|l| {
-            tokio::spawn(serve_metrics(
+        let edge = &tree.edge;
+        if let Some(l) = metrics_listener {
+            edge.spawn(serve_metrics(
                 l,
                 models.clone(),
                 control.clone(),
-                stopped(stop_rx.clone()),
-            ))
-        });
-        let http = tokio::spawn(serve_http(
+                edge.clone(),
+            ));
+        }
+        let (m, c) = (models.clone(), control.clone());
+        edge.spawn(serve_http(
             listener,
-            models.clone(),
-            control.clone(),
+            m,
+            c,
             config,
             admin.clone(),
-            stopped(stop_rx.clone()),
+            edge.clone(),
         ));
-        let grpc = tokio::spawn(serve_grpc(
+        let (m, c) = (models, control.clone());
+        edge.spawn(serve_grpc(
             grpc_listener,
-            models,
-            control,
+            m,
+            c,
             admin,
             args.max_body_bytes,
-            stopped(stop_rx),
+            edge.clone(),
         ));
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        });
-        loaded.await.context("the control plane stopped")??;
-        http.await.context("HTTP server stopped")?;
-        grpc.await.context("gRPC server stopped")?;
-        if let Some(m) = metrics {
-            m.await.context("metrics server stopped")?;
+        let signal = shutdown_signal();
+        tokio::pin!(signal);
+        // A stop asked for during the first load stops it at once.
+        let early = tokio::select! {
+            first = loaded => {
+                first.context("the control plane stopped")??;
+                false
+            }
+            () = &mut signal => true,
+        };
+        if !early {
+            signal.await;
         }
-        tracing::info!("stopped");
+        let left = shutdown(&tree, &control).await;
+        tracing::info!(left, "stopped");
         Ok(())
     })
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for {what}"))?;
+    tracing::info!(addr = %l.local_addr()?, "{what} listening");
+    Ok(l)
 }
 
 async fn shutdown_signal() {

@@ -10,4 +10,4 @@ pub mod plane;
 pub mod repository;
 pub mod rollout;
 
-pub use plane::Control;
+pub use plane::{shutdown, Control};

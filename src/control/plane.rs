@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::core::config::TrafficSpec;
 use crate::core::error::{Error, Result};
+use crate::core::tasks::{Scope, Supervisor};
 use crate::serving::{Models, Publisher, Traffic};
 
 use super::repository::source::ModelListing;
@@ -45,6 +46,8 @@ enum Command {
     ListedOne(String, Box<Result<Option<ModelListing>>>, Ack),
     /// A load thread's result.
     Built(Box<Built>),
+    /// Stop, and hand back the publishing handle (for the shutdown's last step).
+    Stop(oneshot::Sender<Publisher>),
 }
 
 /// The handle every other part holds: sends commands, awaits the answers.
@@ -62,6 +65,7 @@ impl Control {
         source: Box<dyn Source>,
         table: Publisher,
         opts: Options,
+        scope: Scope,
     ) -> Result<(Control, oneshot::Receiver<Result<()>>)> {
         let (tx, rx) = mpsc::channel();
         let (loaded_tx, loaded_rx) = oneshot::channel();
@@ -73,6 +77,7 @@ impl Control {
             std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
         };
         let plane = Plane {
+            scope: scope.clone(),
             loader: repo.loader(),
             repo,
             rollouts: Rollouts::default(),
@@ -87,9 +92,8 @@ impl Control {
             starting: Some((loaded_tx, 0)),
             waiting: HashMap::new(),
         };
-        std::thread::Builder::new()
-            .name("switchyard-control".into())
-            .spawn(move || plane.run(rx))
+        scope
+            .spawn_thread("switchyard-control".into(), move || plane.run(rx))
             .map_err(|e| Error::Internal(format!("cannot start the control plane: {e}")))?;
         Ok((Control { tx }, loaded_rx))
     }
@@ -176,10 +180,42 @@ impl Control {
     pub async fn rollouts(&self) -> Result<Vec<rollout::Status>> {
         self.ask(COMMAND_TIMEOUT, Command::Rollouts).await
     }
+
+    /// Stops the plane once the command it runs is done (rollouts stop where
+    /// they are; loads running are not waited for) and returns the publishing
+    /// handle; `None` when it had stopped already.
+    async fn stop(&self) -> Option<Publisher> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Stop(tx)).ok()?;
+        tokio::time::timeout(COMMAND_TIMEOUT, rx).await.ok()?.ok()
+    }
+}
+
+/// How long each layer may take to stop before the shutdown goes on without it.
+const STOP_EDGE: Duration = Duration::from_secs(12);
+const STOP_CONTROL: Duration = Duration::from_secs(5);
+const STOP_SERVING: Duration = Duration::from_secs(30);
+
+/// Stops the server's task tree top-down: the edge (listeners close, open
+/// connections finish their requests), then the control plane (no load,
+/// scan or rollout step starts after it), then the serving layer (the table
+/// empties; each version finishes what it holds and its workers exit, taking
+/// their runtime sessions with them). Returns the threads and tasks left
+/// running past their deadline.
+pub async fn shutdown(tree: &Supervisor, control: &Control) -> usize {
+    let mut left = tree.edge.stop(STOP_EDGE).await;
+    let publisher = control.stop().await;
+    left += tree.control.stop(STOP_CONTROL).await;
+    if let Some(mut p) = publisher {
+        p.clear();
+    }
+    left + tree.serving.stop(STOP_SERVING).await
 }
 
 /// The plane's state, owned by its thread.
 struct Plane {
+    /// The control layer's scope: the plane, listing and load threads.
+    scope: Scope,
     repo: Repository,
     loader: Arc<Loader>,
     rollouts: Rollouts,
@@ -226,6 +262,11 @@ impl Plane {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match command {
+                Ok(Command::Stop(reply)) => {
+                    tracing::info!("control plane stopping");
+                    let _ = reply.send(self.repo.into_publisher());
+                    return;
+                }
                 Ok(c) => self.handle(c),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -268,6 +309,8 @@ impl Plane {
             Command::Listed(first, listings) => self.listed(first, listings),
             Command::ListedOne(model, listing, ack) => self.listed_one(model, *listing, ack),
             Command::Built(built) => self.built(*built),
+            // The loop takes it before this.
+            Command::Stop(_) => {}
         }
     }
 
@@ -281,7 +324,7 @@ impl Plane {
     }
 
     fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) {
-        if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+        if let Err(e) = self.scope.spawn_thread(name.into(), f) {
             tracing::error!(error = %e, "cannot start a {name} thread");
         }
     }
@@ -409,7 +452,7 @@ impl Plane {
 
     /// Starts queued loads, up to `parallel` at once.
     fn start_loads(&mut self) {
-        while self.running < self.parallel {
+        while self.running < self.parallel && !self.scope.is_cancelled() {
             let Some(job) = self.queue.pop_front() else {
                 return;
             };
@@ -546,7 +589,7 @@ mod tests {
             gated: "slow",
             gate: std::sync::Mutex::new(gate),
         };
-        let (models, publisher) = Models::new();
+        let (models, publisher) = Models::new(Scope::new("test"));
         let opts = Options {
             mode: ControlMode::Explicit,
             poll_interval: Duration::from_secs(3600),
@@ -554,7 +597,8 @@ mod tests {
             state_dir: None,
             warmup_decoder: |_, _, _| Err(Error::invalid("no warm-up files here")),
         };
-        let (control, mut loaded) = Control::start(Box::new(source), publisher, opts).unwrap();
+        let (control, mut loaded) =
+            Control::start(Box::new(source), publisher, opts, Scope::new("test")).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while models.model("fast").is_err() {
             assert!(Instant::now() < deadline, "fast never loaded");

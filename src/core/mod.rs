@@ -10,4 +10,5 @@ pub mod error;
 pub mod metadata;
 pub mod request;
 pub mod sys;
+pub mod tasks;
 pub mod tensor;

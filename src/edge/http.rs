@@ -1,7 +1,6 @@
 //! The HTTP server (hyper 1.x): routes the KServe V2 paths, enforces the body limit,
 //! and maps every error to a status with a JSON `{"error": ...}` body.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,6 +17,7 @@ use super::status::ErrorStatus;
 use super::{compression, v2};
 use crate::control::Control;
 use crate::core::error::{Error, Result};
+use crate::core::tasks::Scope;
 use crate::serving::{parse_version, Models};
 
 /// Default request body limit (`--max-body-bytes`).
@@ -52,7 +52,7 @@ type Body = Full<Bytes>;
 /// What every HTTP handler answers.
 pub type HttpResponse = Response<Body>;
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then lets open
+/// Serves HTTP on `listener` until `scope` is cancelled, then lets open
 /// connections finish their requests (up to 10 s) before returning.
 pub async fn serve_http(
     listener: TcpListener,
@@ -60,7 +60,7 @@ pub async fn serve_http(
     control: Control,
     config: HttpConfig,
     admin: AdminAuth,
-    shutdown: impl Future<Output = ()>,
+    scope: Scope,
 ) {
     let state = Arc::new(State {
         pipeline: super::pipeline::Pipeline::new(models.clone(), admin),
@@ -77,7 +77,7 @@ pub async fn serve_http(
                 async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
             })
         },
-        shutdown,
+        scope,
     )
     .await;
 }
@@ -88,7 +88,7 @@ pub async fn serve_metrics(
     listener: TcpListener,
     models: Arc<Models>,
     control: Control,
-    shutdown: impl Future<Output = ()>,
+    scope: Scope,
 ) {
     super::server::serve(
         listener,
@@ -113,7 +113,7 @@ pub async fn serve_metrics(
                 }
             })
         },
-        shutdown,
+        scope,
     )
     .await;
 }

@@ -26,7 +26,7 @@ pub const ROWS_BUCKETS: [f64; 12] = [
 
 /// Installs the process-wide recorder; `/metrics` renders it from then on.
 /// `seconds_buckets` replaces [`SECONDS_BUCKETS`] for every `_seconds` histogram.
-pub fn install(seconds_buckets: Option<&[f64]>) -> Result<()> {
+pub fn install(seconds_buckets: Option<&[f64]>, scope: &crate::core::tasks::Scope) -> Result<()> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
@@ -44,12 +44,18 @@ pub fn install(seconds_buckets: Option<&[f64]>) -> Result<()> {
         .map_err(|e| Error::Internal(format!("cannot install the metrics recorder: {e}")))?;
     // Histogram samples wait in buckets until a render or an upkeep drains them:
     // without scrapes they would grow.
-    let upkeep = handle.clone();
-    std::thread::Builder::new()
-        .name("switchyard-metrics".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_secs(5));
-            upkeep.run_upkeep();
+    let (upkeep, stop) = (handle.clone(), scope.token().clone());
+    scope
+        .spawn_thread("switchyard-metrics".into(), move || {
+            // Short sleeps: a stop is seen at once.
+            let mut last = std::time::Instant::now();
+            while !stop.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() >= Duration::from_secs(5) {
+                    upkeep.run_upkeep();
+                    last = std::time::Instant::now();
+                }
+            }
         })
         .map_err(|e| Error::Internal(format!("cannot start the metrics upkeep: {e}")))?;
     let _ = HANDLE.set(handle);

@@ -1,7 +1,6 @@
 //! The accept loop both front ends share: HTTP/1.1 and HTTP/2 (h2c) connections on
 //! a listener, one service per connection, and a graceful stop.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,12 +12,15 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::core::tasks::Scope;
+
 /// How long open connections may take to finish once a stop is asked for.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Serves connections from `listener` until `shutdown` resolves; `service` makes
-/// the service of one connection from its peer's address.
-pub async fn serve<S, B, F>(listener: TcpListener, service: F, shutdown: impl Future<Output = ()>)
+/// Serves connections from `listener` until `scope` is cancelled, each on a
+/// task of that scope; `service` makes the service of one connection from its
+/// peer's address.
+pub async fn serve<S, B, F>(listener: TcpListener, service: F, scope: Scope)
 where
     F: Fn(SocketAddr) -> S,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -30,6 +32,7 @@ where
 {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
+    let shutdown = scope.token().clone().cancelled_owned();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -47,7 +50,7 @@ where
         let _ = stream.set_nodelay(true);
         let conn = builder.serve_connection(TokioIo::new(stream), service(peer));
         let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
+        scope.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

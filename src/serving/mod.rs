@@ -380,6 +380,11 @@ impl ModelVersion {
 
     /// The count of this version's worker threads still running; it outlives
     /// the version (see [`Retiring`]).
+    /// The task tree's scope this version's threads and tasks run in.
+    pub fn scope(&self) -> &crate::core::tasks::Scope {
+        self.workers.scope()
+    }
+
     pub fn workers_alive(&self) -> Arc<std::sync::atomic::AtomicUsize> {
         self.workers.alive()
     }

@@ -11,6 +11,7 @@ use super::traffic::{ShadowStats, Traffic};
 use super::{ModelVersion, ServingConfig};
 use crate::core::config::ModelConfig;
 use crate::core::error::{Error, Result};
+use crate::core::tasks::Scope;
 
 /// A version slot: serving, or the reason it is not.
 #[derive(Clone)]
@@ -189,7 +190,8 @@ impl Routed {
         let response = self.primary.infer(request).await;
         if let Ok(r) = &response {
             let primary = r.outputs.clone();
-            tokio::spawn(async move {
+            let scope = shadow.scope().clone();
+            scope.spawn(async move {
                 let t = std::time::Instant::now();
                 let answer = shadow.infer(copy).await.map(|r| r.outputs);
                 stats.record(t.elapsed(), &primary, answer);
@@ -201,7 +203,6 @@ impl Routed {
 
 /// The live table plus the server's readiness, shared by every protocol front end.
 /// Read-only to all of them: only the [`Publisher`] changes it.
-#[derive(Default)]
 pub struct Models {
     table: ArcSwap<ModelTable>,
     loaded: AtomicBool,
@@ -209,6 +210,8 @@ pub struct Models {
     pub load_failures: AtomicU64,
     /// Versions out of the table whose workers still run.
     retiring: ArcSwap<Vec<Retiring>>,
+    /// The serving layer's scope of the task tree: worker threads start there.
+    scope: Scope,
 }
 
 /// How long a retired version's workers may take to finish what it holds
@@ -292,6 +295,16 @@ impl Publisher {
         });
     }
 
+    /// Empties the table, for a shutdown: every version retires, finishes the
+    /// requests it holds, and its workers exit.
+    pub fn clear(&mut self) {
+        let old = self.models.snapshot().models.clone();
+        self.models.table.store(Arc::new(ModelTable::default()));
+        for m in old.values() {
+            self.retire_left(m, None);
+        }
+    }
+
     /// Marks the initial load done; the server reports ready from then on.
     pub fn set_loaded(&self) {
         self.models.loaded.store(true, Ordering::Release);
@@ -310,12 +323,23 @@ pub struct IndexEntry {
 
 impl Models {
     /// An empty table, and the one handle that may change it.
-    pub fn new() -> (Arc<Models>, Publisher) {
-        let models = Arc::new(Models::default());
+    pub fn new(scope: Scope) -> (Arc<Models>, Publisher) {
+        let models = Arc::new(Models {
+            table: Default::default(),
+            loaded: Default::default(),
+            load_failures: Default::default(),
+            retiring: Default::default(),
+            scope,
+        });
         let publisher = Publisher {
             models: models.clone(),
         };
         (models, publisher)
+    }
+
+    /// Where the threads and tasks of the versions it serves start.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
     }
 
     pub fn serving_config(&self, name: &str, version: Option<u64>) -> Result<ServingConfig> {
@@ -468,6 +492,7 @@ mod tests {
     fn version(v: u64) -> VersionState {
         let stats = Arc::new(Stats::new(0));
         let workers = Workers::spawn(
+            &Scope::new("test"),
             "m",
             vec![Box::new(Echo)],
             4,
@@ -566,7 +591,7 @@ mod tests {
 
     #[test]
     fn only_the_publisher_changes_what_readers_see() {
-        let (models, mut publisher) = Models::new();
+        let (models, mut publisher) = Models::new(Scope::new("test"));
         assert!(models.model("m").is_err());
         let before = models.snapshot();
         publisher.replace_model("m", Some(model(TrafficSpec::default())));
@@ -581,7 +606,7 @@ mod tests {
 
     #[test]
     fn a_version_out_of_the_table_is_retiring_until_its_workers_exit() {
-        let (models, mut publisher) = Models::new();
+        let (models, mut publisher) = Models::new(Scope::new("test"));
         publisher.replace_model("m", Some(model(TrafficSpec::default())));
         assert!(models.retiring().is_empty());
         let held = models.resolve("m", Some(2)).unwrap();

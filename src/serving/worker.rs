@@ -11,7 +11,6 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -23,6 +22,7 @@ use std::sync::Arc;
 use super::{Stats, TensorSpec};
 use crate::core::batch;
 use crate::core::error::{Error, Result};
+use crate::core::tasks::Scope;
 use crate::core::tensor::Tensor;
 use crate::runtime::Backend;
 
@@ -87,7 +87,9 @@ pub struct Workers {
     /// One queue per priority level, highest first.
     tx: Vec<Sender<Job>>,
     capacity: usize,
-    threads: Vec<JoinHandle<()>>,
+    instances: usize,
+    /// Where the worker threads run: the serving layer's scope of the task tree.
+    scope: Scope,
     /// Threads still running; outlives the version, so that a retired one can
     /// be watched until its last worker has exited.
     alive: Arc<AtomicUsize>,
@@ -107,6 +109,7 @@ impl Workers {
     /// per priority level, `capacity` jobs each). An idle worker polls the queues
     /// for `idle_spin` before it sleeps.
     pub fn spawn(
+        scope: &Scope,
         label: &str,
         instances: Vec<Box<dyn Backend>>,
         capacity: usize,
@@ -118,7 +121,7 @@ impl Workers {
             .map(|_| crossbeam_channel::bounded(capacity))
             .unzip();
         let rx = Queues(rx);
-        let mut threads = Vec::with_capacity(instances.len());
+        let count = instances.len();
         let alive = Arc::new(AtomicUsize::new(0));
         let check = Arc::new(OutputCheck {
             label: label.to_string(),
@@ -131,19 +134,18 @@ impl Workers {
             let check = check.clone();
             alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let counted = Alive(alive.clone());
-            let handle = std::thread::Builder::new()
-                .name(format!("{label}#{i}"))
-                .spawn(move || {
+            scope
+                .spawn_thread(format!("{label}#{i}"), move || {
                     let _counted = counted;
                     run(backend, rx, idle_spin, &policy, &stats, &check)
                 })
                 .map_err(|e| Error::load(format!("cannot start worker thread: {e}")))?;
-            threads.push(handle);
         }
         Ok(Workers {
             tx,
             capacity,
-            threads,
+            instances: count,
+            scope: scope.clone(),
             alive,
         })
     }
@@ -169,12 +171,18 @@ impl Workers {
     }
 
     pub fn instances(&self) -> usize {
-        self.threads.len()
+        self.instances
     }
 
     /// The count of worker threads still running, which outlives these workers.
     pub fn alive(&self) -> Arc<AtomicUsize> {
         self.alive.clone()
+    }
+
+    /// The scope the worker threads run in; tasks on behalf of this version
+    /// (a shadow copy) start there too.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
     }
 }
 
@@ -662,6 +670,7 @@ mod tests {
             outputs: vec![],
         };
         let w = Workers::spawn(
+            &Scope::new("test"),
             "b",
             vec![Box::new(Echo(gate.clone(), runs.clone(), entered.clone()))],
             16,
@@ -729,6 +738,7 @@ mod tests {
         let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
         let entered = Entered::default();
         let w = Workers::spawn(
+            &Scope::new("test"),
             "pref",
             vec![Box::new(HoldFirst(
                 Some(gate.clone()),
@@ -806,6 +816,7 @@ mod tests {
             outputs: vec![],
         };
         let w = Workers::spawn(
+            &Scope::new("test"),
             "p",
             vec![Box::new(Echo(gate.clone(), runs.clone(), entered.clone()))],
             4,
@@ -838,6 +849,7 @@ mod tests {
     fn full_queue_is_refused_and_queued_jobs_are_answered() {
         let gate = Arc::new(Barrier::new(2));
         let w = Workers::spawn(
+            &Scope::new("test"),
             "t",
             vec![Box::new(Gate(gate.clone()))],
             1,

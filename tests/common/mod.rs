@@ -117,6 +117,25 @@ impl Server {
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// Sends SIGTERM and waits up to a minute for the process to end.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The log reader sees the last lines after the process ends.
+                std::thread::sleep(Duration::from_millis(200));
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 fn status_json(r: reqwest::blocking::Response) -> (u16, serde_json::Value) {

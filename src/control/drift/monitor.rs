@@ -257,6 +257,7 @@ impl Monitor {
         profile: Profile,
         cfg: &DriftConfig,
         label: &str,
+        scope: &crate::core::tasks::Scope,
     ) -> crate::core::error::Result<Arc<Monitor>> {
         let capacity = cfg.window.unwrap_or(1000).max(1);
         let profile = Arc::new(profile);
@@ -266,9 +267,12 @@ impl Monitor {
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
         let (spent_tx, spent) = crossbeam_channel::bounded(SPENT);
         let (p, l, w) = (profile.clone(), layout.clone(), window.clone());
-        std::thread::Builder::new()
-            .name(format!("drift-{label}"))
-            .spawn(move || bin_rows(&p, &l, &rx, &spent_tx, &w))
+        // It ends when the version (its sender) goes: it lives in the
+        // version's scope.
+        scope
+            .spawn_thread(format!("drift-{label}"), move || {
+                bin_rows(&p, &l, &rx, &spent_tx, &w)
+            })
             .map_err(|e| {
                 crate::core::error::Error::load(format!("cannot start the drift thread: {e}"))
             })?;
@@ -555,7 +559,13 @@ mod tests {
                 feature("y", Side::Output, "y", None),
             ],
         };
-        let m = Monitor::start(profile, &DriftConfig::default(), "test").unwrap();
+        let m = Monitor::start(
+            profile,
+            &DriftConfig::default(),
+            "test",
+            &crate::core::tasks::Scope::new("test"),
+        )
+        .unwrap();
         assert!(
             m.capture(&[f32s("other", &[1, 2], &[0.5, 1.5])]).is_none(),
             "no input x"

@@ -423,7 +423,8 @@ pub fn build(dir: &std::path::Path, data: &std::path::Path, bins: usize) -> Resu
     let name: std::sync::Arc<str> = model_dir
         .file_name()
         .map_or_else(|| "model".into(), |n| n.to_string_lossy().into());
-    let mv = crate::control::repository::load_version(&name, 1, dir, &config)?;
+    let scope = crate::core::tasks::Scope::new("profile");
+    let mv = crate::control::repository::load_version(&name, 1, dir, &config, &scope)?;
     let [input] = mv.metadata.inputs.as_slice() else {
         return Err(Error::invalid(
             "profiles are made for models with one input",

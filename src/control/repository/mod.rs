@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::core::config::ModelConfig;
 use crate::core::error::{Error, Result};
+use crate::core::tasks::Scope;
 use crate::runtime;
 use crate::serving::{BatchPolicy, ModelVersion, Stats, Workers};
 
@@ -117,6 +118,7 @@ pub fn load_version(
     v: u64,
     path: &Path,
     config: &ModelConfig,
+    scope: &Scope,
 ) -> Result<ModelVersion> {
     let loaded = tracing::info_span!("load", model = %name, version = v)
         .in_scope(|| runtime::load(path, config))?;
@@ -132,6 +134,7 @@ pub fn load_version(
         crate::serving::metrics::VersionMetrics::new(name, v),
     ));
     let workers = Workers::spawn(
+        scope,
         &format!("{name}/{v}"),
         loaded.instances,
         config.max_queue_size(),
@@ -154,6 +157,7 @@ pub fn load_version(
                 profile,
                 &config.drift,
                 &format!("{name}/{v}"),
+                scope,
             )?);
         }
     }

@@ -170,6 +170,11 @@ impl Repository {
         })
     }
 
+    /// Gives up the publishing handle: the plane stops.
+    pub(crate) fn into_publisher(self) -> Publisher {
+        self.table
+    }
+
     /// Marks the initial load done; the server reports ready from then on.
     pub(crate) fn set_loaded(&self) {
         self.table.set_loaded();
@@ -675,7 +680,7 @@ impl Loader {
         let dir = self.source.materialize(name, v)?;
         self.check_memory(&dir)?;
         let t0 = Instant::now();
-        let version = super::load_version(name, v, &dir, config)?;
+        let version = super::load_version(name, v, &dir, config, self.models.scope())?;
         let load = t0.elapsed();
         let t1 = Instant::now();
         let mut version = version;

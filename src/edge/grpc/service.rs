@@ -4,7 +4,6 @@
 use crate::core::config::VersionPolicy;
 use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +25,7 @@ use super::proto::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
 use crate::core::error::{Error, Result};
+use crate::core::tasks::Scope;
 use crate::core::tensor::DataType;
 use crate::edge::pipeline::{Call, Headers, Pipeline};
 use crate::edge::AdminAuth;
@@ -41,6 +41,8 @@ pub struct InferenceService {
     control: crate::control::Control,
     admin: AdminAuth,
     pipeline: Pipeline,
+    /// The edge's scope: stream tasks start there.
+    scope: Scope,
 }
 
 /// A stream's metadata as each of its messages sees it: a stream's
@@ -58,8 +60,14 @@ impl Headers for StreamHeaders {
 }
 
 impl InferenceService {
-    pub fn new(models: Arc<Models>, control: crate::control::Control, admin: AdminAuth) -> Self {
+    pub fn new(
+        models: Arc<Models>,
+        control: crate::control::Control,
+        admin: AdminAuth,
+        scope: Scope,
+    ) -> Self {
         InferenceService {
+            scope,
             pipeline: Pipeline::new(models.clone(), admin.clone()),
             models,
             control,
@@ -242,7 +250,8 @@ impl GrpcInferenceService for InferenceService {
         let headers = Arc::new(StreamHeaders(metadata));
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let pipeline = self.pipeline.clone();
-        tokio::spawn(async move {
+        let scope = self.scope.clone();
+        self.scope.spawn(async move {
             while let Some(msg) = incoming.next().await {
                 let msg = match msg {
                     Ok(m) => m,
@@ -253,7 +262,7 @@ impl GrpcInferenceService for InferenceService {
                 };
                 let tx = tx.clone();
                 let (pipeline, headers) = (pipeline.clone(), headers.clone());
-                tokio::spawn(async move {
+                scope.spawn(async move {
                     let reply = match Self::infer_one(&pipeline, msg, &*headers).await {
                         Ok(r) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
@@ -471,13 +480,18 @@ pub async fn serve_grpc(
     control: crate::control::Control,
     admin: AdminAuth,
     max_message_bytes: usize,
-    shutdown: impl Future<Output = ()>,
+    scope: Scope,
 ) {
-    let server = GrpcInferenceServiceServer::new(InferenceService::new(models, control, admin))
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(usize::MAX)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Deflate);
+    let server = GrpcInferenceServiceServer::new(InferenceService::new(
+        models,
+        control,
+        admin,
+        scope.clone(),
+    ))
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(usize::MAX)
+    .accept_compressed(CompressionEncoding::Gzip)
+    .accept_compressed(CompressionEncoding::Deflate);
     crate::edge::server::serve(
         listener,
         move |peer| {
@@ -488,7 +502,7 @@ pub async fn serve_grpc(
                 async move { Ok::<_, Infallible>(call(server, req).await) }
             })
         },
-        shutdown,
+        scope,
     )
     .await;
 }
