@@ -16,8 +16,8 @@ A=$1 B=$2 ROUNDS=${3:-2}
 LT=target/release/switchyard-loadtest
 [ -x "$LT" ] || { echo "run: make loadtest" >&2; exit 1; }
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.cache/onnxruntime-1.31.1/libonnxruntime.so}"
-pkill -STOP -f fuzz/target/ 2>/dev/null
-trap 'pkill -CONT -f fuzz/target/ 2>/dev/null' EXIT
+pkill -STOP -f "fuzz/(target|work)/" 2>/dev/null
+trap 'pkill -CONT -f "fuzz/(target|work)/" 2>/dev/null' EXIT
 state=$(mktemp -d)
 for round in $(seq "$ROUNDS"); do
   for which in A B; do

@@ -18,7 +18,7 @@ use crate::core::tasks::{Scope, Supervisor};
 use crate::serving::{Models, Publisher, Traffic};
 
 use super::repository::source::ModelListing;
-use super::repository::watcher::{Ack, Built, ControlMode, Job, Loader, Options, Repository};
+use super::repository::watcher::{Attempt, Built, ControlMode, Job, Loader, Options, Repository};
 use super::repository::Source;
 use super::rollout::{self, Policies, RolloutSpec, Rollouts};
 
@@ -29,6 +29,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
 type Reply<T> = oneshot::Sender<Result<T>>;
+/// Answers whoever asked for a load, once it is published (or refused).
+type Ack = Reply<()>;
 
 enum Command {
     Load(String, Ack),
@@ -44,8 +46,12 @@ enum Command {
     Listed(bool, Result<Vec<ModelListing>>),
     /// The listing of one model for an explicit load.
     ListedOne(String, Box<Result<Option<ModelListing>>>, Ack),
-    /// A load thread's result.
-    Built(Box<Built>),
+    /// A load thread's result (`Err`: it panicked, saying why), and who waits for it.
+    Built(
+        Attempt,
+        Box<std::result::Result<Built, String>>,
+        Option<Ack>,
+    ),
     /// Stop, and hand back the publishing handle (for the shutdown's last step).
     Stop(oneshot::Sender<Publisher>),
 }
@@ -229,7 +235,8 @@ struct Plane {
     rescan: bool,
     /// Models with a load queued or running, and explicit loads that wait for it.
     busy: HashMap<String, Vec<Ack>>,
-    queue: VecDeque<Job>,
+    /// Loads waiting for a thread, each with the explicit load that asked for it.
+    queue: VecDeque<(Job, Option<Ack>)>,
     running: usize,
     parallel: usize,
     /// Until the first scan is published: who waits for it, and the loads left.
@@ -308,7 +315,7 @@ impl Plane {
             }
             Command::Listed(first, listings) => self.listed(first, listings),
             Command::ListedOne(model, listing, ack) => self.listed_one(model, *listing, ack),
-            Command::Built(built) => self.built(*built),
+            Command::Built(attempt, built, ack) => self.built(attempt, *built, ack),
             // The loop takes it before this.
             Command::Stop(_) => {}
         }
@@ -342,7 +349,7 @@ impl Plane {
                 let busy = |m: &str| self.busy.contains_key(m);
                 let settling = self.repo.scan(&listings, first, &busy, &mut jobs);
                 for job in jobs {
-                    self.enqueue(job);
+                    self.enqueue(job, None);
                 }
                 settling
             }
@@ -434,41 +441,57 @@ impl Plane {
             return;
         }
         match self.repo.reload(&listing) {
-            Some(mut job) => {
-                job.ack = Some(ack);
-                self.enqueue(job);
-            }
+            Some(job) => self.enqueue(job, Some(ack)),
             None => {
                 let _ = ack.send(self.repo.load_outcome(&model));
             }
         }
     }
 
-    fn enqueue(&mut self, job: Job) {
+    fn enqueue(&mut self, job: Job, ack: Option<Ack>) {
         self.busy.entry(job.name.to_string()).or_default();
-        self.queue.push_back(job);
+        self.queue.push_back((job, ack));
         self.start_loads();
     }
 
     /// Starts queued loads, up to `parallel` at once.
     fn start_loads(&mut self) {
         while self.running < self.parallel && !self.scope.is_cancelled() {
-            let Some(job) = self.queue.pop_front() else {
+            let Some((job, ack)) = self.queue.pop_front() else {
                 return;
             };
             self.running += 1;
             let (loader, tx) = (self.loader.clone(), self.tx.clone());
             self.spawn("switchyard-load", move || {
-                let built = loader.build(job);
-                let _ = tx.send(Command::Built(Box::new(built)));
+                let attempt = job.attempt();
+                // A backend that panics on a model file must not leave the
+                // model marked as loading forever.
+                let built =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.build(job)))
+                        .map_err(|p| {
+                            p.downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| p.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "a panic".into())
+                        });
+                let _ = tx.send(Command::Built(attempt, Box::new(built), ack));
             });
         }
     }
 
-    fn built(&mut self, built: Built) {
+    fn built(
+        &mut self,
+        attempt: Attempt,
+        built: std::result::Result<Built, String>,
+        ack: Option<Ack>,
+    ) {
         self.running = self.running.saturating_sub(1);
-        let name = built.name().to_string();
-        if let Some((ack, answer)) = self.repo.commit(built) {
+        let name = attempt.name.clone();
+        let answer = match built {
+            Ok(built) => self.repo.commit(built),
+            Err(why) => Err(self.repo.crashed(attempt, &why)),
+        };
+        if let Some(ack) = ack {
             let _ = ack.send(answer);
         }
         self.busy.remove(&name);
@@ -524,11 +547,13 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     /// The filesystem source, except that each version of `gated` waits for
-    /// the test to let it through: a registry that downloads slowly.
+    /// the test to let it through (a registry that downloads slowly), and
+    /// fetching `panics` panics.
     struct Slow {
         fs: FsSource,
         gated: &'static str,
         gate: std::sync::Mutex<mpsc::Receiver<()>>,
+        panics: &'static str,
     }
 
     impl Source for Slow {
@@ -545,13 +570,17 @@ mod tests {
             if model == self.gated {
                 let _ = self.gate.lock().unwrap().recv();
             }
+            if model == self.panics {
+                panic!("a backend bug");
+            }
             self.fs.materialize(model, version)
         }
     }
 
     /// Models `fast` and `slow`, two versions each, both serving.
-    fn repository() -> PathBuf {
-        let root = std::env::temp_dir().join(format!("switchyard-plane-{}", std::process::id()));
+    fn repository(test: &str) -> PathBuf {
+        let root =
+            std::env::temp_dir().join(format!("switchyard-plane-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let onnx = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/identity/1/model.onnx");
         for m in ["fast", "slow"] {
@@ -580,15 +609,7 @@ mod tests {
             .expect("answered while a load runs")
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn commands_are_answered_while_a_load_runs_and_a_policy_set_meanwhile_is_kept() {
-        let root = repository();
-        let (release, gate) = mpsc::channel();
-        let source = Slow {
-            fs: FsSource::new(root.clone()),
-            gated: "slow",
-            gate: std::sync::Mutex::new(gate),
-        };
+    fn start(source: Slow) -> (Arc<Models>, Control, oneshot::Receiver<Result<()>>) {
         let (models, publisher) = Models::new(Scope::new("test"));
         let opts = Options {
             mode: ControlMode::Explicit,
@@ -597,8 +618,42 @@ mod tests {
             state_dir: None,
             warmup_decoder: |_, _, _| Err(Error::invalid("no warm-up files here")),
         };
-        let (control, mut loaded) =
+        let (control, loaded) =
             Control::start(Box::new(source), publisher, opts, Scope::new("test")).unwrap();
+        (models, control, loaded)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_that_panics_is_answered_and_the_plane_goes_on() {
+        let root = repository("panics");
+        let (_release, gate) = mpsc::channel();
+        let (models, control, loaded) = start(Slow {
+            fs: FsSource::new(root.clone()),
+            gated: "",
+            gate: std::sync::Mutex::new(gate),
+            panics: "slow",
+        });
+        loaded.await.unwrap().unwrap();
+        assert!(models.model("fast").unwrap().unavailable_reason().is_none());
+        assert!(models.model("slow").is_err(), "never published");
+        let answer = control.load("slow").await.unwrap_err().to_string();
+        assert!(answer.contains("crashed: a backend bug"), "{answer}");
+        at_once(control.set_traffic("fast", split(50, 50), "test"))
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_are_answered_while_a_load_runs_and_a_policy_set_meanwhile_is_kept() {
+        let root = repository("slow");
+        let (release, gate) = mpsc::channel();
+        let (models, control, mut loaded) = start(Slow {
+            fs: FsSource::new(root.clone()),
+            gated: "slow",
+            gate: std::sync::Mutex::new(gate),
+            panics: "",
+        });
         let deadline = Instant::now() + Duration::from_secs(60);
         while models.model("fast").is_err() {
             assert!(Instant::now() < deadline, "fast never loaded");

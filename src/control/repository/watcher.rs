@@ -43,9 +43,6 @@ pub struct Options {
     pub warmup_decoder: super::warmup::Decoder,
 }
 
-/// Answers whoever asked for a load, once it is published (or refused).
-pub(crate) type Ack = tokio::sync::oneshot::Sender<Result<()>>;
-
 /// The repository's side of the control plane: what it remembers between
 /// scans, and the one handle that publishes the table. Owned by the plane's
 /// thread, so none of it is locked.
@@ -90,8 +87,30 @@ pub(crate) struct Job {
     generation: u64,
     /// When the files of each version to load were first seen.
     detected: BTreeMap<u64, Instant>,
-    /// An explicit load waiting for this one.
-    pub(crate) ack: Option<Ack>,
+}
+
+/// What a load tried, kept apart from its job: if the load thread panics, the
+/// plane records it as tried, so that the same files are not retried on
+/// every scan.
+pub(crate) struct Attempt {
+    pub(crate) name: String,
+    config: u64,
+    versions: Vec<(u64, u64)>,
+}
+
+impl Job {
+    pub(crate) fn attempt(&self) -> Attempt {
+        Attempt {
+            name: self.name.to_string(),
+            config: self.listing.config_fingerprint,
+            versions: self
+                .plan
+                .load
+                .iter()
+                .map(|v| (*v, self.stable[v]))
+                .collect(),
+        }
+    }
 }
 
 /// What a load thread sends back to be published.
@@ -101,12 +120,6 @@ pub(crate) struct Built {
     /// Versions loaded or tried, whose fingerprints are now applied.
     tried: Vec<u64>,
     retired: Vec<u64>,
-}
-
-impl Built {
-    pub(crate) fn name(&self) -> &Arc<str> {
-        &self.job.name
-    }
 }
 
 /// What load threads share: how to fetch, load and warm up a version.
@@ -332,7 +345,6 @@ impl Repository {
             plan,
             current,
             applied: applied.versions,
-            ack: None,
         })
     }
 
@@ -346,26 +358,20 @@ impl Repository {
     /// The last step: publishes what a load thread built, with the traffic
     /// policy and shadow statistics the model has *now* (a policy set while it
     /// loaded is kept). A load overtaken by an unload or a removal is dropped.
-    /// Returns who waits for it, and what to answer.
-    pub(crate) fn commit(&mut self, built: Built) -> Option<(Ack, Result<()>)> {
+    /// Returns the answer to an explicit load.
+    pub(crate) fn commit(&mut self, built: Built) -> Result<()> {
         let Built {
-            mut job,
+            job,
             mut model,
             tried,
             retired,
         } = built;
         let name = job.name.to_string();
-        let ack = job.ack.take();
         if self.generation.get(&name).copied().unwrap_or_default() != job.generation {
             tracing::info!(model = %name, "a load finished after the model was unloaded or removed; dropped");
-            return ack.map(|a| {
-                (
-                    a,
-                    Err(Error::Unavailable(format!(
-                        "model '{name}' was unloaded or removed while it loaded"
-                    ))),
-                )
-            });
+            return Err(Error::Unavailable(format!(
+                "model '{name}' was unloaded or removed while it loaded"
+            )));
         }
         if let Ok(now) = self.table.models().model(&name) {
             model.traffic = now.traffic.clone();
@@ -385,7 +391,18 @@ impl Repository {
         }
         self.bump(&name);
         self.sync_traffic(&name);
-        ack.map(|a| (a, self.load_outcome(&name)))
+        self.load_outcome(&name)
+    }
+
+    /// A load thread panicked: what serves stays, and the files it tried
+    /// count as tried (a scan retries them once they change).
+    pub(crate) fn crashed(&mut self, attempt: Attempt, why: &str) -> Error {
+        self.count_failure();
+        tracing::error!(model = %attempt.name, error = why, "loading crashed; what was loaded keeps serving");
+        let a = self.applied.entry(attempt.name.clone()).or_default();
+        a.config = attempt.config;
+        a.versions.extend(attempt.versions);
+        Error::load(format!("loading model '{}' crashed: {why}", attempt.name))
     }
 
     /// Takes a model out of service; queued requests finish first. A load of
