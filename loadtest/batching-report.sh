@@ -9,6 +9,9 @@
 #
 # Env: MODEL=mlp_large  DURATION=8 (seconds per point)  CONNECTIONS=4 (gRPC
 #      connections the 64 clients share; v2load in compare.sh uses one each)
+#      SY=target/release/switchyard (another build, for a before/after)
+# Pauses the fuzzers of scripts/fuzz.sh while it measures, if any run; skips
+# the peer harness' client when setup_tools.sh has not built it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH="$(cd ../shared/bench && pwd)"
@@ -20,10 +23,11 @@ OUT="${1:-results/batching-$(date +%Y-%m-%d)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 LT=target/release/switchyard-loadtest
-SY=target/release/switchyard
+SY="${SY:-target/release/switchyard}"
 [ -x "$LT" ] && [ -x "$SY" ] || { echo "run: make build loadtest" >&2; exit 1; }
 [ -d "$PEERS_HOME/models/$MODEL" ] || { echo "run: $BENCH/setup_tools.sh (builds $PEERS_HOME/models)" >&2; exit 1; }
 
+pkill -STOP -f "fuzz/(target|work)/" 2>/dev/null || true
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/report.txt" >&2; }
 repo="$OUT/models"
 rm -rf "$repo" && mkdir -p "$repo" && cp -r "$PEERS_HOME/models/$MODEL" "$repo/"
@@ -42,7 +46,7 @@ serve() { # serve MAX_BATCH_SIZE (empty: the default)
   echo "server did not get ready" >&2; exit 1
 }
 stop() { [ -z "$pid" ] || { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; }; }
-trap stop EXIT
+trap 'stop; pkill -CONT -f "fuzz/(target|work)/" 2>/dev/null || true' EXIT
 
 # run LABEL ARGS...: one loadtest point, JSON kept, one line logged.
 run() {
@@ -73,10 +77,14 @@ for mode in on off; do
 done
 
 serve ""
-log "the peer harness' client (v2load: tonic, one connection per client), gRPC, batching on"
-MODELS="$MODEL" PROTOCOLS=grpc CONCURRENCY=1,64 WINDOWS=2 OUT="$OUT/compare.csv" \
-  "$BENCH/compare.sh" "switchyard=http://127.0.0.1:18000,http://127.0.0.1:18001,pid=$pid" 2>&1 \
-  | grep -E '^\|' | tee -a "$OUT/report.txt"
+if [ -x "$PEERS_HOME/v2load-target/release/v2load" ]; then
+  log "the peer harness' client (v2load: tonic, one connection per client), gRPC, batching on"
+  MODELS="$MODEL" PROTOCOLS=grpc CONCURRENCY=1,64 WINDOWS=2 OUT="$OUT/compare.csv" \
+    "$BENCH/compare.sh" "switchyard=http://127.0.0.1:18000,http://127.0.0.1:18001,pid=$pid" 2>&1 \
+    | grep -E '^\|' | tee -a "$OUT/report.txt"
+else
+  log "skipped the peer harness' client: v2load is not built ($BENCH/setup_tools.sh)"
+fi
 for pct in 25 50 80; do
   rate=$(python3 -c "print(round($pct / 100 * $(peak grpc-c64-on)))")
   log "open loop at $pct% of the closed-loop gRPC peak: $rate/s"

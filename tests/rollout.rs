@@ -170,6 +170,11 @@ fn an_aborted_rollout_restores_the_stable_version_and_bad_ones_are_refused() {
     for (bad, needle) in [
         (json!({"candidate": "7"}), "not a ready version"),
         (json!({"candidate": "2", "interval": "soon"}), "interval"),
+        // Past the end of time: refused, not a panic of the control plane.
+        (
+            json!({"candidate": "2", "interval": "300000000000y"}),
+            "at most 24h",
+        ),
         (json!({"candidate": "2", "step_weight": 0}), "1..=100"),
         (json!({"candidate": "2", "surprise": 1}), "unknown field"),
     ] {

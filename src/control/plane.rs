@@ -95,7 +95,10 @@ impl Control {
             queue: VecDeque::new(),
             running: 0,
             parallel,
-            starting: Some((loaded_tx, 0)),
+            starting: Some(Starting {
+                tx: loaded_tx,
+                pending: None,
+            }),
             waiting: HashMap::new(),
         };
         scope
@@ -239,10 +242,37 @@ struct Plane {
     queue: VecDeque<(Job, Option<Ack>)>,
     running: usize,
     parallel: usize,
-    /// Until the first scan is published: who waits for it, and the loads left.
-    starting: Option<(oneshot::Sender<Result<()>>, usize)>,
+    /// Until the first scan is published.
+    starting: Option<Starting>,
     /// Explicit loads of models that a load was running for: retried after it.
     waiting: HashMap<String, Vec<Ack>>,
+}
+
+/// Who waits for the first scan to be published, and the models it still
+/// loads (`None` until the source has been listed).
+struct Starting {
+    tx: oneshot::Sender<Result<()>>,
+    pending: Option<std::collections::HashSet<String>>,
+}
+
+/// `now + d`, or `None` past the end of time (an interval of centuries).
+fn after(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+fn sooner(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What a panic says, for the log and the answer.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 impl Policies for Repository {
@@ -260,10 +290,9 @@ impl Plane {
         let _watch = (self.repo.options().mode == ControlMode::Poll).then(|| self.watch());
         self.list(true);
         loop {
-            let due = [self.scan_at, self.rollouts.next_due()]
-                .into_iter()
-                .flatten()
-                .min();
+            // A scan that falls due while a listing runs waits for it.
+            let scan_at = self.scan_at.filter(|_| !self.listing);
+            let due = sooner(scan_at, self.rollouts.next_due());
             let command = match due {
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -274,7 +303,7 @@ impl Plane {
                     let _ = reply.send(self.repo.into_publisher());
                     return;
                 }
-                Ok(c) => self.handle(c),
+                Ok(c) => self.guarded("a command", |plane| plane.handle(c)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -283,7 +312,18 @@ impl Plane {
                 self.scan_at = None;
                 self.list(false);
             }
-            self.rollouts.tick(&mut self.repo, now);
+            self.guarded("a rollout step", |plane| {
+                plane.rollouts.tick(&mut plane.repo, now)
+            });
+        }
+    }
+
+    /// Runs `f`, and logs a panic in it instead of losing the plane: every
+    /// later command would go unanswered. The caller of the command that
+    /// panicked gets an error (its reply is dropped).
+    fn guarded(&mut self, what: &str, f: impl FnOnce(&mut Self)) {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            tracing::error!(error = %panic_message(&*p), "the control plane failed in {what}; it goes on");
         }
     }
 
@@ -291,7 +331,8 @@ impl Plane {
         match command {
             Command::Load(model, ack) => self.load(model, ack),
             Command::Unload(model, r) => {
-                let _ = r.send(self.repo.unload(&model));
+                let loading = self.busy.contains_key(&model);
+                let _ = r.send(self.repo.unload(&model, loading));
             }
             Command::SetTraffic(model, spec, who, r) => {
                 let _ = r.send(self.repo.set_traffic(&model, spec, &who));
@@ -310,8 +351,7 @@ impl Plane {
             }
             Command::Changed => {
                 // A burst of events is one change: let it finish.
-                let soon = Instant::now() + Duration::from_millis(50);
-                self.scan_at = Some(self.scan_at.map_or(soon, |at| at.min(soon)));
+                self.scan_at = sooner(self.scan_at, after(Duration::from_millis(50)));
             }
             Command::Listed(first, listings) => self.listed(first, listings),
             Command::ListedOne(model, listing, ack) => self.listed_one(model, *listing, ack),
@@ -323,17 +363,22 @@ impl Plane {
 
     /// Lists the source on a thread of its own (a registry can be slow).
     fn list(&mut self, first: bool) {
-        self.listing = true;
         let (source, tx) = (self.repo.source().clone(), self.tx.clone());
-        self.spawn("switchyard-list", move || {
-            let _ = tx.send(Command::Listed(first, source.list()));
+        let started = self.spawn("switchyard-list", move || {
+            let listed = caught(|| source.list());
+            let _ = tx.send(Command::Listed(first, listed));
         });
+        match started {
+            Ok(()) => self.listing = true,
+            Err(e) => self.listed(first, Err(e)),
+        }
     }
 
-    fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) {
-        if let Err(e) = self.scope.spawn_thread(name.into(), f) {
+    fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        self.scope.spawn_thread(name.into(), f).map_err(|e| {
             tracing::error!(error = %e, "cannot start a {name} thread");
-        }
+            Error::Internal(format!("cannot start a {name} thread: {e}"))
+        })
     }
 
     fn listed(&mut self, first: bool, listings: Result<Vec<ModelListing>>) {
@@ -343,11 +388,24 @@ impl Plane {
         let settling = match listings {
             Ok(listings) => {
                 let mut jobs = Vec::new();
-                if listings.iter().any(|l| self.busy.contains_key(&l.name)) {
+                if mode == ControlMode::Poll
+                    && listings.iter().any(|l| self.busy.contains_key(&l.name))
+                {
                     self.rescan = true;
+                }
+                // A model gone from the source while it loads is not published.
+                let listed: std::collections::HashSet<&str> =
+                    listings.iter().map(|l| l.name.as_str()).collect();
+                for name in self.busy.keys().filter(|n| !listed.contains(n.as_str())) {
+                    self.repo.forget(name);
                 }
                 let busy = |m: &str| self.busy.contains_key(m);
                 let settling = self.repo.scan(&listings, first, &busy, &mut jobs);
+                if first {
+                    if let Some(s) = self.starting.as_mut() {
+                        s.pending = Some(jobs.iter().map(|j| j.name.to_string()).collect());
+                    }
+                }
                 for job in jobs {
                     self.enqueue(job, None);
                 }
@@ -356,10 +414,15 @@ impl Plane {
             Err(e) => {
                 tracing::warn!(error = %e, source = %self.repo.describe(), "cannot list models; what is loaded keeps serving");
                 if first && mode != ControlMode::Poll {
-                    if let Some((tx, _)) = self.starting.take() {
-                        let _ = tx.send(Err(e));
+                    if let Some(s) = self.starting.take() {
+                        let _ = s.tx.send(Err(e));
                     }
                     return;
+                }
+                if first {
+                    if let Some(s) = self.starting.as_mut() {
+                        s.pending = Some(Default::default());
+                    }
                 }
                 false
             }
@@ -370,23 +433,21 @@ impl Plane {
             } else {
                 poll
             };
-            let at = Instant::now() + wait;
-            self.scan_at = Some(self.scan_at.map_or(at, |s| s.min(at)));
+            self.scan_at = sooner(self.scan_at, after(wait));
         }
-        if first {
-            if let Some((_, left)) = self.starting.as_mut() {
-                *left = self.queue.len() + self.running;
-            }
-            self.started_if_done();
-        }
+        self.started_if_done();
     }
 
     /// Marks the server ready once the first scan's loads are all published.
     fn started_if_done(&mut self) {
-        if !matches!(self.starting, Some((_, 0))) {
+        if !self
+            .starting
+            .as_ref()
+            .is_some_and(|s| s.pending.as_ref().is_some_and(|p| p.is_empty()))
+        {
             return;
         }
-        let Some((tx, _)) = self.starting.take() else {
+        let Some(Starting { tx, .. }) = self.starting.take() else {
             return;
         };
         let table = self.repo.models().snapshot();
@@ -414,8 +475,9 @@ impl Plane {
             return;
         }
         let (source, tx) = (self.repo.source().clone(), self.tx.clone());
-        self.spawn("switchyard-list", move || {
-            let listing = source.list_one(&model);
+        // On a failed start the answer (an ack dropped) is an error too.
+        let _ = self.spawn("switchyard-list", move || {
+            let listing = caught(|| source.list_one(&model));
             let _ = tx.send(Command::ListedOne(model, Box::new(listing), ack));
         });
     }
@@ -462,20 +524,20 @@ impl Plane {
             };
             self.running += 1;
             let (loader, tx) = (self.loader.clone(), self.tx.clone());
-            self.spawn("switchyard-load", move || {
-                let attempt = job.attempt();
+            let attempt = job.attempt();
+            let kept = attempt.clone();
+            let started = self.spawn("switchyard-load", move || {
                 // A backend that panics on a model file must not leave the
                 // model marked as loading forever.
                 let built =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.build(job)))
-                        .map_err(|p| {
-                            p.downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| p.downcast_ref::<String>().cloned())
-                                .unwrap_or_else(|| "a panic".into())
-                        });
+                        .map_err(|p| panic_message(&*p));
                 let _ = tx.send(Command::Built(attempt, Box::new(built), ack));
             });
+            if let Err(e) = started {
+                // Its explicit load, if any, is answered by the dropped ack.
+                self.built(kept, Err(e.to_string()), None);
+            }
         }
     }
 
@@ -498,14 +560,13 @@ impl Plane {
         for ack in self.waiting.remove(&name).unwrap_or_default() {
             self.load(name.clone(), ack);
         }
-        if let Some((_, left)) = self.starting.as_mut() {
-            *left = left.saturating_sub(1);
+        if let Some(p) = self.starting.as_mut().and_then(|s| s.pending.as_mut()) {
+            p.remove(&name);
         }
         self.started_if_done();
         if self.rescan && self.busy.is_empty() {
             self.rescan = false;
-            let soon = Instant::now() + super::repository::watcher::SETTLE;
-            self.scan_at = Some(self.scan_at.map_or(soon, |at| at.min(soon)));
+            self.scan_at = sooner(self.scan_at, after(super::repository::watcher::SETTLE));
         }
         self.start_loads();
     }
@@ -538,6 +599,16 @@ impl Plane {
         }
         Some(w)
     }
+}
+
+/// Runs `f`, turning a panic in it (a source's bug) into an error.
+fn caught<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        Err(Error::Internal(format!(
+            "the source failed: {}",
+            panic_message(&*p)
+        )))
+    })
 }
 
 #[cfg(test)]
@@ -635,12 +706,44 @@ mod tests {
         });
         loaded.await.unwrap().unwrap();
         assert!(models.model("fast").unwrap().unavailable_reason().is_none());
-        assert!(models.model("slow").is_err(), "never published");
+        // Shown as failed, so that a scan does not load it again.
+        let slow = models.model("slow").unwrap();
+        let why = slow.unavailable_reason().unwrap();
+        assert!(why.contains("crashed: a backend bug"), "{why}");
+        assert!(!slow.versions.is_empty(), "its versions are listed");
         let answer = control.load("slow").await.unwrap_err().to_string();
         assert!(answer.contains("crashed: a backend bug"), "{answer}");
         at_once(control.set_traffic("fast", split(50, 50), "test"))
             .await
             .unwrap();
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unload_during_a_first_load_wins() {
+        let root = repository("unload-first");
+        let (release, gate) = mpsc::channel();
+        let (models, control, loaded) = start(Slow {
+            fs: FsSource::new(root.clone()),
+            gated: "slow",
+            gate: std::sync::Mutex::new(gate),
+            panics: "",
+        });
+        // Both loads were queued by the first scan: `slow` is loading.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while models.model("fast").is_err() {
+            assert!(Instant::now() < deadline, "fast never loaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        at_once(control.unload("slow")).await.unwrap();
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        loaded.await.unwrap().unwrap();
+        let slow = models.model("slow").unwrap();
+        assert_eq!(
+            slow.unavailable_reason().as_deref(),
+            Some("unloaded by request")
+        );
         std::fs::remove_dir_all(root).unwrap();
     }
 

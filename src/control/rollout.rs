@@ -156,8 +156,10 @@ impl Rollouts {
     ) -> Result<Status> {
         let interval = humantime::parse_duration(&spec.interval)
             .map_err(|e| Error::invalid(format!("interval '{}': {e}", spec.interval)))?;
-        if interval < Duration::from_millis(100) {
-            return Err(Error::invalid("interval must be at least 100ms"));
+        if interval < Duration::from_millis(100) || interval > Duration::from_secs(86_400) {
+            return Err(Error::invalid(
+                "interval must be at least 100ms and at most 24h",
+            ));
         }
         if spec.step_weight == 0
             || spec.step_weight > 100

@@ -34,6 +34,9 @@ where
     let graceful = GracefulShutdown::new();
     let shutdown = scope.token().clone().cancelled_owned();
     tokio::pin!(shutdown);
+    // Past the drain, what is still open is closed: dropping a connection's
+    // future closes its socket and ends its streams.
+    let closed = tokio_util::sync::CancellationToken::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -50,9 +53,13 @@ where
         let _ = stream.set_nodelay(true);
         let conn = builder.serve_connection(TokioIo::new(stream), service(peer));
         let conn = graceful.watch(conn.into_owned());
+        let closed = closed.clone();
         scope.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                () = closed.cancelled() => {}
             }
         });
     }
@@ -62,5 +69,6 @@ where
         .is_err()
     {
         tracing::warn!("connections still open after {DRAIN:?}; closing them");
+        closed.cancel();
     }
 }

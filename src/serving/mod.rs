@@ -378,13 +378,13 @@ impl ModelVersion {
         }
     }
 
-    /// The count of this version's worker threads still running; it outlives
-    /// the version (see [`Retiring`]).
     /// The task tree's scope this version's threads and tasks run in.
     pub fn scope(&self) -> &crate::core::tasks::Scope {
         self.workers.scope()
     }
 
+    /// The count of this version's worker threads still running; it outlives
+    /// the version (see [`Retiring`]).
     pub fn workers_alive(&self) -> Arc<std::sync::atomic::AtomicUsize> {
         self.workers.alive()
     }

@@ -342,6 +342,7 @@ impl Models {
         &self.scope
     }
 
+    /// The Triton-shaped configuration of a version (the default one when `None`).
     pub fn serving_config(&self, name: &str, version: Option<u64>) -> Result<ServingConfig> {
         let model = self.model(name)?;
         let mv = self.resolve(name, version)?;

@@ -92,10 +92,12 @@ pub(crate) struct Job {
 /// What a load tried, kept apart from its job: if the load thread panics, the
 /// plane records it as tried, so that the same files are not retried on
 /// every scan.
+#[derive(Clone)]
 pub(crate) struct Attempt {
     pub(crate) name: String,
     config: u64,
     versions: Vec<(u64, u64)>,
+    generation: u64,
 }
 
 impl Job {
@@ -109,6 +111,7 @@ impl Job {
                 .iter()
                 .map(|v| (*v, self.stable[v]))
                 .collect(),
+            generation: self.generation,
         }
     }
 }
@@ -399,30 +402,53 @@ impl Repository {
     pub(crate) fn crashed(&mut self, attempt: Attempt, why: &str) -> Error {
         self.count_failure();
         tracing::error!(model = %attempt.name, error = why, "loading crashed; what was loaded keeps serving");
-        let a = self.applied.entry(attempt.name.clone()).or_default();
-        a.config = attempt.config;
-        a.versions.extend(attempt.versions);
-        Error::load(format!("loading model '{}' crashed: {why}", attempt.name))
+        let error = format!("loading model '{}' crashed: {why}", attempt.name);
+        let name = attempt.name.as_str();
+        if self.generation.get(name).copied().unwrap_or_default() == attempt.generation {
+            // Its versions are in the table, as failed where none serves: the
+            // plan of a later scan sees them there and does not load them again.
+            let mut model = match self.table.models().model(name) {
+                Ok(m) => Model::clone(&m),
+                Err(_) => Model::failed(Arc::from(name), ModelConfig::default(), error.clone()),
+            };
+            for (v, _) in &attempt.versions {
+                if model.is_ready(*v) {
+                    model.failures.insert(*v, error.clone());
+                } else {
+                    model
+                        .versions
+                        .insert(*v, VersionState::Failed(error.clone()));
+                }
+            }
+            self.table.replace_model(name, Some(model));
+            let a = self.applied.entry(attempt.name.clone()).or_default();
+            a.config = attempt.config;
+            a.versions.extend(attempt.versions);
+            self.bump(name);
+        }
+        Error::load(error)
+    }
+
+    /// A model that went from the source while it loaded: the load is
+    /// dropped when it ends.
+    pub(crate) fn forget(&mut self, name: &str) {
+        self.bump(name);
     }
 
     /// Takes a model out of service; queued requests finish first. A load of
-    /// it that runs is dropped when it ends.
-    pub(crate) fn unload(&mut self, name: &str) -> Result<()> {
+    /// it that runs (`loading`: perhaps its first) is dropped when it ends.
+    pub(crate) fn unload(&mut self, name: &str, loading: bool) -> Result<()> {
         if self.opts.mode == ControlMode::None {
             return Err(Error::invalid(
                 "models are not unloaded on request: the server runs with --model-control none",
             ));
         }
-        let old = self
-            .table
-            .models()
-            .model(name)
-            .map_err(|_| Error::not_found(format!("unknown model '{name}'")))?;
-        let unloaded = Model::failed(
-            old.name.clone(),
-            old.config.clone(),
-            "unloaded by request".into(),
-        );
+        let (model, config) = match self.table.models().model(name) {
+            Ok(old) => (old.name.clone(), old.config.clone()),
+            Err(_) if loading => (Arc::from(name), ModelConfig::default()),
+            Err(_) => return Err(Error::not_found(format!("unknown model '{name}'"))),
+        };
+        let unloaded = Model::failed(model, config, "unloaded by request".into());
         self.table.replace_model(name, Some(unloaded));
         self.applied.remove(name);
         self.unloaded.insert(name.to_string());
