@@ -83,6 +83,8 @@ impl Control {
             std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
         };
         let plane = Plane {
+            lists: Pool::start(&scope, "switchyard-list", 2)?,
+            loads: Pool::start(&scope, "switchyard-load", parallel)?,
             scope: scope.clone(),
             loader: repo.loader(),
             repo,
@@ -221,8 +223,49 @@ pub async fn shutdown(tree: &Supervisor, control: &Control) -> usize {
     left + tree.serving.stop(STOP_SERVING).await
 }
 
+/// A few threads that stay, each running the jobs it is given in turn: a
+/// scan every poll interval (5 s) or a load starts no thread, and the threads
+/// the plane can have at once are bounded.
+struct Pool {
+    tx: crossbeam_channel::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Pool {
+    /// Starts `threads` threads in `scope`; they end when the pool is dropped
+    /// (the plane stops) or the scope is cancelled, after the job they run.
+    fn start(scope: &Scope, name: &str, threads: usize) -> Result<Pool> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>();
+        for i in 0..threads.max(1) {
+            let (rx, stop) = (rx.clone(), scope.token().clone());
+            scope
+                .spawn_thread(format!("{name}-{i}"), move || {
+                    for job in rx {
+                        if stop.is_cancelled() {
+                            return;
+                        }
+                        // The jobs catch their own panics; this keeps the
+                        // thread should one slip through.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .map_err(|e| Error::Internal(format!("cannot start a {name} thread: {e}")))?;
+        }
+        Ok(Pool { tx })
+    }
+
+    fn run(&self, job: impl FnOnce() + Send + 'static) -> Result<()> {
+        self.tx
+            .send(Box::new(job))
+            .map_err(|_| Error::Internal("the control plane's threads have stopped".into()))
+    }
+}
+
 /// The plane's state, owned by its thread.
 struct Plane {
+    /// Listings of the source: a scan (one at a time) and explicit loads.
+    lists: Pool,
+    /// Downloads, loads and warm-ups: `parallel` threads.
+    loads: Pool,
     /// The control layer's scope: the plane, listing and load threads.
     scope: Scope,
     repo: Repository,
@@ -364,7 +407,7 @@ impl Plane {
     /// Lists the source on a thread of its own (a registry can be slow).
     fn list(&mut self, first: bool) {
         let (source, tx) = (self.repo.source().clone(), self.tx.clone());
-        let started = self.spawn("switchyard-list", move || {
+        let started = self.lists.run(move || {
             let listed = caught(|| source.list());
             let _ = tx.send(Command::Listed(first, listed));
         });
@@ -372,13 +415,6 @@ impl Plane {
             Ok(()) => self.listing = true,
             Err(e) => self.listed(first, Err(e)),
         }
-    }
-
-    fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
-        self.scope.spawn_thread(name.into(), f).map_err(|e| {
-            tracing::error!(error = %e, "cannot start a {name} thread");
-            Error::Internal(format!("cannot start a {name} thread: {e}"))
-        })
     }
 
     fn listed(&mut self, first: bool, listings: Result<Vec<ModelListing>>) {
@@ -476,7 +512,7 @@ impl Plane {
         }
         let (source, tx) = (self.repo.source().clone(), self.tx.clone());
         // On a failed start the answer (an ack dropped) is an error too.
-        let _ = self.spawn("switchyard-list", move || {
+        let _ = self.lists.run(move || {
             let listing = caught(|| source.list_one(&model));
             let _ = tx.send(Command::ListedOne(model, Box::new(listing), ack));
         });
@@ -526,7 +562,7 @@ impl Plane {
             let (loader, tx) = (self.loader.clone(), self.tx.clone());
             let attempt = job.attempt();
             let kept = attempt.clone();
-            let started = self.spawn("switchyard-load", move || {
+            let started = self.loads.run(move || {
                 // A backend that panics on a model file must not leave the
                 // model marked as loading forever.
                 let built =

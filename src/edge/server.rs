@@ -34,9 +34,11 @@ where
     let graceful = GracefulShutdown::new();
     let shutdown = scope.token().clone().cancelled_owned();
     tokio::pin!(shutdown);
-    // Past the drain, what is still open is closed: dropping a connection's
-    // future closes its socket and ends its streams.
-    let closed = tokio_util::sync::CancellationToken::new();
+    // Past the drain, what is still open is aborted: dropping a connection's
+    // future closes its socket and ends its streams. Abort handles, owned by
+    // this loop alone, rather than a token each connection polls: a shared
+    // token is a shared lock on every poll of every connection.
+    let mut open: Vec<tokio::task::AbortHandle> = Vec::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -53,15 +55,15 @@ where
         let _ = stream.set_nodelay(true);
         let conn = builder.serve_connection(TokioIo::new(stream), service(peer));
         let conn = graceful.watch(conn.into_owned());
-        let closed = closed.clone();
-        scope.spawn(async move {
-            tokio::select! {
-                ended = conn => if let Err(e) = ended {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                },
-                () = closed.cancelled() => {}
+        let task = scope.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+        if open.len() == open.capacity() {
+            open.retain(|h| !h.is_finished());
+        }
+        open.push(task.abort_handle());
     }
     drop(listener);
     if tokio::time::timeout(DRAIN, graceful.shutdown())
@@ -69,6 +71,6 @@ where
         .is_err()
     {
         tracing::warn!("connections still open after {DRAIN:?}; closing them");
-        closed.cancel();
+        open.iter().for_each(tokio::task::AbortHandle::abort);
     }
 }
