@@ -755,9 +755,18 @@ mod tests {
         std::fs::remove_dir_all(root).unwrap();
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_unload_during_a_first_load_wins() {
-        let root = repository("unload-first");
+    /// A server of `fast` and `slow` whose first load of `slow` waits for
+    /// the sender returned (twice: one per version); returns once `fast` serves.
+    async fn slow_start(
+        test: &str,
+    ) -> (
+        PathBuf,
+        mpsc::Sender<()>,
+        Arc<Models>,
+        Control,
+        oneshot::Receiver<Result<()>>,
+    ) {
+        let root = repository(test);
         let (release, gate) = mpsc::channel();
         let (models, control, loaded) = start(Slow {
             fs: FsSource::new(root.clone()),
@@ -771,6 +780,12 @@ mod tests {
             assert!(Instant::now() < deadline, "fast never loaded");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        (root, release, models, control, loaded)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unload_during_a_first_load_wins() {
+        let (root, release, models, control, loaded) = slow_start("unload-first").await;
         at_once(control.unload("slow")).await.unwrap();
         release.send(()).unwrap();
         release.send(()).unwrap();
@@ -785,19 +800,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn commands_are_answered_while_a_load_runs_and_a_policy_set_meanwhile_is_kept() {
-        let root = repository("slow");
-        let (release, gate) = mpsc::channel();
-        let (models, control, mut loaded) = start(Slow {
-            fs: FsSource::new(root.clone()),
-            gated: "slow",
-            gate: std::sync::Mutex::new(gate),
-            panics: "",
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while models.model("fast").is_err() {
-            assert!(Instant::now() < deadline, "fast never loaded");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (root, release, models, control, mut loaded) = slow_start("slow").await;
         // `slow` is still loading: the server is not ready, and the plane answers.
         assert!(loaded.try_recv().is_err());
         assert!(!models.is_loaded());
