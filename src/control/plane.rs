@@ -93,7 +93,7 @@ impl Control {
             scan_at: None,
             listing: false,
             rescan: false,
-            busy: HashMap::new(),
+            busy: Default::default(),
             queue: VecDeque::new(),
             running: 0,
             parallel,
@@ -279,8 +279,8 @@ struct Plane {
     listing: bool,
     /// A scan skipped a model that was loading: scan again once it is published.
     rescan: bool,
-    /// Models with a load queued or running, and explicit loads that wait for it.
-    busy: HashMap<String, Vec<Ack>>,
+    /// Models with a load queued or running.
+    busy: std::collections::HashSet<String>,
     /// Loads waiting for a thread, each with the explicit load that asked for it.
     queue: VecDeque<(Job, Option<Ack>)>,
     running: usize,
@@ -374,7 +374,7 @@ impl Plane {
         match command {
             Command::Load(model, ack) => self.load(model, ack),
             Command::Unload(model, r) => {
-                let loading = self.busy.contains_key(&model);
+                let loading = self.busy.contains(&model);
                 let _ = r.send(self.repo.unload(&model, loading));
             }
             Command::SetTraffic(model, spec, who, r) => {
@@ -424,18 +424,17 @@ impl Plane {
         let settling = match listings {
             Ok(listings) => {
                 let mut jobs = Vec::new();
-                if mode == ControlMode::Poll
-                    && listings.iter().any(|l| self.busy.contains_key(&l.name))
+                if mode == ControlMode::Poll && listings.iter().any(|l| self.busy.contains(&l.name))
                 {
                     self.rescan = true;
                 }
                 // A model gone from the source while it loads is not published.
                 let listed: std::collections::HashSet<&str> =
                     listings.iter().map(|l| l.name.as_str()).collect();
-                for name in self.busy.keys().filter(|n| !listed.contains(n.as_str())) {
+                for name in self.busy.iter().filter(|n| !listed.contains(n.as_str())) {
                     self.repo.forget(name);
                 }
-                let busy = |m: &str| self.busy.contains_key(m);
+                let busy = |m: &str| self.busy.contains(m);
                 let settling = self.repo.scan(&listings, first, &busy, &mut jobs);
                 if first {
                     if let Some(s) = self.starting.as_mut() {
@@ -533,7 +532,7 @@ impl Plane {
                 return;
             }
         };
-        if self.busy.contains_key(&model) {
+        if self.busy.contains(&model) {
             // It takes the files as they are once the running load is published.
             self.waiting.entry(model).or_default().push(ack);
             return;
@@ -547,7 +546,7 @@ impl Plane {
     }
 
     fn enqueue(&mut self, job: Job, ack: Option<Ack>) {
-        self.busy.entry(job.name.to_string()).or_default();
+        self.busy.insert(job.name.to_string());
         self.queue.push_back((job, ack));
         self.start_loads();
     }
