@@ -37,8 +37,13 @@ for t in "${targets[@]}"; do
     if ! /usr/bin/time -f "%U %S" -o "fuzz/work/$t.cpu" "$bin/$t" "$work" "fuzz/corpus/$t" -max_total_time="$secs" -rss_limit_mb=256 \
         -max_len=1048576 -timeout=10 -print_final_stats=1 \
         -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1; then
-        status=1
-        echo "$t: FAILED, see $log and fuzz/artifacts/$t" >&2
+        # A run stopped with ^C (SIGINT) exits non-zero too; it found nothing.
+        if grep -q "libFuzzer: run interrupted" "$log" && [ -z "$(ls "fuzz/artifacts/$t")" ]; then
+            echo "$t: stopped early, nothing found" >&2
+        else
+            status=1
+            echo "$t: FAILED, see $log and fuzz/artifacts/$t" >&2
+        fi
     fi
     took=$(( $(date +%s) - start ))
     # What adds coverage joins the committed corpus, cut to 4 KiB an input so
