@@ -33,10 +33,11 @@ pub const EXTENSIONS: &[&str] = &[
 ];
 pub use grpc::serve_grpc;
 
-/// Runs `f` on the blocking pool and awaits it: every control action (a load,
-/// a policy change, a rollout step, reading the rollouts or the drift windows,
-/// rendering `/metrics`) may wait on a lock that the control plane holds across
-/// a load, and must never do so on an async thread.
+/// Runs `f` on the blocking pool and awaits it: what reads state that a
+/// thread of its own locks (a drift window, shared with its binning thread;
+/// the `/metrics` render, which reads them all) must never do so on an async
+/// thread. Control actions do not come here: they go to the control plane's
+/// channel (`control::Control`).
 pub(crate) async fn off_runtime<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> crate::core::error::Result<T> + Send + 'static,
