@@ -113,8 +113,35 @@ pub struct ServeArgs {
     pub default_model: Option<String>,
     /// Largest request body (HTTP) or message (gRPC) accepted; larger ones get
     /// 413 / RESOURCE_EXHAUSTED.
-    #[arg(long, value_name = "BYTES", default_value_t = switchyard::edge::http::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = switchyard::edge::http::DEFAULT_MAX_BODY_BYTES, env = "SWITCHYARD_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
+    /// A connection must send a complete request head (h2: its preface and
+    /// first HEADERS) within this of connecting, and a keep-alive HTTP/1.1
+    /// connection its next head within this of starting it; else it is closed
+    /// (HTTP/1.1: with a 408).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, env = "SWITCHYARD_HEADER_TIMEOUT")]
+    pub header_timeout: std::time::Duration,
+    /// A connection with no request in flight is closed after this.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, env = "SWITCHYARD_IDLE_TIMEOUT")]
+    pub idle_timeout: std::time::Duration,
+    /// A request body (a gRPC message) must arrive within this of its start:
+    /// 408 / DEADLINE_EXCEEDED otherwise.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, env = "SWITCHYARD_BODY_TIMEOUT")]
+    pub body_timeout: std::time::Duration,
+    /// Open connections across the listeners; past it, new ones are closed at
+    /// once (switchyard_connections_refused_total counts them).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4096,
+        env = "SWITCHYARD_MAX_CONNECTIONS"
+    )]
+    pub max_connections: usize,
+    /// Request bytes being read or decoded across all connections; past it,
+    /// requests get 429 / RESOURCE_EXHAUSTED with Retry-After. Default: a
+    /// quarter of --memory-limit, else 1GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "SWITCHYARD_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<u64>,
     /// Who changes what is loaded: `poll` follows the repository (on change, and
     /// rescanning every --poll-interval); `explicit` loads it at start and then
     /// only on repository API calls; `none` loads it at start, never again.
@@ -165,6 +192,22 @@ impl ProfileArgs {
 }
 
 impl ServeArgs {
+    /// The edge's bounds the flags set.
+    pub fn limits(&self) -> switchyard::edge::limits::Limits {
+        let inflight = self
+            .max_inflight_bytes
+            .or(self.memory_limit.map(|m| m / 4))
+            .unwrap_or(1 << 30);
+        switchyard::edge::limits::Limits {
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
+            max_body_bytes: self.max_body_bytes,
+            max_inflight_bytes: usize::try_from(inflight).unwrap_or(usize::MAX),
+        }
+    }
+
     /// The model source the flags name (a repository folder, an MLflow
     /// registry, or both), and the state directory that goes with it.
     pub fn source(&self) -> anyhow::Result<(Box<dyn repository::Source>, PathBuf)> {

@@ -8,6 +8,7 @@ use clap::Parser;
 use cli::{Cli, Command, ServeArgs};
 use switchyard::control::{repository, shutdown, Control};
 use switchyard::core::tasks::Supervisor;
+use switchyard::edge::limits::Bounds;
 use switchyard::edge::{serve_grpc, serve_http, serve_metrics, AdminAuth, HttpConfig};
 use switchyard::runtime;
 use switchyard::serving::Models;
@@ -67,8 +68,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             tree.control.clone(),
         )?;
+        let bounds = Bounds::new(args.limits());
         let config = HttpConfig {
-            max_body_bytes: args.max_body_bytes,
             default_model: args.default_model,
         };
         let admin = AdminAuth::new(args.admin_token).with_api_token(args.api_token);
@@ -78,6 +79,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 l,
                 models.clone(),
                 control.clone(),
+                bounds.clone(),
                 edge.clone(),
             ));
         }
@@ -88,17 +90,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             c,
             config,
             admin.clone(),
+            bounds.clone(),
             edge.clone(),
         ));
         let (m, c) = (models, control.clone());
-        edge.spawn(serve_grpc(
-            grpc_listener,
-            m,
-            c,
-            admin,
-            args.max_body_bytes,
-            edge.clone(),
-        ));
+        edge.spawn(serve_grpc(grpc_listener, m, c, admin, bounds, edge.clone()));
         let signal = shutdown_signal();
         tokio::pin!(signal);
         // A stop asked for during the first load stops it at once.

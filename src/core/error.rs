@@ -34,6 +34,12 @@ pub enum Error {
     /// The request's deadline passed before it was answered.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The client took too long to send its request (a body, a message).
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The server holds as many request bytes as it will: back off and retry.
+    #[error("{0}")]
+    Overloaded(String),
     /// No credentials, or not the right ones, for an admin call.
     #[error("{0}")]
     Unauthenticated(String),
@@ -80,7 +86,8 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed { .. } => 405,
             Error::PayloadTooLarge { .. } => 413,
-            Error::QueueFull { .. } => 429,
+            Error::QueueFull { .. } | Error::Overloaded(_) => 429,
+            Error::RequestTimeout(_) => 408,
             Error::Internal(_) | Error::OutOfMemory(_) => 500,
             Error::Unavailable(_) | Error::Load(_) => 503,
             Error::DeadlineExceeded(_) => 504,

@@ -12,6 +12,7 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 
 use super::auth::AdminAuth;
+use super::limits::{Bounds, Hold, Metered, CONTROL_BODY_BYTES};
 use super::pipeline::Call;
 use super::status::ErrorStatus;
 use super::{compression, v2};
@@ -24,20 +25,10 @@ use crate::serving::{parse_version, Models};
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 
 /// What the HTTP front end needs to know.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct HttpConfig {
-    pub max_body_bytes: usize,
     /// The model `POST /invocations` scores (MLflow's single-model endpoint).
     pub default_model: Option<String>,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            default_model: None,
-        }
-    }
 }
 
 struct State {
@@ -46,6 +37,7 @@ struct State {
     pipeline: super::pipeline::Pipeline,
     config: HttpConfig,
     control: Control,
+    bounds: Bounds,
 }
 
 type Body = Full<Bytes>;
@@ -60,13 +52,16 @@ pub async fn serve_http(
     control: Control,
     config: HttpConfig,
     admin: AdminAuth,
+    bounds: Bounds,
     scope: Scope,
 ) {
+    let (limits, connections) = (bounds.limits.clone(), bounds.connections.clone());
     let state = Arc::new(State {
         pipeline: super::pipeline::Pipeline::new(models.clone(), admin),
         models,
         config,
         control,
+        bounds,
     });
     super::server::serve(
         listener,
@@ -77,6 +72,8 @@ pub async fn serve_http(
                 async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
             })
         },
+        &limits,
+        connections,
         scope,
     )
     .await;
@@ -88,6 +85,7 @@ pub async fn serve_metrics(
     listener: TcpListener,
     models: Arc<Models>,
     control: Control,
+    bounds: Bounds,
     scope: Scope,
 ) {
     super::server::serve(
@@ -113,6 +111,8 @@ pub async fn serve_metrics(
                 }
             })
         },
+        &bounds.limits,
+        bounds.connections.clone(),
         scope,
     )
     .await;
@@ -141,7 +141,10 @@ async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp
     let method = req.method().clone();
     let uri = req.uri().clone();
     let path = uri.path();
-    match route(state, req, peer).await {
+    // What the request's body takes of the in-flight budget, given back once
+    // it is answered.
+    let hold = Hold::new(&state.bounds.budget);
+    match route(state, req, peer, &hold).await {
         Ok(resp) => resp,
         Err(e) => {
             let status = e.http_status();
@@ -196,7 +199,7 @@ pub fn error_response(e: &Error) -> Response<Body> {
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
-        Error::QueueFull { .. } => {
+        Error::QueueFull { .. } | Error::Overloaded(_) => {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -351,7 +354,12 @@ fn encode_traffic(model: &crate::serving::Model) -> Vec<u8> {
     serde_json::to_vec(&body).expect("plain data")
 }
 
-async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>> {
+async fn route(
+    state: &State,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    hold: &Hold<'_>,
+) -> Result<Response<Body>> {
     let uri = req.uri().clone();
     let path = uri.path();
     let route =
@@ -369,12 +377,12 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resul
         | Route::V1Predict(_)
         | Route::Invocations(_)
         | Route::OpenAiEmbeddings
-        | Route::TeiEmbed => inference(state, route, req).await,
+        | Route::TeiEmbed => inference(state, route, req, hold).await,
         Route::RepositoryIndex
         | Route::RepositoryLoad(_)
         | Route::RepositoryUnload(_)
         | Route::Traffic(_)
-        | Route::Rollout(_) => control(state, route, req, peer).await,
+        | Route::Rollout(_) => control(state, route, req, peer, hold).await,
         _ => information(state, route).await,
     }
 }
@@ -384,7 +392,9 @@ async fn inference(
     state: &State,
     route: Route<'_>,
     req: Request<Incoming>,
+    hold: &Hold<'_>,
 ) -> Result<Response<Body>> {
+    let (bounds, max) = (&state.bounds, state.bounds.limits.max_body_bytes);
     // Before anything a route does ahead of the pipeline (a version parsed, a
     // default model chosen, a body read for the model it names).
     state.pipeline.authorize(req.headers())?;
@@ -396,7 +406,7 @@ async fn inference(
                 version: None,
                 headers: &parts.headers,
             };
-            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            let input = read_body(&parts.headers, body, bounds, max, hold);
             state.pipeline.infer(call, &super::v1::Codec, input).await
         }
         Route::Invocations(m) => {
@@ -417,10 +427,10 @@ async fn inference(
                 version: None,
                 headers: &parts.headers,
             };
-            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            let input = read_body(&parts.headers, body, bounds, max, hold);
             state.pipeline.infer(call, &codec, input).await
         }
-        Route::OpenAiEmbeddings => openai_embeddings(state, req).await.or_else(|e| {
+        Route::OpenAiEmbeddings => openai_embeddings(state, req, hold).await.or_else(|e| {
             if e.http_status().is_server_error() {
                 tracing::warn!(path = "/v1/embeddings", error = %e, "request failed");
             }
@@ -434,7 +444,7 @@ async fn inference(
                 version: None,
                 headers: &parts.headers,
             };
-            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            let input = read_body(&parts.headers, body, bounds, max, hold);
             state
                 .pipeline
                 .infer(call, &super::embeddings::Tei, input)
@@ -449,7 +459,7 @@ async fn inference(
                 version,
                 headers: &parts.headers,
             };
-            let input = read_body(&parts.headers, body, state.config.max_body_bytes);
+            let input = read_body(&parts.headers, body, bounds, max, hold);
             state.pipeline.infer(call, &codec, input).await
         }
 
@@ -466,12 +476,20 @@ async fn control(
     route: Route<'_>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    hold: &Hold<'_>,
 ) -> Result<Response<Body>> {
     let models = &state.models;
+    let read = |req: Request<Incoming>| {
+        let (parts, body) = req.into_parts();
+        async move {
+            let limit = CONTROL_BODY_BYTES.min(state.bounds.limits.max_body_bytes);
+            read_body(&parts.headers, body, &state.bounds, limit, hold).await
+        }
+    };
     match route {
         Route::RepositoryIndex => {
             // Triton's body is optional: {"ready": true} lists ready models only.
-            let body = read_whole_body(req, state.config.max_body_bytes).await?;
+            let body = read(req).await?;
             let ready = if body.iter().all(u8::is_ascii_whitespace) {
                 false
             } else {
@@ -493,7 +511,7 @@ async fn control(
         Route::Traffic(m) => {
             let who = admin_caller(state, &req, peer)?;
             if req.method() == hyper::Method::PUT {
-                let body = read_whole_body(req, state.config.max_body_bytes).await?;
+                let body = read(req).await?;
                 let spec: crate::core::config::TrafficSpec = serde_json::from_slice(&body)
                     .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))?;
                 state.control.set_traffic(m, spec, &who).await?;
@@ -504,7 +522,7 @@ async fn control(
             let who = admin_caller(state, &req, peer)?;
             let status = match req.method().clone() {
                 hyper::Method::POST => {
-                    let body = read_whole_body(req, state.config.max_body_bytes).await?;
+                    let body = read(req).await?;
                     let spec: crate::control::rollout::RolloutSpec = serde_json::from_slice(&body)
                         .map_err(|e| Error::invalid(format!("not a rollout: {e}")))?;
                     state.control.start_rollout(m, spec, &who).await?
@@ -670,9 +688,14 @@ fn default_of(
 
 /// `POST /v1/embeddings`: the model is named in the body, which is read
 /// first (bounded as every body is).
-async fn openai_embeddings(state: &State, req: Request<Incoming>) -> Result<Response<Body>> {
+async fn openai_embeddings(
+    state: &State,
+    req: Request<Incoming>,
+    hold: &Hold<'_>,
+) -> Result<Response<Body>> {
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
+    let limit = state.bounds.limits.max_body_bytes;
+    let body = read_body(&parts.headers, body, &state.bounds, limit, hold).await?;
     let request = super::embeddings::OpenAiRequest::parse(&body)?;
     let model = request.model.clone();
     let call = Call {
@@ -712,37 +735,56 @@ pub(super) fn binary(body: Vec<u8>) -> Response<Body> {
     r
 }
 
-/// Reads a request's whole body (an admin call's).
-async fn read_whole_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
-    let (parts, body) = req.into_parts();
-    read_body(&parts.headers, body, limit).await
-}
-
-/// Reads the whole body within `limit` bytes, decompressing a gzip or deflate
-/// `Content-Encoding` (the limit holds for the decompressed size too).
-async fn read_body(headers: &http::HeaderMap, body: Incoming, limit: usize) -> Result<Bytes> {
+/// Reads the whole body within `limit` bytes and the body timeout, holding
+/// its bytes in the in-flight budget, and decompresses a gzip or deflate
+/// `Content-Encoding` (the limit and the budget hold for the decompressed
+/// size too).
+async fn read_body(
+    headers: &http::HeaderMap,
+    body: Incoming,
+    bounds: &Bounds,
+    limit: usize,
+    hold: &Hold<'_>,
+) -> Result<Bytes> {
     let encoding = compression::content_encoding(headers)?;
-    let raw = read_raw_body(headers, body, limit).await?;
-    compression::decompress(raw, encoding, limit)
+    let raw = read_raw_body(headers, body, bounds, limit, hold).await?;
+    let raw_len = raw.len();
+    let out = compression::decompress(raw, encoding, limit)?;
+    if out.len() > raw_len {
+        hold.take(out.len() - raw_len)?;
+    }
+    Ok(out)
 }
 
-async fn read_raw_body(headers: &http::HeaderMap, body: Incoming, limit: usize) -> Result<Bytes> {
-    if let Some(len) = headers
+async fn read_raw_body(
+    headers: &http::HeaderMap,
+    body: Incoming,
+    bounds: &Bounds,
+    limit: usize,
+    hold: &Hold<'_>,
+) -> Result<Bytes> {
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
         if len > limit as u64 {
             return Err(Error::PayloadTooLarge { limit });
         }
+        // The whole declared length, before a byte of it is buffered.
+        hold.take(len as usize)?;
     }
+    let body = Metered::new(body, hold, declared.is_some(), bounds.limits.body_timeout);
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(Error::PayloadTooLarge { limit })
         }
-        Err(e) => Err(Error::invalid(format!(
-            "could not read the request body: {e}"
-        ))),
+        Err(e) => match e.downcast::<super::limits::BodyError>() {
+            Ok(e) => Err((*e).into()),
+            Err(e) => Err(Error::invalid(format!(
+                "could not read the request body: {e}"
+            ))),
+        },
     }
 }

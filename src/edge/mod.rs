@@ -10,6 +10,7 @@ pub mod embeddings;
 pub mod grpc;
 pub mod http;
 pub mod json;
+pub mod limits;
 pub mod metrics;
 pub mod mlflow;
 pub mod pipeline;

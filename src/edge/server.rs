@@ -1,17 +1,26 @@
 //! The accept loop both front ends share: HTTP/1.1 and HTTP/2 (h2c) connections on
-//! a listener, one service per connection, and a graceful stop.
+//! a listener, one service per connection, each connection watched for the
+//! header and idle deadlines, a cap on open connections, and a graceful stop.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
 
+use super::limits::{Connections, Limits};
 use crate::core::tasks::Scope;
 
 /// How long open connections may take to finish once a stop is asked for.
@@ -20,8 +29,13 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// Serves connections from `listener` until `scope` is cancelled, each on a
 /// task of that scope; `service` makes the service of one connection from its
 /// peer's address.
-pub async fn serve<S, B, F>(listener: TcpListener, service: F, scope: Scope)
-where
+pub async fn serve<S, B, F>(
+    listener: TcpListener,
+    service: F,
+    limits: &Limits,
+    connections: Arc<Connections>,
+    scope: Scope,
+) where
     F: Fn(SocketAddr) -> S,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -30,7 +44,19 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The header deadline is the watchdog's (below), which also covers the
+    // bytes that decide HTTP/1.1 or h2 and does not cut keep-alive short.
+    builder.http1().header_read_timeout(None).max_headers(100);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Envoy's edge guidance; a client needing more opens a connection.
+        .max_concurrent_streams(100)
+        .max_header_list_size(16 << 10)
+        // Finds peers that vanished without a FIN while streams are open.
+        .keep_alive_interval(Some(limits.idle_timeout.min(Duration::from_secs(30))))
+        .keep_alive_timeout(Duration::from_secs(20));
     let graceful = GracefulShutdown::new();
     let shutdown = scope.token().clone().cancelled_owned();
     tokio::pin!(shutdown);
@@ -52,13 +78,28 @@ where
             },
             () = &mut shutdown => break,
         };
+        let Some(opened) = connections.open() else {
+            // Closing at once frees the descriptor; the connections already
+            // open keep being served.
+            metrics::counter!("switchyard_connections_refused_total").increment(1);
+            tracing::debug!(%peer, max = connections.max(), "connection refused: --max-connections reached");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), service(peer));
+        let state = Arc::new(ConnState::new());
+        let io = Watched::new(stream, state.clone(), limits);
+        let svc = Counted {
+            inner: service(peer),
+            state,
+        };
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
         let conn = graceful.watch(conn.into_owned());
         let task = scope.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(opened);
         });
         if open.len() == open.capacity() {
             open.retain(|h| !h.is_finished());
@@ -72,5 +113,348 @@ where
     {
         tracing::warn!("connections still open after {DRAIN:?}; closing them");
         open.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+}
+
+/// What a connection's requests tell its watchdog. One per connection, so
+/// its atomics are shared only by that connection's tasks.
+struct ConnState {
+    accepted: Instant,
+    /// Requests started (heads received).
+    started: AtomicU64,
+    /// Requests whose answer has not been sent yet.
+    active: AtomicU32,
+    /// When the last answer was sent, in ms after `accepted`.
+    last_done_ms: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            accepted: Instant::now(),
+            started: AtomicU64::new(0),
+            active: AtomicU32::new(0),
+            last_done_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Counts a connection's requests in and out for its watchdog.
+struct Counted<S> {
+    inner: S,
+    state: Arc<ConnState>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Counted<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<Answer<B>>;
+    type Error = S::Error;
+    type Future = CountedFuture<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.state.started.fetch_add(1, Ordering::Relaxed);
+        self.state.active.fetch_add(1, Ordering::Relaxed);
+        CountedFuture {
+            inner: self.inner.call(req),
+            active: Some(Active::new(self.state.clone())),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer being made; the request stays active in its body.
+    struct CountedFuture<F> {
+        #[pin]
+        inner: F,
+        active: Option<Active>,
+    }
+}
+
+impl<F, B, E> std::future::Future for CountedFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<Answer<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = std::task::ready!(this.inner.poll(cx))?;
+        let active = this.active.take();
+        Poll::Ready(Ok(resp.map(|body| Answer { body, active })))
+    }
+}
+
+/// A request counted as active until its answer has been given its last
+/// frame, or is dropped (the connection gone): an h2 stream or a streamed
+/// answer stays active for as long as it is being written. Released as the
+/// last frame is taken, not when the body is dropped, because the HTTP/1.1
+/// connection looks at its deadline right after writing, maybe before the drop.
+struct Active {
+    state: Arc<ConnState>,
+    released: AtomicBool,
+}
+
+impl Active {
+    fn new(state: Arc<ConnState>) -> Active {
+        Active {
+            state,
+            released: AtomicBool::new(false),
+        }
+    }
+
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::Relaxed) {
+            let s = &self.state;
+            let ms = s.accepted.elapsed().as_millis() as u64;
+            s.last_done_ms.store(ms, Ordering::Relaxed);
+            s.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body, carrying its request's [`Active`] mark.
+    pub struct Answer<B> {
+        #[pin]
+        body: B,
+        active: Option<Active>,
+    }
+}
+
+impl<B: Body> Body for Answer<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.body.as_mut().poll_frame(cx));
+        if frame.is_none() || this.body.is_end_stream() {
+            if let Some(a) = this.active {
+                a.release();
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.body.is_end_stream();
+        if end {
+            if let Some(a) = &self.active {
+                a.release();
+            }
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Why the watchdog closes a connection.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Expiry {
+    /// No complete request head in time.
+    Head,
+    /// Nothing in flight for the idle timeout.
+    Idle,
+}
+
+/// An HTTP/1.1 client that sent part of a head gets this before the close.
+const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 78\r\n\r\n{\"error\":\"the request head did not arrive within the header timeout (--header-timeout)\"}";
+
+/// A connection's socket, with its watchdog: while the connection waits to
+/// read and nothing is in flight, a read that would wait also polls a timer
+/// for the header or idle deadline, and past it the read fails, which ends
+/// the connection. Nothing runs on a connection that is busy or has data.
+struct Watched {
+    io: TcpStream,
+    state: Arc<ConnState>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    /// The first byte the client sent: `P` starts h2's preface.
+    first: Option<u8>,
+    /// When bytes of a next request head arrived on an idle HTTP/1.1
+    /// connection, and how many requests had started then.
+    head_since: Option<(Instant, u64)>,
+    timer: Pin<Box<Sleep>>,
+    /// When the timer fires.
+    armed: Instant,
+}
+
+impl Watched {
+    fn new(io: TcpStream, state: Arc<ConnState>, limits: &Limits) -> Watched {
+        let first_deadline = state.accepted + limits.header_timeout;
+        Watched {
+            io,
+            state,
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            first: None,
+            head_since: None,
+            timer: Box::pin(tokio::time::sleep_until(first_deadline)),
+            armed: first_deadline,
+        }
+    }
+
+    fn is_h2(&self) -> bool {
+        self.first == Some(b'P')
+    }
+
+    /// The deadline the connection is under now, if any.
+    fn deadline(&mut self) -> Option<(Instant, Expiry)> {
+        let s = &self.state;
+        if s.active.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let started = s.started.load(Ordering::Relaxed);
+        if started == 0 {
+            return Some((s.accepted + self.header_timeout, Expiry::Head));
+        }
+        match self.head_since {
+            Some((t, n)) if n == started => return Some((t + self.header_timeout, Expiry::Head)),
+            Some(_) => self.head_since = None,
+            None => {}
+        }
+        let idle_since = s.accepted + Duration::from_millis(s.last_done_ms.load(Ordering::Relaxed));
+        Some((idle_since + self.idle_timeout, Expiry::Idle))
+    }
+
+    /// Notes what the bytes just read say about the connection.
+    fn saw(&mut self, bytes: &[u8]) {
+        let Some(&b) = bytes.first() else { return };
+        if self.first.is_none() {
+            self.first = Some(b);
+        }
+        // h2 frames arrive on idle connections (PING, WINDOW_UPDATE): only
+        // HTTP/1.1 bytes between requests are the start of a head.
+        if self.head_since.is_none() && !self.is_h2() {
+            let s = &self.state;
+            let started = s.started.load(Ordering::Relaxed);
+            if started > 0 && s.active.load(Ordering::Relaxed) == 0 {
+                self.head_since = Some((Instant::now(), started));
+            }
+        }
+    }
+
+    /// Polls the deadline of a read that would wait: an error once it passed.
+    /// The timer stays armed no later than any deadline that can apply (also
+    /// while a request is in flight, when none does), so that a connection
+    /// turning idle needs no wake-up of its own; firing early only means
+    /// looking again.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        loop {
+            let due = self.deadline();
+            // While a request is in flight, the connection may turn idle
+            // without a read: be armed for the soonest deadline it could get.
+            let soonest = match due {
+                Some((at, _)) => at,
+                None => Instant::now() + self.header_timeout.min(self.idle_timeout),
+            };
+            if soonest < self.armed {
+                self.arm(soonest);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            match due {
+                Some((at, why)) if at <= now => return Poll::Ready(self.expire(why)),
+                Some((at, _)) => self.arm(at),
+                // No deadline can come sooner than this.
+                None => self.arm(now + self.header_timeout.min(self.idle_timeout)),
+            }
+        }
+    }
+
+    fn arm(&mut self, at: Instant) {
+        self.timer.as_mut().reset(at);
+        self.armed = at;
+    }
+
+    fn expire(&mut self, why: Expiry) -> std::io::Error {
+        let reason = match why {
+            Expiry::Head => "header",
+            Expiry::Idle => "idle",
+        };
+        metrics::counter!("switchyard_connections_timed_out_total", "reason" => reason)
+            .increment(1);
+        // A client in the middle of an HTTP/1.1 head hears why; best effort,
+        // the socket's buffer takes it or the client never learns.
+        let mid_head = self.first.is_some()
+            && !self.is_h2()
+            && (self.state.started.load(Ordering::Relaxed) == 0 || self.head_since.is_some());
+        if why == Expiry::Head && mid_head {
+            let _ = self.io.try_write(TIMEOUT_408);
+        }
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("connection closed: {reason} timeout"),
+        )
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let filled = &buf.filled()[before..];
+                if !filled.is_empty() && (this.first.is_none() || this.head_since.is_none()) {
+                    // Copies one byte: `saw` looks at the first only.
+                    let b = [filled[0]];
+                    this.saw(&b);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.poll_deadline(cx).map(Err),
+        }
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

@@ -24,10 +24,11 @@ impl ErrorStatus for Error {
             Error::InvalidInput(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::MethodNotAllowed { .. } => Code::Unimplemented,
-            Error::PayloadTooLarge { .. } | Error::QueueFull { .. } | Error::OutOfMemory(_) => {
-                Code::ResourceExhausted
-            }
-            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::PayloadTooLarge { .. }
+            | Error::QueueFull { .. }
+            | Error::Overloaded(_)
+            | Error::OutOfMemory(_) => Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) | Error::RequestTimeout(_) => Code::DeadlineExceeded,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Forbidden(_) => Code::PermissionDenied,
             Error::Unavailable(_) | Error::Load(_) => Code::Unavailable,
@@ -63,6 +64,8 @@ mod tests {
                 capacity: 1,
             },
             Error::DeadlineExceeded("x".into()),
+            Error::RequestTimeout("x".into()),
+            Error::Overloaded("x".into()),
             Error::Unauthenticated("x".into()),
             Error::Forbidden("x".into()),
             Error::Unavailable("x".into()),

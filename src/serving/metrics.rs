@@ -81,6 +81,7 @@ impl VersionMetrics {
         let reason = match e {
             Error::QueueFull { .. } => Some("queue_full"),
             Error::DeadlineExceeded(_) => Some("deadline"),
+            Error::Overloaded(_) => Some("inflight_bytes"),
             _ => None,
         };
         if let Some(r) = reason {

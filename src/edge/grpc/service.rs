@@ -27,6 +27,7 @@ use super::proto::grpc_inference_service_server::{
 use crate::core::error::{Error, Result};
 use crate::core::tasks::Scope;
 use crate::core::tensor::DataType;
+use crate::edge::limits::{Bounds, GrpcMetered};
 use crate::edge::pipeline::{Call, Headers, Pipeline};
 use crate::edge::AdminAuth;
 use crate::serving::{parse_version, Models};
@@ -455,7 +456,7 @@ fn fix_status(headers: &mut http::HeaderMap) {
 
 async fn call(
     mut server: GrpcInferenceServiceServer<InferenceService>,
-    req: Request<Incoming>,
+    req: Request<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
     let resp = server
         .call(req)
@@ -479,29 +480,43 @@ pub async fn serve_grpc(
     models: Arc<Models>,
     control: crate::control::Control,
     admin: AdminAuth,
-    max_message_bytes: usize,
+    bounds: Bounds,
     scope: Scope,
 ) {
+    let max_message = bounds.limits.max_body_bytes;
     let server = GrpcInferenceServiceServer::new(InferenceService::new(
         models,
         control,
         admin,
         scope.clone(),
     ))
-    .max_decoding_message_size(max_message_bytes)
+    .max_decoding_message_size(max_message)
     .max_encoding_message_size(usize::MAX)
     .accept_compressed(CompressionEncoding::Gzip)
     .accept_compressed(CompressionEncoding::Deflate);
+    let (budget, timeout) = (bounds.budget.clone(), bounds.limits.body_timeout);
     crate::edge::server::serve(
         listener,
         move |peer| {
-            let server = server.clone();
-            hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let (server, budget) = (server.clone(), budget.clone());
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                // Length prefixes are checked against the budget as they
+                // pass, before tonic reserves what they declare.
+                let mut req = req.map(|body| {
+                    tonic::body::Body::new(GrpcMetered::new(
+                        body,
+                        budget.clone(),
+                        max_message,
+                        timeout,
+                    ))
+                });
                 req.extensions_mut().insert(Peer(peer));
                 let server = server.clone();
                 async move { Ok::<_, Infallible>(call(server, req).await) }
             })
         },
+        &bounds.limits,
+        bounds.connections.clone(),
         scope,
     )
     .await;
