@@ -99,8 +99,9 @@ pub struct ServeArgs {
         env = "SWITCHYARD_GRPC"
     )]
     pub grpc: SocketAddr,
-    /// Bearer token the admin calls (repository load/unload) need. Without one,
-    /// admin calls are accepted from loopback peers only.
+    /// Bearer token the admin calls (repository load/unload, traffic, rollouts)
+    /// need, on every listener. Without one, admin calls are served on the
+    /// admin listener (--admin) only.
     #[arg(
         long,
         value_name = "TOKEN",
@@ -108,6 +109,22 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// The admin listener: HTTP, every route, admin calls without a token when
+    /// --admin-token is not set. `off`: none.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:8003", value_parser = parse_listen, env = "SWITCHYARD_ADMIN")]
+    pub admin: Listen,
+    /// With --api-token, also require it of metadata, statistics, drift and the
+    /// repository index (health and /metrics stay open).
+    #[arg(long, env = "SWITCHYARD_PROTECT_READS")]
+    pub protect_reads: bool,
+    /// Bearer token GET /metrics needs (on the HTTP port and the metrics port).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SWITCHYARD_METRICS_TOKEN",
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
     /// The model `POST /invocations` (MLflow scoring) serves; default: the only one.
     #[arg(long, value_name = "NAME", env = "SWITCHYARD_DEFAULT_MODEL")]
     pub default_model: Option<String>,
@@ -160,6 +177,19 @@ pub struct ServeArgs {
     /// this, e.g. 2GiB, 512MB; a refused version is reported with the reason.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "SWITCHYARD_MEMORY_LIMIT")]
     pub memory_limit: Option<u64>,
+}
+
+/// A listen address, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|e| format!("'{s}' is not HOST:PORT or off: {e}"))
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -8,6 +8,7 @@ use clap::Parser;
 use cli::{Cli, Command, ServeArgs};
 use switchyard::control::{repository, shutdown, Control};
 use switchyard::core::tasks::Supervisor;
+use switchyard::edge::auth::Port;
 use switchyard::edge::limits::Bounds;
 use switchyard::edge::{serve_grpc, serve_http, serve_metrics, AdminAuth, HttpConfig};
 use switchyard::runtime;
@@ -55,6 +56,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(addr) => Some(bind(addr, "metrics").await?),
             None => None,
         };
+        let admin_listener = match args.admin.0 {
+            Some(addr) => {
+                if !addr.ip().is_loopback() && args.admin_token.is_none() {
+                    tracing::warn!(%addr, "the admin listener is not on loopback and no --admin-token is set: anyone who reaches it can change what serves");
+                }
+                Some(bind(addr, "admin").await?)
+            }
+            None => None,
+        };
         let (models, publisher) = Models::new(tree.serving.clone());
         let (control, loaded) = Control::start(
             source,
@@ -71,14 +81,34 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let bounds = Bounds::new(args.limits());
         let config = HttpConfig {
             default_model: args.default_model,
+            port: Port::Public,
         };
-        let admin = AdminAuth::new(args.admin_token).with_api_token(args.api_token);
+        let admin = AdminAuth::new(args.admin_token)
+            .with_api_token(args.api_token)
+            .protect_reads(args.protect_reads)
+            .with_metrics_token(args.metrics_token);
         let edge = &tree.edge;
         if let Some(l) = metrics_listener {
             edge.spawn(serve_metrics(
                 l,
                 models.clone(),
                 control.clone(),
+                admin.clone(),
+                bounds.clone(),
+                edge.clone(),
+            ));
+        }
+        if let Some(l) = admin_listener {
+            let config = HttpConfig {
+                port: Port::Admin,
+                ..config.clone()
+            };
+            edge.spawn(serve_http(
+                l,
+                models.clone(),
+                control.clone(),
+                config,
+                admin.clone(),
                 bounds.clone(),
                 edge.clone(),
             ));

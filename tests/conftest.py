@@ -16,28 +16,32 @@ BIN = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchya
 
 
 class Switchyard:
-    """One `switchyard serve` on ephemeral ports: `http` and `grpc` are HOST:PORT;
-    `models=None` serves no repository folder (an MLflow registry instead)."""
+    """One `switchyard serve` on ephemeral ports: `http`, `grpc` and `admin` (the
+    admin listener) are HOST:PORT; `models=None` serves no repository folder (an
+    MLflow registry instead)."""
 
     def __init__(self, *extra, models=ROOT / "models", ready_timeout=60):
         repo = ["--models", str(models)] if models is not None else []
+        # Tests run side by side: an ephemeral admin port, not 8003.
+        admin = [] if "--admin" in extra else ["--admin", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
-            [BIN, "serve", *repo, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *extra],
+            [BIN, "serve", *repo, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *admin, *extra],
             stderr=subprocess.PIPE,
             text=True,
         )
         found, lines = {}, []
+        want = 3 if admin else 2
         deadline = time.time() + ready_timeout
-        while len(found) < 2 and time.time() < deadline:
+        while len(found) < want and time.time() < deadline:
             line = self.proc.stderr.readline()
             if not line:
                 break
             lines.append(line)
-            m = re.search(r"(HTTP|gRPC) listening addr=(\S+)", line)
+            m = re.search(r"(HTTP|gRPC|admin) listening addr=(\S+)", line)
             if m:
                 found[m.group(1)] = m.group(2)
-        assert len(found) == 2, "switchyard did not start:\n" + "".join(lines)
-        self.http, self.grpc = found["HTTP"], found["gRPC"]
+        assert len(found) >= 2, "switchyard did not start:\n" + "".join(lines)
+        self.http, self.grpc, self.admin = found["HTTP"], found["gRPC"], found.get("admin")
         # Keep draining the log so the server never blocks on a full pipe.
         self.lines = lines
         threading.Thread(target=lambda: [lines.append(x) for x in self.proc.stderr], daemon=True).start()

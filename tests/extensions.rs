@@ -126,8 +126,9 @@ fn admin_calls_need_the_token_when_one_is_set() {
     let s = Server::start_with(&sample_models(), &[], |c| {
         c.env("SWITCHYARD_ADMIN_TOKEN", "s3cret");
     });
+    // On the public port, where a token makes admin calls possible.
     let unload = |auth: Option<&str>| {
-        let mut r = client().post(s.url("/v2/repository/models/iris/unload"));
+        let mut r = client().post(s.public_url("/v2/repository/models/iris/unload"));
         if let Some(a) = auth {
             r = r.header("Authorization", a);
         }
@@ -140,4 +141,79 @@ fn admin_calls_need_the_token_when_one_is_set() {
     assert_eq!(s.get("/v2/models/iris/ready").0, 503);
     // Reading the index needs no token.
     assert_eq!(s.get("/v2/repository/index").0, 200);
+}
+
+/// With no admin token, admin calls are refused on the public ports (a proxy or
+/// a port-forward makes every caller local) and served on the admin listener.
+#[test]
+fn without_a_token_admin_calls_are_served_on_the_admin_listener_only() {
+    let s = Server::start(&sample_models(), &[]);
+    for (method, path) in [
+        (reqwest::Method::POST, "/v2/repository/models/iris/unload"),
+        (reqwest::Method::PUT, "/admin/models/iris/traffic"),
+        (reqwest::Method::GET, "/admin/models/iris/rollout"),
+    ] {
+        let r = client()
+            .request(method.clone(), s.public_url(path))
+            .body("{}")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        let text = r.text().unwrap();
+        assert!(text.contains("admin listener (--admin"), "{text}");
+    }
+    assert_eq!(s.get("/v2/models/iris/ready").0, 200);
+    let admin = s.admin.as_ref().expect("an admin listener");
+    assert!(admin.contains("127.0.0.1"));
+    assert_eq!(
+        s.post("/v2/repository/models/iris/unload", &json!({})).0,
+        200
+    );
+    assert_eq!(s.get("/v2/models/iris/ready").0, 503);
+    // The admin listener serves the reads too.
+    let r = client()
+        .get(format!("{admin}/v2/models/iris"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// --protect-reads puts metadata, statistics, drift and the index behind the
+/// API token; probes stay open; --metrics-token guards /metrics alone.
+#[test]
+fn protect_reads_and_the_metrics_token() {
+    let s = Server::start(
+        &sample_models(),
+        &[
+            "--api-token",
+            "k",
+            "--protect-reads",
+            "--metrics-token",
+            "m",
+        ],
+    );
+    let get = |path: &str, token: Option<&str>| {
+        let mut r = client().get(s.public_url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    for path in [
+        "/v2",
+        "/v2/models/iris",
+        "/v2/models/iris/config",
+        "/v2/models/stats",
+        "/v2/repository/index",
+        "/v1/models",
+    ] {
+        assert_eq!(get(path, None), 401, "{path}");
+        assert_eq!(get(path, Some("k")), 200, "{path}");
+    }
+    for path in ["/v2/health/live", "/v2/health/ready", "/ping"] {
+        assert_eq!(get(path, None), 200, "{path}");
+    }
+    assert_eq!(get("/metrics", None), 401);
+    assert_eq!(get("/metrics", Some("k")), 401);
+    assert_eq!(get("/metrics", Some("m")), 200);
 }

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
 
-use super::auth::AdminAuth;
+use super::auth::{AdminAuth, Port};
 use super::limits::{Bounds, Hold, Metered, CONTROL_BODY_BYTES};
 use super::pipeline::Call;
 use super::status::ErrorStatus;
@@ -25,10 +25,21 @@ use crate::serving::{parse_version, Models};
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 
 /// What the HTTP front end needs to know.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct HttpConfig {
     /// The model `POST /invocations` scores (MLflow's single-model endpoint).
     pub default_model: Option<String>,
+    /// Which listener this is: admin calls need a token on the public one.
+    pub port: Port,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            default_model: None,
+            port: Port::Public,
+        }
+    }
 }
 
 struct State {
@@ -85,18 +96,24 @@ pub async fn serve_metrics(
     listener: TcpListener,
     models: Arc<Models>,
     control: Control,
+    auth: AdminAuth,
     bounds: Bounds,
     scope: Scope,
 ) {
     super::server::serve(
         listener,
         move |_| {
-            let (models, control) = (models.clone(), control.clone());
+            let (models, control, auth) = (models.clone(), control.clone(), auth.clone());
             service_fn(move |req: Request<Incoming>| {
-                let (models, control) = (models.clone(), control.clone());
+                let (models, control, auth) = (models.clone(), control.clone(), auth.clone());
                 async move {
                     let answer = match (req.method(), req.uri().path()) {
-                        (&http::Method::GET, "/metrics") => metrics_text(models, &control).await,
+                        (&http::Method::GET, "/metrics") => {
+                            match auth.check_metrics(authorization(&req)) {
+                                Ok(()) => metrics_text(models, &control).await,
+                                Err(e) => Err(e),
+                            }
+                        }
                         (m, "/metrics") => Err(Error::MethodNotAllowed {
                             method: m.to_string(),
                             path: "/metrics".into(),
@@ -312,11 +329,11 @@ fn authorization(req: &Request<Incoming>) -> Option<&str> {
 /// Checks an admin call; says who made it, for the log.
 fn admin_caller(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Result<String> {
     let auth = authorization(req);
-    state.pipeline.auth.check(auth, Some(peer))?;
+    state.pipeline.auth.check(auth, state.config.port)?;
     let how = if auth.is_some() {
         "bearer token"
     } else {
-        "loopback"
+        "admin listener"
     };
     Ok(format!("{peer} ({how})"))
 }
@@ -372,18 +389,31 @@ async fn route(
             allow,
         });
     }
+    let auth = &state.pipeline.auth;
     match route {
         Route::Infer(..)
         | Route::V1Predict(_)
         | Route::Invocations(_)
         | Route::OpenAiEmbeddings
         | Route::TeiEmbed => inference(state, route, req, hold).await,
-        Route::RepositoryIndex
-        | Route::RepositoryLoad(_)
+        // Probes are always open: a kubelet carries no token.
+        Route::Live | Route::Ready | Route::Ping => information(state, route).await,
+        Route::Metrics => {
+            auth.check_metrics(authorization(&req))?;
+            information(state, route).await
+        }
+        Route::RepositoryIndex => {
+            auth.check_read(authorization(&req))?;
+            control(state, route, req, peer, hold).await
+        }
+        Route::RepositoryLoad(_)
         | Route::RepositoryUnload(_)
         | Route::Traffic(_)
         | Route::Rollout(_) => control(state, route, req, peer, hold).await,
-        _ => information(state, route).await,
+        _ => {
+            auth.check_read(authorization(&req))?;
+            information(state, route).await
+        }
     }
 }
 

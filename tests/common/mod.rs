@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct Server {
     child: Child,
     pub base: String,
+    /// `http://ADDR` of the admin listener, unless the test turned it off.
+    pub admin: Option<String>,
     /// `http://ADDR` of the gRPC listener.
     pub grpc: String,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -38,6 +40,12 @@ impl Server {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // Tests run side by side: an ephemeral admin port, not 8003.
+        let admin_flag = extra.iter().position(|a| *a == "--admin");
+        if admin_flag.is_none() {
+            cmd.args(["--admin", "127.0.0.1:0"]);
+        }
+        let admin_expected = admin_flag.is_none_or(|i| extra.get(i + 1) != Some(&"off"));
         env(&mut cmd);
         let mut child = cmd.spawn().expect("spawn switchyard");
         let stderr = child.stderr.take().unwrap();
@@ -47,7 +55,7 @@ impl Server {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    for proto in ["HTTP", "gRPC"] {
+                    for proto in ["HTTP", "gRPC", "admin"] {
                         let key = format!("{proto} listening addr=");
                         if let Some(i) = line.find(&key) {
                             let addr = line[i + key.len()..].split_whitespace().next().unwrap();
@@ -58,20 +66,21 @@ impl Server {
                 }
             });
         }
-        let (mut http, mut grpc) = (None, None);
-        while http.is_none() || grpc.is_none() {
+        let (mut http, mut grpc, mut admin) = (None, None, None);
+        while http.is_none() || grpc.is_none() || (admin_expected && admin.is_none()) {
             let (proto, addr) = rx
                 .recv_timeout(Duration::from_secs(30))
                 .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
-            if proto == "HTTP" {
-                http = Some(addr);
-            } else {
-                grpc = Some(addr);
+            match proto {
+                "HTTP" => http = Some(addr),
+                "gRPC" => grpc = Some(addr),
+                _ => admin = Some(format!("http://{addr}")),
             }
         }
         let server = Server {
             child,
             base: format!("http://{}", http.unwrap()),
+            admin,
             grpc: format!("http://{}", grpc.unwrap()),
             log,
         };
@@ -87,7 +96,18 @@ impl Server {
         panic!("server not ready: {:?}", server.log.lock().unwrap());
     }
 
+    /// The URL of `path`: admin calls go to the admin listener, as an
+    /// operator's would, the rest to the HTTP port.
     pub fn url(&self, path: &str) -> String {
+        let admin = path.starts_with("/admin/") || path.starts_with("/v2/repository/models/");
+        match &self.admin {
+            Some(base) if admin => format!("{base}{path}"),
+            _ => self.public_url(path),
+        }
+    }
+
+    /// The URL of `path` on the HTTP port, whatever it is.
+    pub fn public_url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 

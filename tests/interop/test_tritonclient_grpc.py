@@ -172,18 +172,31 @@ def test_repository_index_and_statistics(server):
     assert sizes.get(1, 0) >= 1, stats[0]["batch_stats"]
 
 
-def test_load_and_unload_from_loopback(server):
+def test_load_and_unload_need_the_admin_token_on_grpc(server, switchyard):
+    # With no --admin-token, the public port refuses admin calls: a proxy or a
+    # port-forward makes every caller local.
     client, _ = server
-    client.unload_model("mlp")
-    assert not client.is_model_ready("mlp")
     with pytest.raises(InferenceServerException) as e:
-        client.infer("mlp", [grpcclient.InferInput("input", [1, 16], "FP32").set_data_from_numpy(np.zeros((1, 16), np.float32))])
-    assert "UNAVAILABLE" in str(e.value.status())
-    client.load_model("mlp")
+        client.unload_model("mlp")
+    assert "PERMISSION_DENIED" in str(e.value.status())
+    assert "--admin" in e.value.message()
     assert client.is_model_ready("mlp")
-    with pytest.raises(InferenceServerException) as e:
-        client.load_model("../iris")
-    assert "INVALID_ARGUMENT" in str(e.value.status())
+
+    _, client, _ = start(switchyard, "--admin-token", "t0ken")
+    auth = {"authorization": "Bearer t0ken"}
+    try:
+        client.unload_model("mlp", headers=auth)
+        assert not client.is_model_ready("mlp")
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("mlp", [grpcclient.InferInput("input", [1, 16], "FP32").set_data_from_numpy(np.zeros((1, 16), np.float32))])
+        assert "UNAVAILABLE" in str(e.value.status())
+        client.load_model("mlp", headers=auth)
+        assert client.is_model_ready("mlp")
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("../iris", headers=auth)
+        assert "INVALID_ARGUMENT" in str(e.value.status())
+    finally:
+        client.close()
 
 
 def test_admin_token_is_required_when_set(switchyard):

@@ -198,7 +198,7 @@ def test_aliases_weight_a_canary(mlflow_server, switchyard, tmp_path):
     s = switchyard("--mlflow-uri", mlflow_server.uri, "--mlflow-model", "canary-mlp",
                    "--poll-interval", POLL, "--cache-dir", str(tmp_path / "cache"), models=None)
     # Both aliased versions serve; the policy weights them by alias.
-    url = f"http://{s.http}/admin/models/canary-mlp/traffic"
+    url = f"http://{s.admin}/admin/models/canary-mlp/traffic"
     r = requests.put(url, json={"weights": {"champion": 80, "challenger": 20}}, timeout=10)
     assert r.status_code == 200, r.text
     assert requests.get(url, timeout=5).json()["aliases"] == {"champion": v1, "challenger": v2}

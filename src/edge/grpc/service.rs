@@ -27,9 +27,9 @@ use super::proto::grpc_inference_service_server::{
 use crate::core::error::{Error, Result};
 use crate::core::tasks::Scope;
 use crate::core::tensor::DataType;
+use crate::edge::auth::{AdminAuth, Port};
 use crate::edge::limits::{Bounds, GrpcMetered};
 use crate::edge::pipeline::{Call, Headers, Pipeline};
-use crate::edge::AdminAuth;
 use crate::serving::{parse_version, Models};
 
 /// The address of the client, put into each request by the connection wrapper.
@@ -102,13 +102,30 @@ impl InferenceService {
         self.admin.check_api(auth)
     }
 
-    fn check_admin<T>(&self, req: &tonic::Request<T>) -> Result<()> {
+    /// Reads of metadata, statistics and the index: open unless `--protect-reads`.
+    fn check_read<T>(&self, req: &tonic::Request<T>) -> Result<()> {
         let auth = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
+        self.admin.check_read(auth)
+    }
+
+    /// Admin calls on the gRPC port: with the admin token only (there is no
+    /// gRPC admin listener); says who made the call, in the log.
+    fn check_admin<T>(&self, req: &tonic::Request<T>, what: &str) -> Result<()> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.admin.check(auth, Port::Public)?;
         let peer = req.extensions().get::<Peer>().map(|p| p.0);
-        self.admin.check(auth, peer)
+        tracing::info!(
+            ?peer,
+            caller = "bearer token",
+            "admin call over gRPC: {what}"
+        );
+        Ok(())
     }
 }
 
@@ -186,8 +203,9 @@ impl GrpcInferenceService for InferenceService {
 
     async fn server_metadata(
         &self,
-        _: tonic::Request<pb::ServerMetadataRequest>,
+        req: tonic::Request<pb::ServerMetadataRequest>,
     ) -> Reply<pb::ServerMetadataResponse> {
+        self.check_read(&req)?;
         Ok(Response::new(pb::ServerMetadataResponse {
             name: "switchyard".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -202,6 +220,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: tonic::Request<pb::ModelMetadataRequest>,
     ) -> Reply<pb::ModelMetadataResponse> {
+        self.check_read(&req)?;
         let r = req.into_inner();
         let version = parse_version(&r.name, &r.version)?;
         let model = self.models.model(&r.name)?;
@@ -285,6 +304,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: tonic::Request<pb::ModelConfigRequest>,
     ) -> Reply<pb::ModelConfigResponse> {
+        self.check_read(&req)?;
         let r = req.into_inner();
         let version = parse_version(&r.name, &r.version)?;
         let c = self.models.serving_config(&r.name, version)?;
@@ -349,6 +369,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: tonic::Request<pb::ModelStatisticsRequest>,
     ) -> Reply<pb::ModelStatisticsResponse> {
+        self.check_read(&req)?;
         let r = req.into_inner();
         let version = parse_version(&r.name, &r.version)?;
         use std::sync::atomic::Ordering::Relaxed;
@@ -400,6 +421,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: tonic::Request<pb::RepositoryIndexRequest>,
     ) -> Reply<pb::RepositoryIndexResponse> {
+        self.check_read(&req)?;
         let r = req.into_inner();
         let models = self
             .models
@@ -419,7 +441,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: tonic::Request<pb::RepositoryModelLoadRequest>,
     ) -> Reply<pb::RepositoryModelLoadResponse> {
-        self.check_admin(&req)?;
+        self.check_admin(&req, "load")?;
         self.control.load(&req.into_inner().model_name).await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
@@ -428,7 +450,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: tonic::Request<pb::RepositoryModelUnloadRequest>,
     ) -> Reply<pb::RepositoryModelUnloadResponse> {
-        self.check_admin(&req)?;
+        self.check_admin(&req, "unload")?;
         self.control.unload(&req.into_inner().model_name).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
