@@ -125,6 +125,16 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub metrics_token: Option<String>,
+    /// On SIGTERM or SIGINT, readiness turns 503 at once and requests are still
+    /// served for this long (time for endpoints to drop the pod) before the
+    /// listeners close.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration, env = "SWITCHYARD_SHUTDOWN_DELAY")]
+    pub shutdown_delay: std::time::Duration,
+    /// The whole stop's budget from the signal, the delay included: requests in
+    /// flight and queued finish within it, then the process exits (1 if some
+    /// did not, with what was still running logged). A second signal exits at once.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, env = "SWITCHYARD_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: std::time::Duration,
     /// The model `POST /invocations` (MLflow scoring) serves; default: the only one.
     #[arg(long, value_name = "NAME", env = "SWITCHYARD_DEFAULT_MODEL")]
     pub default_model: Option<String>,

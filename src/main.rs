@@ -38,6 +38,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (source, state_dir) = args.source()?;
     // Fail at start, with the fix, rather than on the first model.
     runtime::onnx::init()?;
+    anyhow::ensure!(
+        args.shutdown_delay < args.shutdown_timeout,
+        "--shutdown-delay ({:?}) must be shorter than --shutdown-timeout ({:?}), the whole stop's budget",
+        args.shutdown_delay,
+        args.shutdown_timeout
+    );
     let tree = Supervisor::default();
     // Before any model loads: their metric handles register with the recorder.
     if !args.no_metrics {
@@ -78,7 +84,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             tree.control.clone(),
         )?;
-        let bounds = Bounds::new(args.limits());
+        let bounds = Bounds::new(args.limits(), tree.stopping.clone());
         let config = HttpConfig {
             default_model: args.default_model,
             port: Port::Public,
@@ -138,10 +144,46 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if !early {
             signal.await;
         }
-        let left = shutdown(&tree, &control).await;
-        tracing::info!(left, "stopped");
-        Ok(())
+        stop(&tree, &control, args.shutdown_delay, args.shutdown_timeout, early).await
     })
+}
+
+/// The stop in stages: readiness turns 503 at once while requests are still
+/// served for `delay` (time for load balancers to drop this server; none
+/// during the first load, when nothing sends traffic yet), then the task tree
+/// stops within what is left of `budget`. A second signal exits at once.
+async fn stop(
+    tree: &Supervisor,
+    control: &Control,
+    delay: std::time::Duration,
+    budget: std::time::Duration,
+    early: bool,
+) -> anyhow::Result<()> {
+    tree.stopping.begin(budget);
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("a second signal: exiting now, without waiting");
+        std::process::exit(1);
+    });
+    if !early && !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "shutting down: readiness is 503, still serving for the shutdown delay"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    tracing::info!("shutting down: listeners closed, finishing open requests");
+    let left = shutdown(tree, control).await;
+    if left > 0 {
+        tracing::error!(
+            left,
+            ?budget,
+            "stopped with threads or tasks still running when --shutdown-timeout ran out"
+        );
+        std::process::exit(1);
+    }
+    tracing::info!(left, "stopped");
+    Ok(())
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
@@ -169,5 +211,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down: finishing open requests");
 }

@@ -202,25 +202,29 @@ impl Control {
     }
 }
 
-/// How long each layer may take to stop before the shutdown goes on without it.
-const STOP_EDGE: Duration = Duration::from_secs(12);
+/// The budget of a stop that began without one (a test's).
+const STOP_BUDGET: Duration = Duration::from_secs(30);
+/// The control layer's share: its threads only finish the job they run.
 const STOP_CONTROL: Duration = Duration::from_secs(5);
-const STOP_SERVING: Duration = Duration::from_secs(30);
 
-/// Stops the server's task tree top-down: the edge (listeners close, open
-/// connections finish their requests), then the control plane (no load,
-/// scan or rollout step starts after it), then the serving layer (the table
-/// empties; each version finishes what it holds and its workers exit, taking
-/// their runtime sessions with them). Returns the threads and tasks left
-/// running past their deadline.
+/// Stops the server's task tree top-down, each stage within what is left of
+/// the one budget [`Supervisor::stopping`] holds (begun here if it was not):
+/// the edge (listeners close, open connections finish their requests, h2
+/// connections get GOAWAY), then the control plane (no load, scan or rollout
+/// step starts after it), then the serving layer (the table empties; each
+/// version finishes what it holds and its workers exit, taking their runtime
+/// sessions with them). Returns the threads and tasks left running past the
+/// deadline.
 pub async fn shutdown(tree: &Supervisor, control: &Control) -> usize {
-    let mut left = tree.edge.stop(STOP_EDGE).await;
+    tree.stopping.begin(STOP_BUDGET);
+    let left_of_budget = || tree.stopping.left().unwrap_or_default();
+    let mut left = tree.edge.stop(left_of_budget()).await;
     let publisher = control.stop().await;
-    left += tree.control.stop(STOP_CONTROL).await;
+    left += tree.control.stop(STOP_CONTROL.min(left_of_budget())).await;
     if let Some(mut p) = publisher {
         p.clear();
     }
-    left + tree.serving.stop(STOP_SERVING).await
+    left + tree.serving.stop(left_of_budget()).await
 }
 
 /// A few threads that stay, each running the jobs it is given in turn: a

@@ -5,7 +5,8 @@
 //! they hold; each owns its runtime sessions, which go with it).
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -89,6 +90,32 @@ impl Scope {
     }
 }
 
+/// Whether the server has been asked to stop, and the one deadline by which
+/// all of it must have: readiness turns 503 from the moment it is set, and
+/// every stage of the stop takes what is left of the same budget.
+#[derive(Debug, Default)]
+pub struct Stopping {
+    deadline: OnceLock<Instant>,
+}
+
+impl Stopping {
+    /// Starts the stop with `budget`, once; returns the deadline.
+    pub fn begin(&self, budget: Duration) -> Instant {
+        *self.deadline.get_or_init(|| Instant::now() + budget)
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.deadline.get().is_some()
+    }
+
+    /// What is left of the budget (none before the stop began).
+    pub fn left(&self) -> Option<Duration> {
+        self.deadline
+            .get()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+}
+
 /// The server's scopes, one per layer that starts threads or tasks. The
 /// runtime layer starts none of its own: each worker thread owns its
 /// sessions, so they end with the serving scope.
@@ -97,6 +124,7 @@ pub struct Supervisor {
     pub edge: Scope,
     pub control: Scope,
     pub serving: Scope,
+    pub stopping: Arc<Stopping>,
 }
 
 impl Default for Supervisor {
@@ -105,6 +133,7 @@ impl Default for Supervisor {
             edge: Scope::new("edge"),
             control: Scope::new("control"),
             serving: Scope::new("serving"),
+            stopping: Arc::default(),
         }
     }
 }

@@ -66,13 +66,12 @@ pub async fn serve_http(
     bounds: Bounds,
     scope: Scope,
 ) {
-    let (limits, connections) = (bounds.limits.clone(), bounds.connections.clone());
     let state = Arc::new(State {
         pipeline: super::pipeline::Pipeline::new(models.clone(), admin),
         models,
         config,
         control,
-        bounds,
+        bounds: bounds.clone(),
     });
     super::server::serve(
         listener,
@@ -83,8 +82,7 @@ pub async fn serve_http(
                 async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
             })
         },
-        &limits,
-        connections,
+        &bounds,
         scope,
     )
     .await;
@@ -128,8 +126,7 @@ pub async fn serve_metrics(
                 }
             })
         },
-        &bounds.limits,
-        bounds.connections.clone(),
+        &bounds,
         scope,
     )
     .await;
@@ -161,7 +158,8 @@ async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp
     // What the request's body takes of the in-flight budget, given back once
     // it is answered.
     let hold = Hold::new(&state.bounds.budget);
-    match route(state, req, peer, &hold).await {
+    let http1 = req.version() == http::Version::HTTP_11;
+    let mut resp = match route(state, req, peer, &hold).await {
         Ok(resp) => resp,
         Err(e) => {
             let status = e.http_status();
@@ -172,13 +170,27 @@ async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp
             }
             error_response(&e)
         }
+    };
+    // Once a stop began, a keep-alive client is told to reconnect for its next
+    // request, which a load balancer sends elsewhere, rather than reuse a
+    // connection that the stop will close under it.
+    if http1 && state.bounds.stopping.is_stopping() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
 }
 
 /// A readiness probe's 503 while models load: an answer, not a failure to log
 /// (probes ask every second or so, and a slow start would fill the log).
 fn not_ready() -> Response<Body> {
     error_response(&Error::Unavailable("models are still loading".into()))
+}
+
+/// Readiness once a stop began: load balancers take the pod out while it
+/// still serves what they send.
+fn stopping() -> Response<Body> {
+    error_response(&Error::Unavailable("the server is shutting down".into()))
 }
 
 pub(super) fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
@@ -589,7 +601,9 @@ async fn information(state: &State, route: Route<'_>) -> Result<Response<Body>> 
         // Inference Protocol specifies and KServe's clients read.
         Route::Live => Ok(small_json(serde_json::json!({ "live": true }))),
         Route::Ready => {
-            if models.is_loaded() {
+            if state.bounds.stopping.is_stopping() {
+                Ok(stopping())
+            } else if models.is_loaded() {
                 Ok(small_json(serde_json::json!({ "ready": true })))
             } else {
                 Ok(not_ready())
@@ -642,7 +656,9 @@ async fn information(state: &State, route: Route<'_>) -> Result<Response<Body>> 
             ))
         }
         Route::Ping => {
-            if models.is_loaded() {
+            if state.bounds.stopping.is_stopping() {
+                Ok(stopping())
+            } else if models.is_loaded() {
                 // What `mlflow models serve` answers.
                 let mut r = Response::new(Full::new(Bytes::from_static(b"\n")));
                 r.headers_mut().insert(

@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::core::error::Error;
+use crate::core::tasks::Stopping;
 
 /// Largest body of a route that is not inference (repository index, admin,
 /// traffic, rollout): their JSON is a few hundred bytes, and parsed into a
@@ -53,20 +54,23 @@ impl Default for Limits {
     }
 }
 
-/// The bounds every listener shares: the limits, the in-flight budget and the
-/// count of open connections.
+/// The bounds every listener shares: the limits, the in-flight budget, the
+/// count of open connections, and the stop (readiness turns 503 once it
+/// begins; the drain takes what is left of its budget).
 #[derive(Clone, Debug)]
 pub struct Bounds {
     pub limits: Limits,
     pub budget: Arc<Budget>,
     pub connections: Arc<Connections>,
+    pub stopping: Arc<Stopping>,
 }
 
 impl Bounds {
-    pub fn new(limits: Limits) -> Bounds {
+    pub fn new(limits: Limits, stopping: Arc<Stopping>) -> Bounds {
         Bounds {
             budget: Budget::new(limits.max_inflight_bytes),
             connections: Connections::new(limits.max_connections),
+            stopping,
             limits,
         }
     }

@@ -108,6 +108,22 @@ fn describe() {
     );
     describe_gauge!("switchyard_queue_depth", "Requests waiting for a worker.");
     describe_gauge!(
+        "switchyard_open_connections",
+        "Client connections open across the listeners."
+    );
+    describe_counter!(
+        "switchyard_connections_refused_total",
+        "Connections closed on accept: --max-connections reached."
+    );
+    describe_counter!(
+        "switchyard_connections_timed_out_total",
+        "Connections closed by the header or idle deadline, by reason."
+    );
+    describe_counter!(
+        "switchyard_inflight_bytes_refused_total",
+        "Requests refused because their bytes did not fit --max-inflight-bytes."
+    );
+    describe_gauge!(
         "switchyard_version_state",
         "1 for the state each known version is in."
     );

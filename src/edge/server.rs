@@ -20,22 +20,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
-use super::limits::{Connections, Limits};
+use super::limits::{Bounds, Limits};
 use crate::core::tasks::Scope;
 
-/// How long open connections may take to finish once a stop is asked for.
+/// How long open connections may take to finish when a stop comes with no
+/// budget of its own.
 const DRAIN: Duration = Duration::from_secs(10);
+/// Taken off the stop's budget for the drain, so that connections still open
+/// are closed, and their tasks gone, before the edge's own deadline.
+const DRAIN_MARGIN: Duration = Duration::from_millis(500);
 
 /// Serves connections from `listener` until `scope` is cancelled, each on a
 /// task of that scope; `service` makes the service of one connection from its
 /// peer's address.
-pub async fn serve<S, B, F>(
-    listener: TcpListener,
-    service: F,
-    limits: &Limits,
-    connections: Arc<Connections>,
-    scope: Scope,
-) where
+pub async fn serve<S, B, F>(listener: TcpListener, service: F, bounds: &Bounds, scope: Scope)
+where
     F: Fn(SocketAddr) -> S,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -44,6 +43,7 @@ pub async fn serve<S, B, F>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let (limits, connections) = (&bounds.limits, &bounds.connections);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The header deadline is the watchdog's (below), which also covers the
     // bytes that decide HTTP/1.1 or h2 and does not cut keep-alive short.
@@ -86,14 +86,7 @@ pub async fn serve<S, B, F>(
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let state = Arc::new(ConnState::new());
-        let io = Watched::new(stream, state.clone(), limits);
-        let svc = Counted {
-            inner: service(peer),
-            state,
-        };
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        let conn = connection(&builder, stream, service(peer), limits);
         let conn = graceful.watch(conn.into_owned());
         let task = scope.spawn(async move {
             if let Err(e) = conn.await {
@@ -106,14 +99,63 @@ pub async fn serve<S, B, F>(
         }
         open.push(task.abort_handle());
     }
+    // Connections the kernel completed before the close wait in its backlog
+    // with their request sent: closing the listener would reset them. They are
+    // served instead, outside the graceful watch (which closes a connection
+    // that has not read its request yet); their answer says `connection:
+    // close`, and the drain's deadline bounds them.
+    while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
+    {
+        let opened = connections.open();
+        let conn = connection(&builder, stream, service(peer), limits).into_owned();
+        let task = scope.spawn(async move {
+            let _ = conn.await;
+            drop(opened);
+        });
+        open.push(task.abort_handle());
+    }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
+    // h2 connections get GOAWAY, HTTP/1.1 ones close after the answer they owe.
+    let drain = bounds
+        .stopping
+        .left()
+        .map_or(DRAIN, |left| left.saturating_sub(DRAIN_MARGIN));
+    if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after {DRAIN:?}; closing them");
+        let still = open.iter().filter(|h| !h.is_finished()).count();
+        tracing::warn!(
+            connections = still,
+            "connections still open when the stop's budget ran out; closing them"
+        );
         open.iter().for_each(tokio::task::AbortHandle::abort);
     }
+}
+
+/// One accepted connection, watched, its requests counted.
+fn connection<'a, S, B>(
+    builder: &'a auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    service: S,
+    limits: &Limits,
+) -> auto::Connection<'a, TokioIo<Watched>, Counted<S>, TokioExecutor>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = stream.set_nodelay(true);
+    let state = Arc::new(ConnState::new());
+    let io = Watched::new(stream, state.clone(), limits);
+    let svc = Counted {
+        inner: service,
+        state,
+    };
+    builder.serve_connection(TokioIo::new(io), svc)
 }
 
 /// What a connection's requests tell its watchdog. One per connection, so

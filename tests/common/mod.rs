@@ -145,6 +145,11 @@ impl Server {
             .status()
             .unwrap();
         assert!(sent.success());
+        self.wait()
+    }
+
+    /// Waits up to a minute for the process to end.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

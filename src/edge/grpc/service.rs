@@ -25,7 +25,7 @@ use super::proto::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
 use crate::core::error::{Error, Result};
-use crate::core::tasks::Scope;
+use crate::core::tasks::{Scope, Stopping};
 use crate::core::tensor::DataType;
 use crate::edge::auth::{AdminAuth, Port};
 use crate::edge::limits::{Bounds, GrpcMetered};
@@ -44,6 +44,8 @@ pub struct InferenceService {
     pipeline: Pipeline,
     /// The edge's scope: stream tasks start there.
     scope: Scope,
+    /// Readiness answers false once the stop begins.
+    stopping: Arc<Stopping>,
 }
 
 /// A stream's metadata as each of its messages sees it: a stream's
@@ -66,6 +68,7 @@ impl InferenceService {
         control: crate::control::Control,
         admin: AdminAuth,
         scope: Scope,
+        stopping: Arc<Stopping>,
     ) -> Self {
         InferenceService {
             scope,
@@ -73,6 +76,7 @@ impl InferenceService {
             models,
             control,
             admin,
+            stopping,
         }
     }
 
@@ -183,7 +187,7 @@ impl GrpcInferenceService for InferenceService {
         _: tonic::Request<pb::ServerReadyRequest>,
     ) -> Reply<pb::ServerReadyResponse> {
         Ok(Response::new(pb::ServerReadyResponse {
-            ready: self.models.is_loaded(),
+            ready: !self.stopping.is_stopping() && self.models.is_loaded(),
         }))
     }
 
@@ -511,6 +515,7 @@ pub async fn serve_grpc(
         control,
         admin,
         scope.clone(),
+        bounds.stopping.clone(),
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(usize::MAX)
@@ -537,8 +542,7 @@ pub async fn serve_grpc(
                 async move { Ok::<_, Infallible>(call(server, req).await) }
             })
         },
-        &bounds.limits,
-        bounds.connections.clone(),
+        &bounds,
         scope,
     )
     .await;
