@@ -109,6 +109,39 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// TLS on the HTTP and gRPC ports: the certificate chain (PEM, leaf
+    /// first). Reloaded when the file changes.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SWITCHYARD_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SWITCHYARD_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM): mutual TLS.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SWITCHYARD_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Also serve the metrics port (--metrics) over TLS.
+    #[arg(
+        long,
+        requires = "tls_cert",
+        requires = "metrics",
+        env = "SWITCHYARD_METRICS_TLS"
+    )]
+    pub metrics_tls: bool,
     /// The admin listener: HTTP, every route, admin calls without a token when
     /// --admin-token is not set. `off`: none.
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:8003", value_parser = parse_listen, env = "SWITCHYARD_ADMIN")]

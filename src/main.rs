@@ -10,6 +10,7 @@ use switchyard::control::{repository, shutdown, Control};
 use switchyard::core::tasks::Supervisor;
 use switchyard::edge::auth::Port;
 use switchyard::edge::limits::Bounds;
+use switchyard::edge::tls::{Tls, TlsFiles};
 use switchyard::edge::{serve_grpc, serve_http, serve_metrics, AdminAuth, HttpConfig};
 use switchyard::runtime;
 use switchyard::serving::Models;
@@ -85,9 +86,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tree.control.clone(),
         )?;
         let bounds = Bounds::new(args.limits(), tree.stopping.clone());
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = Tls::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: args.tls_client_ca.clone(),
+                })?;
+                tls.follow(&tree.edge);
+                tracing::info!(
+                    mutual = args.tls_client_ca.is_some(),
+                    "TLS on the HTTP and gRPC ports"
+                );
+                Some(tls.acceptor())
+            }
+            _ => None,
+        };
         let config = HttpConfig {
             default_model: args.default_model,
             port: Port::Public,
+            tls: tls.clone(),
         };
         let admin = AdminAuth::new(args.admin_token)
             .with_api_token(args.api_token)
@@ -101,12 +119,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 control.clone(),
                 admin.clone(),
                 bounds.clone(),
+                tls.clone().filter(|_| args.metrics_tls),
                 edge.clone(),
             ));
         }
         if let Some(l) = admin_listener {
+            // On loopback by default: plain HTTP, as kubectl exec or a sidecar reach it.
             let config = HttpConfig {
                 port: Port::Admin,
+                tls: None,
                 ..config.clone()
             };
             edge.spawn(serve_http(
@@ -130,7 +151,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             edge.clone(),
         ));
         let (m, c) = (models, control.clone());
-        edge.spawn(serve_grpc(grpc_listener, m, c, admin, bounds, edge.clone()));
+        edge.spawn(serve_grpc(
+            grpc_listener,
+            m,
+            c,
+            admin,
+            bounds,
+            tls,
+            edge.clone(),
+        ));
         let signal = shutdown_signal();
         tokio::pin!(signal);
         // A stop asked for during the first load stops it at once.

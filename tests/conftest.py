@@ -47,7 +47,9 @@ class Switchyard:
         threading.Thread(target=lambda: [lines.append(x) for x in self.proc.stderr], daemon=True).start()
         while True:
             try:
-                with urllib.request.urlopen(f"http://{self.http}/v2/health/ready", timeout=1) as r:
+                # The admin listener speaks plain HTTP when the ports use TLS.
+                probe = self.admin or self.http
+                with urllib.request.urlopen(f"http://{probe}/v2/health/ready", timeout=1) as r:
                     if r.status == 200:
                         break
             except OSError:

@@ -31,6 +31,8 @@ pub struct HttpConfig {
     pub default_model: Option<String>,
     /// Which listener this is: admin calls need a token on the public one.
     pub port: Port,
+    /// TLS on this listener.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Default for HttpConfig {
@@ -38,6 +40,7 @@ impl Default for HttpConfig {
         HttpConfig {
             default_model: None,
             port: Port::Public,
+            tls: None,
         }
     }
 }
@@ -66,6 +69,7 @@ pub async fn serve_http(
     bounds: Bounds,
     scope: Scope,
 ) {
+    let tls = config.tls.clone();
     let state = Arc::new(State {
         pipeline: super::pipeline::Pipeline::new(models.clone(), admin),
         models,
@@ -83,6 +87,7 @@ pub async fn serve_http(
             })
         },
         &bounds,
+        tls,
         scope,
     )
     .await;
@@ -96,6 +101,7 @@ pub async fn serve_metrics(
     control: Control,
     auth: AdminAuth,
     bounds: Bounds,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     scope: Scope,
 ) {
     super::server::serve(
@@ -127,6 +133,7 @@ pub async fn serve_metrics(
             })
         },
         &bounds,
+        tls,
         scope,
     )
     .await;

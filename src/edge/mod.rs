@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod rows;
 mod server;
 pub mod status;
+pub mod tls;
 pub mod v1;
 pub mod v2;
 

@@ -15,10 +15,11 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 
 use super::limits::{Bounds, Limits};
 use crate::core::tasks::Scope;
@@ -31,10 +32,15 @@ const DRAIN: Duration = Duration::from_secs(10);
 const DRAIN_MARGIN: Duration = Duration::from_millis(500);
 
 /// Serves connections from `listener` until `scope` is cancelled, each on a
-/// task of that scope; `service` makes the service of one connection from its
-/// peer's address.
-pub async fn serve<S, B, F>(listener: TcpListener, service: F, bounds: &Bounds, scope: Scope)
-where
+/// task of that scope, over TLS when `tls` is given; `service` makes the
+/// service of one connection from its peer's address.
+pub async fn serve<S, B, F>(
+    listener: TcpListener,
+    service: F,
+    bounds: &Bounds,
+    tls: Option<TlsAcceptor>,
+    scope: Scope,
+) where
     F: Fn(SocketAddr) -> S,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -57,6 +63,7 @@ where
         // Finds peers that vanished without a FIN while streams are open.
         .keep_alive_interval(Some(limits.idle_timeout.min(Duration::from_secs(30))))
         .keep_alive_timeout(Duration::from_secs(20));
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let shutdown = scope.token().clone().cancelled_owned();
     tokio::pin!(shutdown);
@@ -86,12 +93,10 @@ where
             drop(stream);
             continue;
         };
-        let conn = connection(&builder, stream, service(peer), limits);
-        let conn = graceful.watch(conn.into_owned());
+        let run = connection(&builder, stream, peer, service(peer), limits, tls.clone());
+        let watcher = graceful.watcher();
         let task = scope.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            run.serve(Some(watcher)).await;
             drop(opened);
         });
         if open.len() == open.capacity() {
@@ -107,9 +112,9 @@ where
     while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
     {
         let opened = connections.open();
-        let conn = connection(&builder, stream, service(peer), limits).into_owned();
+        let run = connection(&builder, stream, peer, service(peer), limits, tls.clone());
         let task = scope.spawn(async move {
-            let _ = conn.await;
+            run.serve(None).await;
             drop(opened);
         });
         open.push(task.abort_handle());
@@ -133,13 +138,40 @@ where
     }
 }
 
-/// One accepted connection, watched, its requests counted.
-fn connection<'a, S, B>(
-    builder: &'a auto::Builder<TokioExecutor>,
+/// One accepted connection, to be served on its own task.
+fn connection<S>(
+    builder: &Arc<auto::Builder<TokioExecutor>>,
     stream: TcpStream,
+    peer: SocketAddr,
     service: S,
     limits: &Limits,
-) -> auto::Connection<'a, TokioIo<Watched>, Counted<S>, TokioExecutor>
+    tls: Option<TlsAcceptor>,
+) -> Connection<S> {
+    let _ = stream.set_nodelay(true);
+    Connection {
+        builder: builder.clone(),
+        stream,
+        peer,
+        service,
+        state: Arc::new(ConnState::new()),
+        limits: limits.clone(),
+        tls,
+    }
+}
+
+/// An accepted connection: its TLS handshake (within the header deadline,
+/// counted from the accept), then HTTP/1.1 or h2 over the watched socket.
+struct Connection<S> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    state: Arc<ConnState>,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+}
+
+impl<S, B> Connection<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -148,14 +180,81 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let _ = stream.set_nodelay(true);
-    let state = Arc::new(ConnState::new());
-    let io = Watched::new(stream, state.clone(), limits);
+    /// Serves the connection until it ends; `watcher` lets a graceful stop
+    /// close it once its requests are answered.
+    async fn serve(self, watcher: Option<Watcher>) {
+        let Connection {
+            builder,
+            stream,
+            peer,
+            service,
+            state,
+            limits,
+            tls,
+        } = self;
+        let Some(acceptor) = tls else {
+            return http(
+                &builder,
+                Watched::new(stream, state, &limits),
+                service,
+                peer,
+                watcher,
+            )
+            .await;
+        };
+        let deadline = state.accepted + limits.header_timeout;
+        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                http(
+                    &builder,
+                    Watched::new(tls, state, &limits),
+                    service,
+                    peer,
+                    watcher,
+                )
+                .await
+            }
+            Ok(Err(e)) => {
+                metrics::counter!("switchyard_tls_handshake_failures_total").increment(1);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                metrics::counter!("switchyard_connections_timed_out_total", "reason" => "handshake")
+                    .increment(1);
+                tracing::debug!(%peer, "TLS handshake not done within the header timeout");
+            }
+        }
+    }
+}
+
+/// HTTP/1.1 or h2 (as the first bytes say) over `io`, the requests counted.
+async fn http<T, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: Watched<T>,
+    service: S,
+    peer: SocketAddr,
+    watcher: Option<Watcher>,
+) where
+    T: Socket,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let svc = Counted {
         inner: service,
-        state,
+        state: io.state.clone(),
     };
-    builder.serve_connection(TokioIo::new(io), svc)
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let ended = match watcher {
+        Some(w) => w.watch(conn).await,
+        None => conn.await,
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }
 
 /// What a connection's requests tell its watchdog. One per connection, so
@@ -313,6 +412,25 @@ enum Expiry {
     Idle,
 }
 
+/// A connection's transport: TCP, or TLS over it.
+pub(super) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Writes `bytes` if the socket takes them at once, else nothing: the
+    /// watchdog's last word to a client it closes.
+    fn write_now(&self, bytes: &[u8]);
+}
+
+impl Socket for TcpStream {
+    fn write_now(&self, bytes: &[u8]) {
+        let _ = self.try_write(bytes);
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+    /// A record would need the TLS state, which is busy: the client only
+    /// sees the close.
+    fn write_now(&self, _: &[u8]) {}
+}
+
 /// An HTTP/1.1 client that sent part of a head gets this before the close.
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 78\r\n\r\n{\"error\":\"the request head did not arrive within the header timeout (--header-timeout)\"}";
 
@@ -320,8 +438,8 @@ const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r
 /// read and nothing is in flight, a read that would wait also polls a timer
 /// for the header or idle deadline, and past it the read fails, which ends
 /// the connection. Nothing runs on a connection that is busy or has data.
-struct Watched {
-    io: TcpStream,
+struct Watched<T> {
+    io: T,
     state: Arc<ConnState>,
     header_timeout: Duration,
     idle_timeout: Duration,
@@ -335,8 +453,8 @@ struct Watched {
     armed: Instant,
 }
 
-impl Watched {
-    fn new(io: TcpStream, state: Arc<ConnState>, limits: &Limits) -> Watched {
+impl<T: Socket> Watched<T> {
+    fn new(io: T, state: Arc<ConnState>, limits: &Limits) -> Watched<T> {
         let first_deadline = state.accepted + limits.header_timeout;
         Watched {
             io,
@@ -438,7 +556,7 @@ impl Watched {
             && !self.is_h2()
             && (self.state.started.load(Ordering::Relaxed) == 0 || self.head_since.is_some());
         if why == Expiry::Head && mid_head {
-            let _ = self.io.try_write(TIMEOUT_408);
+            self.io.write_now(TIMEOUT_408);
         }
         std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -447,7 +565,7 @@ impl Watched {
     }
 }
 
-impl AsyncRead for Watched {
+impl<T: Socket> AsyncRead for Watched<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -471,7 +589,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<T: Socket> AsyncWrite for Watched<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -507,6 +507,7 @@ pub async fn serve_grpc(
     control: crate::control::Control,
     admin: AdminAuth,
     bounds: Bounds,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     scope: Scope,
 ) {
     let max_message = bounds.limits.max_body_bytes;
@@ -543,6 +544,7 @@ pub async fn serve_grpc(
             })
         },
         &bounds,
+        tls,
         scope,
     )
     .await;
