@@ -307,6 +307,35 @@ impl Backend for Mlp {
 mod tests {
     use super::*;
 
+    /// What both safetensors loaders rely on (they read the file, never map
+    /// it, so an overwrite in place cannot fault the process): a header over
+    /// 100 MB, and offsets that do not tile the data exactly, are refused.
+    #[test]
+    fn safetensors_headers_and_offsets_are_checked() {
+        let dir = std::env::temp_dir().join(format!("switchyard-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, header_len: u64, header: &str, data: usize| {
+            let mut b = header_len.to_le_bytes().to_vec();
+            b.extend_from_slice(header.as_bytes());
+            b.extend(std::iter::repeat_n(0u8, data));
+            let p = dir.join(name);
+            std::fs::write(&p, b).unwrap();
+            p
+        };
+        let h = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        let ok = file("ok", h.len() as u64, h, 8);
+        assert!(candle_core::safetensors::load(&ok, &candle_core::Device::Cpu).is_ok());
+        let huge = file("huge", 200_000_000, h, 8);
+        let gap_after = file("gap-after", h.len() as u64, h, 12);
+        let g = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
+        let gap_before = file("gap-before", g.len() as u64, g, 12);
+        for p in [huge, gap_after, gap_before] {
+            let e = candle_core::safetensors::load(&p, &candle_core::Device::Cpu);
+            assert!(e.is_err(), "{}", p.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The CPU path and candle's ops (the GPU path, run here on the CPU) agree
     /// for every activation, with and without bias and softmax.
     #[test]

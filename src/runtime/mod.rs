@@ -1,6 +1,7 @@
 //! Backends: what runs a model version. Each instance is owned by one worker thread.
 
 pub mod bert;
+pub mod external_data;
 mod kernels;
 pub mod mlp;
 pub mod onnx;

@@ -138,6 +138,7 @@ fn spec(kind: &str, name: &str, ty: &ValueType) -> Result<TensorSpec> {
 
 fn session(path: &Path, config: &ModelConfig) -> Result<Session> {
     let env = init()?;
+    super::external_data::check(path)?;
     let fail = |e: &dyn std::fmt::Display| Error::load(format!("{}: {e}", path.display()));
     let builder = Session::builder(env)
         .map_err(|e| fail(&e))?

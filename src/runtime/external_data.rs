@@ -1,0 +1,302 @@
+//! The external-data check of an ONNX file, before ONNX Runtime opens it: a
+//! tensor stored outside the model names its file by `location`, and ONNX
+//! Runtime builds older than 1.17 follow it anywhere (CVE-2024-27318 and its
+//! follow-ups). A location that is absolute, climbs with `..`, or resolves,
+//! through a symlink, outside the version folder is refused, as is a file
+//! hard-linked from elsewhere (its other names may lie outside).
+
+use std::path::{Component, Path};
+
+use prost::Message;
+
+use crate::core::error::{Error, Result};
+
+// The slice of onnx.proto that holds tensors; every other field is skipped
+// by the decoder, raw data included, so nothing large is copied.
+
+#[derive(Clone, PartialEq, Message)]
+struct ModelProto {
+    #[prost(message, optional, tag = "7")]
+    graph: Option<GraphProto>,
+    #[prost(message, repeated, tag = "25")]
+    functions: Vec<FunctionProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct FunctionProto {
+    #[prost(message, repeated, tag = "7")]
+    node: Vec<NodeProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct GraphProto {
+    #[prost(message, repeated, tag = "1")]
+    node: Vec<NodeProto>,
+    #[prost(message, repeated, tag = "5")]
+    initializer: Vec<TensorProto>,
+    #[prost(message, repeated, tag = "15")]
+    sparse_initializer: Vec<SparseTensorProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct NodeProto {
+    #[prost(message, repeated, tag = "5")]
+    attribute: Vec<AttributeProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct AttributeProto {
+    #[prost(message, optional, tag = "5")]
+    t: Option<TensorProto>,
+    #[prost(message, optional, tag = "6")]
+    g: Option<GraphProto>,
+    #[prost(message, repeated, tag = "10")]
+    tensors: Vec<TensorProto>,
+    #[prost(message, repeated, tag = "11")]
+    graphs: Vec<GraphProto>,
+    #[prost(message, optional, tag = "22")]
+    sparse_tensor: Option<SparseTensorProto>,
+    #[prost(message, repeated, tag = "23")]
+    sparse_tensors: Vec<SparseTensorProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SparseTensorProto {
+    #[prost(message, optional, tag = "1")]
+    values: Option<TensorProto>,
+    #[prost(message, optional, tag = "2")]
+    indices: Option<TensorProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TensorProto {
+    #[prost(string, tag = "8")]
+    name: String,
+    #[prost(message, repeated, tag = "13")]
+    external_data: Vec<Entry>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Entry {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(string, tag = "2")]
+    value: String,
+}
+
+/// Every (tensor, location) the model's tensors name, graphs and functions
+/// included, to any depth the decoder accepts (prost stops at 100).
+fn locations(model: &ModelProto) -> Vec<(String, String)> {
+    fn tensor(t: &TensorProto, out: &mut Vec<(String, String)>) {
+        for e in &t.external_data {
+            if e.key == "location" {
+                out.push((t.name.clone(), e.value.clone()));
+            }
+        }
+    }
+    fn sparse(s: &SparseTensorProto, out: &mut Vec<(String, String)>) {
+        s.values
+            .iter()
+            .chain(&s.indices)
+            .for_each(|t| tensor(t, out));
+    }
+    fn nodes(ns: &[NodeProto], out: &mut Vec<(String, String)>) {
+        for a in ns.iter().flat_map(|n| &n.attribute) {
+            a.t.iter().chain(&a.tensors).for_each(|t| tensor(t, out));
+            a.sparse_tensor
+                .iter()
+                .chain(&a.sparse_tensors)
+                .for_each(|s| sparse(s, out));
+            a.g.iter().chain(&a.graphs).for_each(|g| graph(g, out));
+        }
+    }
+    fn graph(g: &GraphProto, out: &mut Vec<(String, String)>) {
+        g.initializer.iter().for_each(|t| tensor(t, out));
+        g.sparse_initializer.iter().for_each(|s| sparse(s, out));
+        nodes(&g.node, out);
+    }
+    let mut out = Vec::new();
+    if let Some(g) = &model.graph {
+        graph(g, &mut out);
+    }
+    for f in &model.functions {
+        nodes(&f.node, &mut out);
+    }
+    out
+}
+
+/// Refuses a model at `path` whose external data could be read from outside
+/// its folder. A file that does not parse is left to ONNX Runtime, which
+/// says what is wrong with it.
+pub fn check(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::load(format!("cannot read {}: {e}", path.display())))?;
+    let Ok(model) = ModelProto::decode(bytes.as_slice()) else {
+        return Ok(());
+    };
+    let found = locations(&model);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let root = dir
+        .canonicalize()
+        .map_err(|e| Error::load(format!("cannot resolve {}: {e}", dir.display())))?;
+    for (tensor, location) in found {
+        let refuse = |why: &str| {
+            Error::load(format!(
+                "{}: tensor '{tensor}' keeps its data at '{location}', {why}; \
+                 external data must be a file inside the version folder",
+                path.display()
+            ))
+        };
+        let rel = Path::new(&location);
+        if location.contains('\\') || location.contains('\0') {
+            return Err(refuse("a path with a backslash or NUL"));
+        }
+        if rel.is_absolute() || rel.has_root() {
+            return Err(refuse("an absolute path"));
+        }
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(refuse("a path that climbs out with '..'"));
+        }
+        let file = dir.join(rel);
+        // A missing file is ONNX Runtime's to report.
+        let Ok(real) = file.canonicalize() else {
+            continue;
+        };
+        if !real.starts_with(&root) {
+            return Err(refuse(&format!(
+                "which resolves outside it (to {})",
+                real.display()
+            )));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if std::fs::metadata(&real).is_ok_and(|m| m.nlink() > 1) {
+                return Err(refuse(
+                    "a file with other hard links, which may lie outside",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_with(locations: &[&str]) -> Vec<u8> {
+        let initializer = locations
+            .iter()
+            .enumerate()
+            .map(|(i, l)| TensorProto {
+                name: format!("w{i}"),
+                external_data: vec![
+                    Entry {
+                        key: "location".into(),
+                        value: (*l).into(),
+                    },
+                    Entry {
+                        key: "offset".into(),
+                        value: "0".into(),
+                    },
+                ],
+            })
+            .collect();
+        ModelProto {
+            graph: Some(GraphProto {
+                node: vec![],
+                initializer,
+                sparse_initializer: vec![],
+            }),
+            functions: vec![],
+        }
+        .encode_to_vec()
+    }
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("switchyard-extdata-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn locations_inside_the_folder_pass_and_others_are_refused() {
+        let d = dir("paths");
+        std::fs::write(d.join("weights.bin"), [0u8; 16]).unwrap();
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/w.bin"), [0u8; 16]).unwrap();
+        let model = d.join("model.onnx");
+        let case = |loc: &str| {
+            std::fs::write(&model, model_with(&[loc])).unwrap();
+            check(&model)
+        };
+        assert!(case("weights.bin").is_ok());
+        assert!(case("./sub/w.bin").is_ok());
+        assert!(case("missing.bin").is_ok(), "ONNX Runtime reports it");
+        for bad in [
+            "/etc/passwd",
+            "../outside.bin",
+            "sub/../../x",
+            "..\\x",
+            "a\\..\\..\\b",
+        ] {
+            let e = case(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("external data must be a file inside"),
+                "{bad}: {e}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_and_hard_links_out_of_the_folder_are_refused() {
+        let d = dir("links");
+        let outside = dir("links-outside");
+        std::fs::write(outside.join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), d.join("w.bin")).unwrap();
+        std::fs::hard_link(outside.join("secret"), d.join("h.bin")).unwrap();
+        let model = d.join("model.onnx");
+        std::fs::write(&model, model_with(&["w.bin"])).unwrap();
+        let e = check(&model).unwrap_err().to_string();
+        assert!(e.contains("resolves outside"), "{e}");
+        std::fs::write(&model, model_with(&["h.bin"])).unwrap();
+        let e = check(&model).unwrap_err().to_string();
+        assert!(e.contains("hard links"), "{e}");
+        // Nested in a subgraph of a node's attribute: found too.
+        let nested = ModelProto {
+            graph: Some(GraphProto {
+                node: vec![NodeProto {
+                    attribute: vec![AttributeProto {
+                        g: Some(GraphProto::decode(&*graph_bytes(&["../x"])).unwrap()),
+                        ..Default::default()
+                    }],
+                }],
+                ..Default::default()
+            }),
+            functions: vec![],
+        };
+        std::fs::write(&model, nested.encode_to_vec()).unwrap();
+        assert!(check(&model).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+        let _ = std::fs::remove_dir_all(&outside);
+    }
+
+    fn graph_bytes(locations: &[&str]) -> Vec<u8> {
+        ModelProto::decode(&*model_with(locations))
+            .unwrap()
+            .graph
+            .unwrap()
+            .encode_to_vec()
+    }
+}
