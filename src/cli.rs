@@ -56,12 +56,17 @@ pub struct ServeArgs {
     /// serves); repeatable. None: every registered model tagged switchyard.serve=true.
     #[arg(long, value_name = "NAME[@ALIAS]", requires = "mlflow_uri")]
     pub mlflow_model: Vec<String>,
-    /// Where versions downloaded from MLflow are kept.
+    /// Where versions downloaded from MLflow are kept (created 0700).
+    /// Default: mlflow-cache in the state directory.
     #[arg(long, value_name = "DIR", env = "SWITCHYARD_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Largest file of a version downloaded from MLflow.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8GiB", env = "SWITCHYARD_MAX_MODEL_BYTES")]
+    pub max_model_bytes: u64,
     /// Where traffic policies set over the admin API are kept, so that a restart
     /// keeps them and replicas sharing it converge. Default: DIR/.switchyard of
-    /// --models (shared by every replica of that repository), else the cache dir.
+    /// --models (shared by every replica of that repository), else state/ in
+    /// --cache-dir, else $XDG_STATE_HOME/switchyard (~/.local/state/switchyard).
     #[arg(long, value_name = "DIR", env = "SWITCHYARD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Do not record Prometheus metrics (GET /metrics answers 404).
@@ -235,6 +240,15 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
         .map_err(|e| format!("'{s}' is not HOST:PORT or off: {e}"))
 }
 
+/// The state directory when no flag names one: the XDG state home.
+fn default_state_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .context("no --state-dir, --models or --cache-dir, and neither XDG_STATE_HOME nor HOME is set: give --state-dir")?;
+    Ok(base.join("switchyard"))
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     s.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
@@ -295,22 +309,23 @@ impl ServeArgs {
             }
             sources.push(Box::new(repository::FsSource::new(dir.clone())));
         }
-        let cache = args
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("switchyard-cache"));
         let state_dir = args
             .state_dir
             .clone()
-            .unwrap_or_else(|| match &args.models {
-                Some(dir) => dir.join(".switchyard"),
-                None => cache.join("state"),
-            });
+            .or_else(|| args.models.as_ref().map(|dir| dir.join(".switchyard")))
+            .or_else(|| args.cache_dir.as_ref().map(|c| c.join("state")))
+            .map_or_else(default_state_dir, Ok)?;
+        // Not /tmp, which anyone on the machine can write.
+        let cache = args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("mlflow-cache"));
         if let Some(uri) = &args.mlflow_uri {
-            sources.push(Box::new(repository::MlflowSource::new(
+            sources.push(Box::new(repository::MlflowSource::with_limit(
                 uri,
                 repository::Follow::parse(&args.mlflow_model),
                 cache,
+                args.max_model_bytes,
             )?));
         }
         let source: Box<dyn repository::Source> = if sources.len() == 1 {

@@ -125,6 +125,40 @@ fn locations(model: &ModelProto) -> Vec<(String, String)> {
     out
 }
 
+/// The external data locations an ONNX file's bytes name, by tensor; none
+/// when the bytes are not an ONNX model.
+pub fn locations_in(bytes: &[u8]) -> Vec<(String, String)> {
+    ModelProto::decode(bytes)
+        .map(|m| locations(&m))
+        .unwrap_or_default()
+}
+
+/// Why a relative path given by a file or a registry could leave the folder
+/// it is meant for: absolute, a backslash or NUL, a `..` component, or
+/// deeper than `max_depth`.
+pub fn escapes(location: &str, max_depth: usize) -> Option<&'static str> {
+    let rel = Path::new(location);
+    if location.is_empty() {
+        return Some("an empty path");
+    }
+    if location.contains('\\') || location.contains('\0') {
+        return Some("a path with a backslash or NUL");
+    }
+    if rel.is_absolute() || rel.has_root() {
+        return Some("an absolute path");
+    }
+    if rel
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Some("a path that climbs out with '..'");
+    }
+    if rel.components().count() > max_depth {
+        return Some("a path nested too deep");
+    }
+    None
+}
+
 /// Refuses a model at `path` whose external data could be read from outside
 /// its folder. A file that does not parse is left to ONNX Runtime, which
 /// says what is wrong with it.
@@ -150,19 +184,10 @@ pub fn check(path: &Path) -> Result<()> {
                 path.display()
             ))
         };
+        if let Some(why) = escapes(&location, usize::MAX) {
+            return Err(refuse(why));
+        }
         let rel = Path::new(&location);
-        if location.contains('\\') || location.contains('\0') {
-            return Err(refuse("a path with a backslash or NUL"));
-        }
-        if rel.is_absolute() || rel.has_root() {
-            return Err(refuse("an absolute path"));
-        }
-        if rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(refuse("a path that climbs out with '..'"));
-        }
         let file = dir.join(rel);
         // A missing file is ONNX Runtime's to report.
         let Ok(real) = file.canonicalize() else {
@@ -187,11 +212,18 @@ pub fn check(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// An ONNX file whose initializers keep their data at `locations` (for tests
+/// of what reads such files).
+#[cfg(test)]
+pub(crate) fn model_with(locations: &[&str]) -> Vec<u8> {
+    tests::model_with(locations)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn model_with(locations: &[&str]) -> Vec<u8> {
+    pub(super) fn model_with(locations: &[&str]) -> Vec<u8> {
         let initializer = locations
             .iter()
             .enumerate()

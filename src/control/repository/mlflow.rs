@@ -50,7 +50,18 @@ pub struct MlflowSource {
     follow: Follow,
     cache: PathBuf,
     agent: ureq::Agent,
+    /// Largest file of a version (`--max-model-bytes`).
+    max_file_bytes: u64,
 }
+
+/// Default of `--max-model-bytes`: the largest file a version may have.
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 8 << 30;
+/// An `MLmodel` is a few hundred bytes of YAML.
+const MAX_MLMODEL_BYTES: u64 = 1 << 20;
+/// How deep an external data file may sit below the model.
+const MAX_DEPTH: usize = 8;
+/// Same-origin redirects followed, at most.
+const MAX_REDIRECTS: usize = 5;
 
 /// A registered model's name as a Switchyard model name (a URL path segment).
 fn served_name(registered: &str) -> Option<String> {
@@ -59,16 +70,35 @@ fn served_name(registered: &str) -> Option<String> {
 
 impl MlflowSource {
     pub fn new(uri: &str, follow: Follow, cache: PathBuf) -> Result<Self> {
+        Self::with_limit(uri, follow, cache, DEFAULT_MAX_MODEL_BYTES)
+    }
+
+    /// As [`MlflowSource::new`], with files of a version capped at `max_file_bytes`.
+    pub fn with_limit(
+        uri: &str,
+        follow: Follow,
+        cache: PathBuf,
+        max_file_bytes: u64,
+    ) -> Result<Self> {
         let base = uri.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::load(format!(
                 "--mlflow-uri {uri}: expected http://host:port or https://host"
             )));
         }
-        std::fs::create_dir_all(&cache)
+        private_dir(&cache)
             .map_err(|e| Error::load(format!("--cache-dir {}: {e}", cache.display())))?;
+        remove_leftovers(&cache);
+        // No whole-call timeout (a large model takes as long as it takes): a
+        // connection, an answer's head, and each read of its body are bounded.
+        // Redirects are followed here, on the tracking server's origin only.
         let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(60)))
+            .timeout_global(None)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_per_read(Some(Duration::from_secs(30)))
+            .max_redirects(0)
+            .max_response_header_size(64 << 10)
             .http_status_as_error(false)
             .build()
             .into();
@@ -77,22 +107,19 @@ impl MlflowSource {
             follow,
             cache,
             agent,
+            max_file_bytes,
         })
     }
 
     /// GET a REST endpoint of the tracking server: the status and the JSON body.
     fn get_raw(&self, path: &str, query: &[(&str, &str)]) -> Result<(u16, Value)> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.agent.get(&url);
-        for (k, v) in query {
-            req = req.query(*k, *v);
-        }
-        let mut resp = req
-            .call()
-            .map_err(|e| Error::Unavailable(format!("MLflow at {}: {e}", self.base)))?;
+        let mut resp = self.call(&format!("{}{path}", self.base), query)?;
         let status = resp.status().as_u16();
+        // A page of a search is well under this; read_to_string caps at 10 MB.
         let text = resp
             .body_mut()
+            .with_config()
+            .limit(64 << 20)
             .read_to_string()
             .map_err(|e| Error::Unavailable(format!("MLflow at {}: {e}", self.base)))?;
         Ok((
@@ -282,49 +309,94 @@ impl MlflowSource {
         model.to_string()
     }
 
-    /// Downloads the artifact folder `rel` (relative to the proxy's root) into `to`,
-    /// checking every file's size against the listing.
-    fn download_dir(&self, rel: &str, to: &Path) -> Result<()> {
-        std::fs::create_dir_all(to).map_err(|e| io_err(to, e))?;
-        let list = self
-            .get("/api/2.0/mlflow-artifacts/artifacts", &[("path", rel)])?
-            .ok_or_else(|| Error::load(format!("MLflow has no artifacts at '{rel}'")))?;
-        for f in list["files"].as_array().into_iter().flatten() {
-            let Some(name) = f["path"].as_str() else {
-                continue;
-            };
-            // A listed name is one path segment; anything else could escape `to`.
-            let leaf = Path::new(name)
-                .file_name()
-                .filter(|n| *n == std::ffi::OsStr::new(name) && name != "..")
-                .ok_or_else(|| {
-                    Error::load(format!("MLflow listed an odd artifact name '{name}'"))
-                })?;
-            let child = format!("{rel}/{name}");
-            if f["is_dir"].as_bool() == Some(true) {
-                self.download_dir(&child, &to.join(leaf))?;
-                continue;
+    /// GET `url`, following redirects that stay on the tracking server's
+    /// origin (an artifact proxy may redirect within it) and refusing others:
+    /// an answer of the registry never sends Switchyard to another host.
+    fn call(&self, url: &str, query: &[(&str, &str)]) -> Result<ureq::http::Response<ureq::Body>> {
+        let unavailable =
+            |e: &dyn std::fmt::Display| Error::Unavailable(format!("MLflow at {}: {e}", self.base));
+        let mut url = url.to_string();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self.agent.get(&url);
+            for (k, v) in query {
+                req = req.query(*k, *v);
             }
-            let want = f["file_size"].as_u64();
-            let path = to.join(leaf);
-            let got = self.download_file(&child, &path)?;
-            if want.is_some_and(|w| w != got) {
+            let resp = req.call().map_err(|e| unavailable(&e))?;
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let to = resp
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("");
+            url = if to.starts_with('/') && !to.starts_with("//") {
+                format!("{}{to}", origin(&self.base))
+            } else if origin(to) == origin(&self.base) && !to.is_empty() {
+                to.to_string()
+            } else {
                 return Err(Error::load(format!(
-                    "artifact {child}: downloaded {got} bytes, MLflow lists {}",
-                    want.unwrap_or(0)
+                    "MLflow at {} redirected to '{to}', off its origin: refused",
+                    self.base
                 )));
-            }
+            };
         }
-        Ok(())
+        Err(unavailable(&format!("more than {MAX_REDIRECTS} redirects")))
     }
 
-    fn download_file(&self, rel: &str, to: &Path) -> Result<u64> {
+    /// The sizes MLflow lists for the files of the artifact folder `rel`.
+    fn sizes(&self, rel: &str) -> Result<BTreeMap<String, u64>> {
+        let list = self
+            .get("/api/2.0/mlflow-artifacts/artifacts", &[("path", rel)])?
+            .unwrap_or_default();
+        Ok(list["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["is_dir"].as_bool() != Some(true))
+            .filter_map(|f| Some((f["path"].as_str()?.to_string(), f["file_size"].as_u64()?)))
+            .collect())
+    }
+
+    /// Downloads the version's file `name` (a relative path checked not to
+    /// leave the version) from the artifact folder `rel` into `to/name`,
+    /// within `cap` bytes and the size MLflow lists for it.
+    fn fetch(&self, rel: &str, name: &str, to: &Path, cap: u64) -> Result<u64> {
+        if let Some(why) = crate::runtime::external_data::escapes(name, MAX_DEPTH)
+            .or_else(|| name.contains('%').then_some("a percent-escaped path"))
+        {
+            return Err(Error::load(format!(
+                "the version names the file '{name}', {why}: refused"
+            )));
+        }
+        let (parent, leaf) = match name.rsplit_once('/') {
+            Some((p, l)) => (format!("{rel}/{p}"), l),
+            None => (rel.to_string(), name),
+        };
+        let want = self.sizes(&parent)?.get(leaf).copied();
+        if want.is_some_and(|w| w > cap) {
+            return Err(Error::load(format!(
+                "artifact {name}: MLflow lists {} bytes, over the limit of {cap} (--max-model-bytes)",
+                want.unwrap_or(0)
+            )));
+        }
+        let path = to.join(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        }
+        let got = self.download_file(&format!("{rel}/{name}"), &path, cap)?;
+        if want.is_some_and(|w| w != got) {
+            return Err(Error::load(format!(
+                "artifact {name}: downloaded {got} bytes, MLflow lists {}",
+                want.unwrap_or(0)
+            )));
+        }
+        Ok(got)
+    }
+
+    fn download_file(&self, rel: &str, to: &Path, cap: u64) -> Result<u64> {
         let url = format!("{}/api/2.0/mlflow-artifacts/artifacts/{rel}", self.base);
-        let mut resp = self
-            .agent
-            .get(&url)
-            .call()
-            .map_err(|e| Error::Unavailable(format!("MLflow at {}: {e}", self.base)))?;
+        let mut resp = self.call(&url, &[])?;
         if resp.status() != 200 {
             return Err(Error::load(format!(
                 "artifact {rel}: MLflow answered {}",
@@ -332,11 +404,65 @@ impl MlflowSource {
             )));
         }
         let mut file = std::fs::File::create(to).map_err(|e| io_err(to, e))?;
-        let n = std::io::copy(&mut resp.body_mut().as_reader(), &mut file)
-            .map_err(|e| Error::load(format!("artifact {rel}: {e}")))?;
+        let reader = resp.body_mut().with_config().limit(u64::MAX).reader();
+        let n = std::io::copy(
+            &mut std::io::Read::take(reader, cap.saturating_add(1)),
+            &mut file,
+        )
+        .map_err(|e| Error::load(format!("artifact {rel}: {e}")))?;
+        if n > cap {
+            return Err(Error::load(format!(
+                "artifact {rel} is over the limit of {cap} bytes (--max-model-bytes)"
+            )));
+        }
         file.flush().map_err(|e| io_err(to, e))?;
         file.sync_all().map_err(|e| io_err(to, e))?;
         Ok(n)
+    }
+}
+
+/// `scheme://host[:port]` of a URL.
+fn origin(url: &str) -> &str {
+    let after = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after..].find('/').map_or(url.len(), |i| after + i);
+    &url[..end]
+}
+
+/// Creates `dir` (and its parents) readable by this user only: downloaded
+/// models are code the runtime runs, so no one else may write them.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Removes the hidden folders of downloads that a process which is gone
+/// left half-done (`<model>/.<version>.download-<pid>`).
+fn remove_leftovers(cache: &Path) {
+    let Ok(models) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for m in models.flatten() {
+        let Ok(entries) = std::fs::read_dir(m.path()) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(pid) = name
+                .strip_prefix('.')
+                .and_then(|n| n.split_once(".download-"))
+                .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+            if !alive {
+                tracing::info!(leftover = %e.path().display(), "removing a download a stopped process left");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 }
 
@@ -448,13 +574,28 @@ impl Source for MlflowSource {
             .join(format!(".{version}.download-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         // MLmodel first: a version that is not ONNX is refused before the rest of
-        // its files are fetched.
-        let res = std::fs::create_dir_all(&tmp)
+        // its files are fetched. Then only what it names: the graph, the
+        // external data files the graph names, and a drift profile.
+        let res = private_dir(&tmp)
             .map_err(|e| io_err(&tmp, e))
-            .and_then(|()| self.download_file(&format!("{rel}/MLmodel"), &tmp.join("MLmodel")))
+            .and_then(|()| self.fetch(&rel, "MLmodel", &tmp, MAX_MLMODEL_BYTES))
             .and_then(|_| onnx_data(&tmp.join("MLmodel")))
             .and_then(|data| {
-                self.download_dir(&rel, &tmp)?;
+                self.fetch(&rel, &data, &tmp, self.max_file_bytes)?;
+                let graph = std::fs::read(tmp.join(&data)).map_err(|e| io_err(&tmp, e))?;
+                let mut named: Vec<String> = crate::runtime::external_data::locations_in(&graph)
+                    .into_iter()
+                    .map(|(_, l)| l.trim_start_matches("./").to_string())
+                    .collect();
+                named.sort();
+                named.dedup();
+                for name in named {
+                    self.fetch(&rel, &name, &tmp, self.max_file_bytes)?;
+                }
+                let profile = crate::control::drift::profile::FILE;
+                if self.sizes(&rel)?.contains_key(profile) {
+                    self.fetch(&rel, profile, &tmp, self.max_file_bytes)?;
+                }
                 if data != "model.onnx" {
                     // External weights sit beside the graph and are found relative to it.
                     std::fs::rename(tmp.join(&data), tmp.join("model.onnx"))
@@ -507,10 +648,19 @@ mod tests {
                 }
                 let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
                 let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-                let (status, body) = answer(path, query);
+                let (status, mut body) = answer(path, query);
                 let mut out = stream;
+                // A redirect's body is where it points.
+                let location = if (300..400).contains(&status) {
+                    format!(
+                        "Location: {}\r\n",
+                        String::from_utf8_lossy(&std::mem::take(&mut body))
+                    )
+                } else {
+                    String::new()
+                };
                 let head = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status} X\r\n{location}Content-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = out.write_all(head.as_bytes());
@@ -654,15 +804,129 @@ mod tests {
             "{e}"
         );
 
-        let escape = move |path: &str, query: &str| match path {
+        // External data the graph names is fetched beside it, a drift
+        // profile too; nothing else the version holds.
+        let graph = crate::runtime::external_data::model_with(&["weights.bin", "./sub/w2.bin"]);
+        let with_data = move |path: &str, query: &str| match path {
+            "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/model.onnx" => (200, graph.clone()),
+            "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/weights.bin" => (200, vec![1; 8]),
+            "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/sub/w2.bin" => (200, vec![2; 4]),
+            "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/baseline.json" => {
+                (200, b"{}".to_vec())
+            }
+            "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/notes.txt" => {
+                panic!("fetched a file the model does not name")
+            }
             "/api/2.0/mlflow-artifacts/artifacts" => json(serde_json::json!({"files": [
-                {"path": "../../evil", "is_dir": false}
+                {"path": "baseline.json", "is_dir": false, "file_size": 2},
+                {"path": "notes.txt", "is_dir": false, "file_size": 3}
             ]})),
+            _ => onnx(path, query),
+        };
+        let s = source(&fake(with_data), Follow::Tagged, &cache("external-ok"));
+        let got = s.materialize("fraud", 2).unwrap();
+        assert_eq!(std::fs::read(got.join("weights.bin")).unwrap(), vec![1; 8]);
+        assert_eq!(std::fs::read(got.join("sub/w2.bin")).unwrap(), vec![2; 4]);
+        assert!(got.join("baseline.json").is_file());
+        assert!(!got.join("notes.txt").exists());
+
+        // A data file outside the version, by MLmodel or by the graph's
+        // external data: refused.
+        let escape = move |path: &str, query: &str| match path {
+            "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/MLmodel" => {
+                (200, b"flavors:\n  onnx:\n    data: ../../evil\n".to_vec())
+            }
             _ => onnx(path, query),
         };
         let s = source(&fake(escape), Follow::Tagged, &cache("escape"));
         let e = s.materialize("fraud", 2).unwrap_err();
-        assert!(e.to_string().contains("odd artifact name"), "{e}");
+        assert!(e.to_string().contains("not a file of the version"), "{e}");
+        for (location, why) in [
+            ("../../evil", "climbs out"),
+            ("/etc/passwd", "absolute"),
+            ("%2e%2e/evil", "percent-escaped"),
+            ("a/b/c/d/e/f/g/h/i", "too deep"),
+        ] {
+            let graph = crate::runtime::external_data::model_with(&[location]);
+            let len = graph.len();
+            let ext = move |path: &str, query: &str| match path {
+                "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/model.onnx" => {
+                    (200, graph.clone())
+                }
+                "/api/2.0/mlflow-artifacts/artifacts" => json(serde_json::json!({"files": [
+                    {"path": "model.onnx", "is_dir": false, "file_size": len}
+                ]})),
+                _ => onnx(path, query),
+            };
+            let s = source(&fake(ext), Follow::Tagged, &cache("external"));
+            let e = s.materialize("fraud", 2).unwrap_err();
+            assert!(e.to_string().contains(why), "{location}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn downloads_are_capped_and_redirects_stay_on_the_origin() {
+        let onnx = |path: &str, query: &str| match path {
+            "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/MLmodel" => {
+                (200, b"flavors:\n  onnx:\n    data: model.onnx\n".to_vec())
+            }
+            "/api/2.0/mlflow-artifacts/artifacts" => json(serde_json::json!({"files": [
+                {"path": "model.onnx", "is_dir": false, "file_size": 5}
+            ]})),
+            _ => registry(path, query),
+        };
+        let dir = cache("capped");
+        let s = MlflowSource::with_limit(&fake(onnx), Follow::Tagged, dir.clone(), 4).unwrap();
+        let e = s.materialize("fraud", 2).unwrap_err();
+        assert!(e.to_string().contains("over the limit of 4"), "{e}");
+        // Unlisted, the cap holds while reading.
+        let unlisted = move |path: &str, query: &str| match path {
+            "/api/2.0/mlflow-artifacts/artifacts" => json(serde_json::json!({"files": []})),
+            _ => onnx(path, query),
+        };
+        let s = MlflowSource::with_limit(&fake(unlisted), Follow::Tagged, dir.clone(), 4).unwrap();
+        let e = s.materialize("fraud", 2).unwrap_err();
+        assert!(e.to_string().contains("over the limit of 4"), "{e}");
+
+        let away = move |path: &str, query: &str| match path {
+            "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/model.onnx" => {
+                (302, b"http://elsewhere.example/model.onnx".to_vec())
+            }
+            _ => onnx(path, query),
+        };
+        let s = source(&fake(away), Follow::Tagged, &cache("away"));
+        let e = s.materialize("fraud", 2).unwrap_err();
+        assert!(e.to_string().contains("off its origin"), "{e}");
+        let within = move |path: &str, query: &str| match path {
+            "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/model.onnx" => {
+                (302, b"/moved/model.onnx".to_vec())
+            }
+            "/moved/model.onnx" => (200, b"graph".to_vec()),
+            _ => onnx(path, query),
+        };
+        let s = source(&fake(within), Follow::Tagged, &cache("within"));
+        let got = s.materialize("fraud", 2).unwrap();
+        assert_eq!(std::fs::read(got.join("model.onnx")).unwrap(), b"graph");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_crashed_download_is_removed_at_start_and_the_cache_is_private() {
+        let dir = cache("leftover");
+        let left = dir.join("fraud/.2.download-999999999");
+        std::fs::create_dir_all(&left).unwrap();
+        let _ = source(&fake(registry), Follow::Tagged, &dir);
+        assert!(!left.exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let fresh = cache("private");
+            let _ = source(&fake(registry), Follow::Tagged, &fresh);
+            let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+            let _ = std::fs::remove_dir_all(&fresh);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
