@@ -177,3 +177,55 @@ fn sigterm_under_load_answers_every_request_in_flight() {
         refused.load(Ordering::Relaxed)
     );
 }
+
+/// A stop during the first load does not wait for it: here the registry
+/// never answers, and SIGTERM still ends the process within seconds.
+#[test]
+fn sigterm_during_the_first_load_exits_promptly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    // A tracking server that accepts and never answers.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("http://{}", mute.local_addr().unwrap());
+    let cache = scratch("shutdown-first-load");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--mlflow-uri", &uri, "--cache-dir"])
+        .arg(&cache)
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Up and listening, the first listing hanging.
+    for line in lines.by_ref() {
+        if line.unwrap().contains("gRPC listening") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    std::thread::spawn(move || lines.for_each(drop));
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("SIGTERM to exit during the first load: {:?}", t.elapsed());
+    drop(mute);
+}
