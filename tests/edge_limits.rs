@@ -449,3 +449,27 @@ async fn h2_rapid_reset_burst_leaves_the_server_healthy() {
     // An empty request names no model: the server answered it.
     assert_ne!(code, "14", "{message}");
 }
+
+/// A gzip body that inflates past the limit (100 MiB of zeros in ~100 KiB) is
+/// a 413, found while inflating, not after.
+#[test]
+fn a_gzip_bomb_is_refused() {
+    use std::io::Write as _;
+    let server = Server::start(&sample_models(), &["--max-body-bytes", "1000000"]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..100 {
+        gz.write_all(&zeros).unwrap();
+    }
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 1_000_000, "{}", bomb.len());
+    let r = client()
+        .post(server.url("/v2/models/mlp/infer"))
+        .header("content-encoding", "gzip")
+        .header("content-type", "application/json")
+        .body(bomb)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(ready_answers(&server));
+}

@@ -15,9 +15,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
@@ -64,7 +64,9 @@ pub async fn serve<S, B, F>(
         .keep_alive_interval(Some(limits.idle_timeout.min(Duration::from_secs(30))))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // The graceful stop: every connection task holds a receiver; a send asks
+    // them to finish, and the sender sees them all gone when they have.
+    let (stop, stopped) = tokio::sync::watch::channel(());
     let shutdown = scope.token().clone().cancelled_owned();
     tokio::pin!(shutdown);
     // Past the drain, what is still open is aborted: dropping a connection's
@@ -94,9 +96,9 @@ pub async fn serve<S, B, F>(
             continue;
         };
         let run = connection(&builder, stream, peer, service(peer), limits, tls.clone());
-        let watcher = graceful.watcher();
+        let watch = stopped.clone();
         let task = scope.spawn(async move {
-            run.serve(Some(watcher)).await;
+            run.serve(watch).await;
             drop(opened);
         });
         if open.len() == open.capacity() {
@@ -105,30 +107,34 @@ pub async fn serve<S, B, F>(
         open.push(task.abort_handle());
     }
     // Connections the kernel completed before the close wait in its backlog
-    // with their request sent: closing the listener would reset them. They are
-    // served instead, outside the graceful watch (which closes a connection
-    // that has not read its request yet); their answer says `connection:
-    // close`, and the drain's deadline bounds them.
+    // with their request sent: closing the listener would reset them. The
+    // backlog is shrunk first (new handshakes are no longer completed, so
+    // their clients see a refusal, not a reset after sending), then what it
+    // holds is served; their answer says `connection: close`, and the
+    // drain's deadline bounds them.
+    if let Err(e) = socket2::SockRef::from(&listener).listen(0) {
+        tracing::debug!(error = %e, "cannot shrink the listener's backlog");
+    }
     while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
     {
         let opened = connections.open();
         let run = connection(&builder, stream, peer, service(peer), limits, tls.clone());
+        let watch = stopped.clone();
         let task = scope.spawn(async move {
-            run.serve(None).await;
+            run.serve(watch).await;
             drop(opened);
         });
         open.push(task.abort_handle());
     }
     drop(listener);
+    drop(stopped);
     // h2 connections get GOAWAY, HTTP/1.1 ones close after the answer they owe.
+    let _ = stop.send(());
     let drain = bounds
         .stopping
         .left()
         .map_or(DRAIN, |left| left.saturating_sub(DRAIN_MARGIN));
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(drain, stop.closed()).await.is_err() {
         let still = open.iter().filter(|h| !h.is_finished()).count();
         tracing::warn!(
             connections = still,
@@ -180,9 +186,10 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// Serves the connection until it ends; `watcher` lets a graceful stop
+    /// Serves the connection until it ends; a change on `stop` asks it to
+    /// finish gracefully.
     /// close it once its requests are answered.
-    async fn serve(self, watcher: Option<Watcher>) {
+    async fn serve(self, stop: watch::Receiver<()>) {
         let Connection {
             builder,
             stream,
@@ -198,7 +205,7 @@ where
                 Watched::new(stream, state, &limits),
                 service,
                 peer,
-                watcher,
+                stop,
             )
             .await;
         };
@@ -210,7 +217,7 @@ where
                     Watched::new(tls, state, &limits),
                     service,
                     peer,
-                    watcher,
+                    stop,
                 )
                 .await
             }
@@ -233,7 +240,7 @@ async fn http<T, S, B>(
     io: Watched<T>,
     service: S,
     peer: SocketAddr,
-    watcher: Option<Watcher>,
+    stop: watch::Receiver<()>,
 ) where
     T: Socket,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -243,15 +250,34 @@ async fn http<T, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let state = io.state.clone();
     let svc = Counted {
         inner: service,
-        state: io.state.clone(),
+        state: state.clone(),
     };
     let conn = builder.serve_connection(TokioIo::new(io), svc);
-    let ended = match watcher {
-        Some(w) => w.watch(conn).await,
-        None => conn.await,
+    tokio::pin!(conn);
+    let mut stop = stop;
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = stop.changed() => {
+            // hyper closes an HTTP/1.1 connection that has not read its
+            // first request at once, losing a request the client has sent:
+            // let it arrive (the header deadline bounds the wait).
+            while state.started.load(Ordering::Relaxed) == 0 {
+                tokio::select! {
+                    ended = conn.as_mut() => return log_end(peer, ended),
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
+    log_end(peer, ended);
+}
+
+fn log_end(peer: SocketAddr, ended: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
