@@ -31,6 +31,41 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// are closed, and their tasks gone, before the edge's own deadline.
 const DRAIN_MARGIN: Duration = Duration::from_millis(500);
 
+/// What a connection's service is: one per connection, its futures sent to
+/// hyper's tasks.
+pub(super) trait ConnService<B>:
+    Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, B> ConnService<B> for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Future: Send + 'static,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        > + Send
+        + 'static
+{
+}
+
+/// What the body of an answer is.
+pub(super) trait AnswerBody:
+    Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> AnswerBody for B where
+    B: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
 /// Serves connections from `listener` until `scope` is cancelled, each on a
 /// task of that scope, over TLS when `tls` is given; `service` makes the
 /// service of one connection from its peer's address.
@@ -42,12 +77,8 @@ pub async fn serve<S, B, F>(
     scope: Scope,
 ) where
     F: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService<B>,
+    B: AnswerBody,
 {
     let (limits, connections) = (&bounds.limits, &bounds.connections);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -177,19 +208,14 @@ struct Connection<S> {
     tls: Option<TlsAcceptor>,
 }
 
-impl<S, B> Connection<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<S> Connection<S> {
     /// Serves the connection until it ends; a change on `stop` asks it to
     /// finish gracefully.
-    /// close it once its requests are answered.
-    async fn serve(self, stop: watch::Receiver<()>) {
+    async fn serve<B>(self, stop: watch::Receiver<()>)
+    where
+        S: ConnService<B>,
+        B: AnswerBody,
+    {
         let Connection {
             builder,
             stream,
@@ -243,12 +269,8 @@ async fn http<T, S, B>(
     stop: watch::Receiver<()>,
 ) where
     T: Socket,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService<B>,
+    B: AnswerBody,
 {
     let state = io.state.clone();
     let svc = Counted {
