@@ -118,7 +118,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 models.clone(),
                 control.clone(),
                 admin.clone(),
-                bounds.clone(),
+                bounds.private(),
                 tls.clone().filter(|_| args.metrics_tls),
                 edge.clone(),
             ));
@@ -136,7 +136,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 control.clone(),
                 config,
                 admin.clone(),
-                bounds.clone(),
+                bounds.private(),
                 edge.clone(),
             ));
         }

@@ -46,10 +46,16 @@ fn ready_answers(server: &Server) -> bool {
 fn slow_heads_and_silent_sockets_are_closed_at_the_header_deadline() {
     let server = Server::start(&sample_models(), &["--header-timeout", "2s"]);
     let started = Instant::now();
+    // Half GET, half POST (whose `P` must not pass for h2's preface).
     let mut slow: Vec<TcpStream> = (0..500)
-        .map(|_| {
+        .map(|i| {
             let mut s = TcpStream::connect(addr(&server)).unwrap();
-            s.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHo").unwrap();
+            let head: &[u8] = if i % 2 == 0 {
+                b"GET /v2/health/ready HTTP/1.1\r\nHo"
+            } else {
+                b"POST /v2/models/mlp/infer HTTP/1.1\r\nHo"
+            };
+            s.write_all(head).unwrap();
             s
         })
         .collect();
@@ -265,10 +271,12 @@ fn inflight_budget_refuses_with_429() {
         .unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
-    // A held body (declared, half sent) takes the budget from the next one.
+    // A body half sent holds what it sent, which the next one cannot have.
     let mut s = TcpStream::connect(addr(&server)).unwrap();
-    s.write_all(b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 960\r\n\r\n{")
+    // Bytes are held as they arrive: 950 of a declared 960.
+    s.write_all(b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 960\r\n\r\n")
         .unwrap();
+    s.write_all(&[b' '; 950]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let small = serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]});
     let (code, body) = server.post("/v2/models/iris/infer", &small);
@@ -414,6 +422,19 @@ async fn stalled_grpc_message_gets_deadline_exceeded() {
         .expect("no answer at the body deadline");
     assert_eq!(code, "4", "{message}");
     assert!(message.contains("--body-timeout"), "{message}");
+    // A unary call whose stream stays open after its headers, or after its
+    // one message, is ended at the deadline too (tonic waits for the end).
+    for data in [&[][..], &[0, 0, 0, 0, 0][..]] {
+        let (resp, mut body) = send.send_request(infer_request(), false).unwrap();
+        if !data.is_empty() {
+            body.send_data(Bytes::copy_from_slice(data), false).unwrap();
+        }
+        let (code, message) = tokio::time::timeout(Duration::from_secs(10), grpc_status(resp))
+            .await
+            .expect("no answer at the body deadline");
+        assert_eq!(code, "4", "{message}");
+        drop(body);
+    }
 }
 
 /// An h2 rapid-reset burst (streams opened and cancelled at once) ends with

@@ -415,8 +415,11 @@ async fn route(
         | Route::Invocations(_)
         | Route::OpenAiEmbeddings
         | Route::TeiEmbed => inference(state, route, req, hold).await,
-        // Probes are always open: a kubelet carries no token.
-        Route::Live | Route::Ready | Route::Ping => information(state, route).await,
+        // Probes are always open: a kubelet carries no token (gRPC's
+        // ModelReady is open too).
+        Route::Live | Route::Ready | Route::Ping | Route::ModelReady(..) => {
+            information(state, route).await
+        }
         Route::Metrics => {
             auth.check_metrics(authorization(&req))?;
             information(state, route).await
@@ -820,14 +823,10 @@ async fn read_raw_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared {
-        if len > limit as u64 {
-            return Err(Error::PayloadTooLarge { limit });
-        }
-        // The whole declared length, before a byte of it is buffered.
-        hold.take(len as usize)?;
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(Error::PayloadTooLarge { limit });
     }
-    let body = Metered::new(body, hold, declared.is_some(), bounds.limits.body_timeout);
+    let body = Metered::new(body, hold, bounds.limits.body_timeout);
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {

@@ -65,6 +65,10 @@ pub struct Bounds {
     pub stopping: Arc<Stopping>,
 }
 
+/// Connections the admin and metrics listeners take, each its own count: a
+/// flood on the public ports must not lock out an operator or a scrape.
+const PRIVATE_CONNECTIONS: usize = 256;
+
 impl Bounds {
     pub fn new(limits: Limits, stopping: Arc<Stopping>) -> Bounds {
         Bounds {
@@ -72,6 +76,15 @@ impl Bounds {
             connections: Connections::new(limits.max_connections),
             stopping,
             limits,
+        }
+    }
+
+    /// The same bounds with a connection count of its own (the admin and
+    /// metrics listeners').
+    pub fn private(&self) -> Bounds {
+        Bounds {
+            connections: Connections::new(PRIVATE_CONNECTIONS),
+            ..self.clone()
         }
     }
 }
@@ -252,22 +265,20 @@ impl Deadline {
 }
 
 /// An HTTP request body read under the body timeout, its bytes taken from
-/// the request's [`Hold`] as they arrive (unless the whole declared length was
-/// taken up front).
+/// the request's [`Hold`] as they arrive: nothing is allocated for a declared
+/// `Content-Length` before its bytes come, so nothing is held for it either
+/// (a client declaring much and sending little holds only what it sent).
 pub struct Metered<'a, B> {
     inner: B,
     hold: &'a Hold<'a>,
-    prepaid: bool,
     deadline: Deadline,
 }
 
 impl<'a, B> Metered<'a, B> {
-    /// `prepaid`: the request's `Content-Length` is already held.
-    pub fn new(inner: B, hold: &'a Hold<'a>, prepaid: bool, timeout: Duration) -> Self {
+    pub fn new(inner: B, hold: &'a Hold<'a>, timeout: Duration) -> Self {
         Metered {
             inner,
             hold,
-            prepaid,
             deadline: Deadline::new(timeout),
         }
     }
@@ -288,7 +299,7 @@ where
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (false, Some(data)) = (this.prepaid, frame.data_ref()) {
+                if let Some(data) = frame.data_ref() {
                     this.hold.take(data.len()).map_err(BodyError::Budget)?;
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -313,6 +324,8 @@ where
 
 /// Where a gRPC request body is in its stream of length-prefixed messages.
 enum Framing {
+    /// A message was refused: the stream is over.
+    Refused,
     /// Reading a 5-byte prefix: so many bytes of it seen.
     Prefix { seen: usize, len: [u8; 4] },
     /// Inside a message: so many bytes of it still to come.
@@ -323,8 +336,10 @@ enum Framing {
 /// before tonic reads them: a message over `--max-body-bytes` or past the
 /// in-flight budget ends the stream with RESOURCE_EXHAUSTED before tonic
 /// reserves its declared length, and a message that does not arrive within
-/// the body timeout ends it with DEADLINE_EXCEEDED. A stream holds the budget
-/// of the message it is reading, only.
+/// the body timeout ends it with DEADLINE_EXCEEDED: a unary call's whole body
+/// (tonic waits for its end, so a stream left open would hold a task and its
+/// message forever), a streaming call's each message. A stream holds the
+/// budget of the message it is reading, only.
 pub struct GrpcMetered<B> {
     inner: B,
     budget: Arc<Budget>,
@@ -332,12 +347,21 @@ pub struct GrpcMetered<B> {
     max_message: usize,
     timeout: Duration,
     framing: Framing,
-    /// Set while a message is partly received.
+    /// Set while a message is partly received, or for a unary call's whole body.
     deadline: Option<Deadline>,
+    /// A unary call: the deadline runs from the start to the body's end.
+    unary: bool,
 }
 
 impl<B> GrpcMetered<B> {
-    pub fn new(inner: B, budget: Arc<Budget>, max_message: usize, timeout: Duration) -> Self {
+    /// `unary`: the call takes one message (every method but a stream's).
+    pub fn new(
+        inner: B,
+        budget: Arc<Budget>,
+        max_message: usize,
+        timeout: Duration,
+        unary: bool,
+    ) -> Self {
         GrpcMetered {
             inner,
             budget,
@@ -348,14 +372,23 @@ impl<B> GrpcMetered<B> {
                 seen: 0,
                 len: [0; 4],
             },
-            deadline: None,
+            deadline: unary.then(|| Deadline::new(timeout)),
+            unary,
         }
+    }
+
+    fn refuse(&mut self, status: tonic::Status) -> Result<(), tonic::Status> {
+        self.framing = Framing::Refused;
+        Err(status)
     }
 
     /// Follows the framing through `data`; refuses a message that cannot be held.
     fn scan(&mut self, mut data: &[u8]) -> Result<(), tonic::Status> {
         while !data.is_empty() {
             match &mut self.framing {
+                Framing::Refused => {
+                    return Err(tonic::Status::resource_exhausted("the stream was refused"))
+                }
                 Framing::Message(left) => {
                     let n = (*left).min(data.len());
                     *left -= n;
@@ -365,14 +398,18 @@ impl<B> GrpcMetered<B> {
                             seen: 0,
                             len: [0; 4],
                         };
-                        self.deadline = None;
+                        if !self.unary {
+                            self.deadline = None;
+                        }
                     }
                 }
                 Framing::Prefix { seen, len } => {
                     if *seen == 0 {
                         // The message before this one is with tonic by now.
                         self.budget.give(std::mem::take(&mut self.held));
-                        self.deadline = Some(Deadline::new(self.timeout));
+                        if !self.unary {
+                            self.deadline = Some(Deadline::new(self.timeout));
+                        }
                     }
                     if *seen > 0 {
                         len[*seen - 1] = data[0];
@@ -382,18 +419,20 @@ impl<B> GrpcMetered<B> {
                     if *seen == 5 {
                         let n = u32::from_be_bytes(*len) as usize;
                         if n > self.max_message {
-                            return Err(tonic::Status::resource_exhausted(format!(
-                                "message length {n} is over the limit of {} bytes (--max-body-bytes)",
-                                self.max_message
+                            let max = self.max_message;
+                            return self.refuse(tonic::Status::resource_exhausted(format!(
+                                "message length {n} is over the limit of {max} bytes (--max-body-bytes)"
                             )));
                         }
                         if !self.budget.take(n) {
                             let e = self.budget.refusal(n);
-                            return Err(tonic::Status::resource_exhausted(e.to_string()));
+                            return self.refuse(tonic::Status::resource_exhausted(e.to_string()));
                         }
                         self.held = n;
                         self.framing = if n == 0 {
-                            self.deadline = None;
+                            if !self.unary {
+                                self.deadline = None;
+                            }
                             Framing::Prefix {
                                 seen: 0,
                                 len: [0; 4],
@@ -437,11 +476,16 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.deadline = None;
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if let Some(d) = &mut this.deadline {
                     ready!(d.poll_passed(cx));
                     let limit = d.limit;
+                    // Its bytes go back now: tonic may hold the body a while.
+                    this.budget.give(std::mem::take(&mut this.held));
                     return Poll::Ready(Some(Err(Box::new(tonic::Status::deadline_exceeded(
                         format!(
                             "the request message did not arrive within {limit:?} (--body-timeout)"
@@ -494,6 +538,7 @@ mod tests {
             b.clone(),
             usize::MAX,
             Duration::from_secs(5),
+            true,
         );
         let e = body.collect().await.unwrap_err();
         let s = e.downcast::<tonic::Status>().unwrap();
@@ -509,7 +554,7 @@ mod tests {
         // Split inside the second prefix.
         let (one, two) = bytes.split_at(15);
         let chunks = chunked(vec![one.to_vec(), two.to_vec()]);
-        let mut body = GrpcMetered::new(chunks, b.clone(), 100, Duration::from_secs(5));
+        let mut body = GrpcMetered::new(chunks, b.clone(), 100, Duration::from_secs(5), false);
         while let Some(f) = body.frame().await {
             f.unwrap();
             assert!(b.used() <= 10);
@@ -527,6 +572,7 @@ mod tests {
             b.clone(),
             100,
             Duration::from_secs(5),
+            true,
         );
         let e = body.collect().await.unwrap_err();
         let s = e.downcast::<tonic::Status>().unwrap();

@@ -284,9 +284,13 @@ async fn http<T, S, B>(
         ended = conn.as_mut() => ended,
         _ = stop.changed() => {
             // hyper closes an HTTP/1.1 connection that has not read its
-            // first request at once, losing a request the client has sent:
-            // let it arrive (the header deadline bounds the wait).
-            while state.started.load(Ordering::Relaxed) == 0 {
+            // first request at once, losing a request the client is sending:
+            // let it arrive (the header deadline bounds the wait). A socket
+            // that sent nothing, or h2 (GOAWAY has no such race), is asked
+            // at once.
+            while state.started.load(Ordering::Acquire) == 0
+                && state.http1_bytes.load(Ordering::Relaxed)
+            {
                 tokio::select! {
                     ended = conn.as_mut() => return log_end(peer, ended),
                     () = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -315,6 +319,8 @@ struct ConnState {
     active: AtomicU32,
     /// When the last answer was sent, in ms after `accepted`.
     last_done_ms: AtomicU64,
+    /// HTTP/1.1 bytes have arrived (a head may be under way).
+    http1_bytes: AtomicBool,
 }
 
 impl ConnState {
@@ -324,6 +330,7 @@ impl ConnState {
             started: AtomicU64::new(0),
             active: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(0),
+            http1_bytes: AtomicBool::new(false),
         }
     }
 }
@@ -343,8 +350,8 @@ where
     type Future = CountedFuture<S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.state.started.fetch_add(1, Ordering::Relaxed);
         self.state.active.fetch_add(1, Ordering::Relaxed);
+        self.state.started.fetch_add(1, Ordering::Release);
         CountedFuture {
             inner: self.inner.call(req),
             active: Some(Active::new(self.state.clone())),
@@ -397,8 +404,10 @@ impl Active {
         if !self.released.swap(true, Ordering::Relaxed) {
             let s = &self.state;
             let ms = s.accepted.elapsed().as_millis() as u64;
-            s.last_done_ms.store(ms, Ordering::Relaxed);
-            s.active.fetch_sub(1, Ordering::Relaxed);
+            // h2 streams end on their own tasks: the latest end wins, and is
+            // visible to the watchdog before the count it reads.
+            s.last_done_ms.fetch_max(ms, Ordering::Relaxed);
+            s.active.fetch_sub(1, Ordering::Release);
         }
     }
 }
@@ -491,8 +500,11 @@ struct Watched<T> {
     state: Arc<ConnState>,
     header_timeout: Duration,
     idle_timeout: Duration,
-    /// The first byte the client sent: `P` starts h2's preface.
-    first: Option<u8>,
+    /// The first bytes the client sent (up to 3): `PRI` starts h2's preface.
+    first: [u8; 3],
+    first_len: usize,
+    /// A write is waiting for the client to read: the connection is busy.
+    writing: bool,
     /// When bytes of a next request head arrived on an idle HTTP/1.1
     /// connection, and how many requests had started then.
     head_since: Option<(Instant, u64)>,
@@ -509,7 +521,9 @@ impl<T: Socket> Watched<T> {
             state,
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
-            first: None,
+            first: [0; 3],
+            first_len: 0,
+            writing: false,
             head_since: None,
             timer: Box::pin(tokio::time::sleep_until(first_deadline)),
             armed: first_deadline,
@@ -517,16 +531,16 @@ impl<T: Socket> Watched<T> {
     }
 
     fn is_h2(&self) -> bool {
-        self.first == Some(b'P')
+        self.first_len == 3 && &self.first == b"PRI"
     }
 
     /// The deadline the connection is under now, if any.
     fn deadline(&mut self) -> Option<(Instant, Expiry)> {
         let s = &self.state;
-        if s.active.load(Ordering::Relaxed) > 0 {
+        if self.writing || s.active.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let started = s.started.load(Ordering::Relaxed);
+        let started = s.started.load(Ordering::Acquire);
         if started == 0 {
             return Some((s.accepted + self.header_timeout, Expiry::Head));
         }
@@ -541,9 +555,21 @@ impl<T: Socket> Watched<T> {
 
     /// Notes what the bytes just read say about the connection.
     fn saw(&mut self, bytes: &[u8]) {
-        let Some(&b) = bytes.first() else { return };
-        if self.first.is_none() {
-            self.first = Some(b);
+        if bytes.is_empty() {
+            return;
+        }
+        if self.first_len < 3 {
+            let n = bytes.len().min(3 - self.first_len);
+            self.first[self.first_len..self.first_len + n].copy_from_slice(&bytes[..n]);
+            let was = self.first_len;
+            self.first_len += n;
+            if was == 0 {
+                // Until the preface says h2, bytes are taken for HTTP/1.1's.
+                self.state.http1_bytes.store(true, Ordering::Relaxed);
+            }
+            if self.is_h2() {
+                self.state.http1_bytes.store(false, Ordering::Relaxed);
+            }
         }
         // h2 frames arrive on idle connections (PING, WINDOW_UPDATE): only
         // HTTP/1.1 bytes between requests are the start of a head.
@@ -600,7 +626,7 @@ impl<T: Socket> Watched<T> {
             .increment(1);
         // A client in the middle of an HTTP/1.1 head hears why; best effort,
         // the socket's buffer takes it or the client never learns.
-        let mid_head = self.first.is_some()
+        let mid_head = self.first_len > 0
             && !self.is_h2()
             && (self.state.started.load(Ordering::Relaxed) == 0 || self.head_since.is_some());
         if why == Expiry::Head && mid_head {
@@ -624,10 +650,8 @@ impl<T: Socket> AsyncRead for Watched<T> {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let filled = &buf.filled()[before..];
-                if !filled.is_empty() && (this.first.is_none() || this.head_since.is_none()) {
-                    // Copies one byte: `saw` looks at the first only.
-                    let b = [filled[0]];
-                    this.saw(&b);
+                if this.first_len < 3 || this.head_since.is_none() {
+                    this.saw(filled);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -638,12 +662,17 @@ impl<T: Socket> AsyncRead for Watched<T> {
 }
 
 impl<T: Socket> AsyncWrite for Watched<T> {
+    // A client slow to read a large answer keeps the connection busy: no
+    // idle deadline while a write waits on it.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.writing = r.is_pending();
+        r
     }
 
     fn poll_write_vectored(
@@ -651,7 +680,10 @@ impl<T: Socket> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.writing = r.is_pending();
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

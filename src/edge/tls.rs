@@ -55,6 +55,8 @@ pub struct Tls {
     current: Arc<Current>,
     files: TlsFiles,
     provider: Arc<CryptoProvider>,
+    /// The bytes the current certificate was loaded from.
+    loaded: Arc<(Vec<u8>, Vec<u8>)>,
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
@@ -116,12 +118,8 @@ impl Tls {
     /// Loads the files; any problem is an error that names the file.
     pub fn load(files: TlsFiles) -> Result<Tls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let ck = certified_key(
-            &files,
-            &read(&files.cert, "certificate")?,
-            &read(&files.key, "key")?,
-            &provider,
-        )?;
+        let (cert_pem, key_pem) = (read(&files.cert, "certificate")?, read(&files.key, "key")?);
+        let ck = certified_key(&files, &cert_pem, &key_pem, &provider)?;
         let current = Arc::new(Current(ArcSwap::from_pointee(ck)));
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -153,6 +151,7 @@ impl Tls {
             current,
             files,
             provider,
+            loaded: Arc::new((cert_pem, key_pem)),
         })
     }
 
@@ -166,7 +165,8 @@ impl Tls {
     pub fn follow(&self, scope: &Scope) {
         let (tls, token) = (self.clone(), scope.token().clone());
         scope.spawn(async move {
-            let mut seen = read_pair(&tls.files).await;
+            // From the bytes loaded: a rotation since then is a change.
+            let mut seen = (Some(tls.loaded.0.clone()), Some(tls.loaded.1.clone()));
             let mut tick = tokio::time::interval(RELOAD_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

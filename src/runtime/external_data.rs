@@ -68,20 +68,22 @@ struct SparseTensorProto {
     indices: Option<TensorProto>,
 }
 
+// Strings as bytes: ONNX Runtime's parser (proto2) does not insist on UTF-8,
+// so neither may this one, or a file could fail here and load there.
 #[derive(Clone, PartialEq, Message)]
 struct TensorProto {
-    #[prost(string, tag = "8")]
-    name: String,
+    #[prost(bytes = "vec", tag = "8")]
+    name: Vec<u8>,
     #[prost(message, repeated, tag = "13")]
     external_data: Vec<Entry>,
 }
 
 #[derive(Clone, PartialEq, Message)]
 struct Entry {
-    #[prost(string, tag = "1")]
-    key: String,
-    #[prost(string, tag = "2")]
-    value: String,
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
 }
 
 /// Every (tensor, location) the model's tensors name, graphs and functions
@@ -89,8 +91,13 @@ struct Entry {
 fn locations(model: &ModelProto) -> Vec<(String, String)> {
     fn tensor(t: &TensorProto, out: &mut Vec<(String, String)>) {
         for e in &t.external_data {
-            if e.key == "location" {
-                out.push((t.name.clone(), e.value.clone()));
+            if e.key == b"location" {
+                out.push((
+                    String::from_utf8_lossy(&t.name).into_owned(),
+                    // Not UTF-8: the replacement characters make it a name
+                    // no file has, refused or reported missing.
+                    String::from_utf8_lossy(&e.value).into_owned(),
+                ));
             }
         }
     }
@@ -125,12 +132,12 @@ fn locations(model: &ModelProto) -> Vec<(String, String)> {
     out
 }
 
-/// The external data locations an ONNX file's bytes name, by tensor; none
-/// when the bytes are not an ONNX model.
-pub fn locations_in(bytes: &[u8]) -> Vec<(String, String)> {
+/// The external data locations an ONNX file's bytes name, by tensor; an
+/// error when the bytes do not decode as a model (which could then hide one).
+pub fn locations_in(bytes: &[u8]) -> std::result::Result<Vec<(String, String)>, String> {
     ModelProto::decode(bytes)
         .map(|m| locations(&m))
-        .unwrap_or_default()
+        .map_err(|e| e.to_string())
 }
 
 /// Why a relative path given by a file or a registry could leave the folder
@@ -160,15 +167,16 @@ pub fn escapes(location: &str, max_depth: usize) -> Option<&'static str> {
 }
 
 /// Refuses a model at `path` whose external data could be read from outside
-/// its folder. A file that does not parse is left to ONNX Runtime, which
-/// says what is wrong with it.
+/// its folder, or that does not decode far enough to tell.
 pub fn check(path: &Path) -> Result<()> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::load(format!("cannot read {}: {e}", path.display())))?;
-    let Ok(model) = ModelProto::decode(bytes.as_slice()) else {
-        return Ok(());
-    };
-    let found = locations(&model);
+    let found = locations_in(&bytes).map_err(|e| {
+        Error::load(format!(
+            "{} is not an ONNX model whose tensors can be read: {e}",
+            path.display()
+        ))
+    })?;
     if found.is_empty() {
         return Ok(());
     }
@@ -228,15 +236,15 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, l)| TensorProto {
-                name: format!("w{i}"),
+                name: format!("w{i}").into_bytes(),
                 external_data: vec![
                     Entry {
-                        key: "location".into(),
-                        value: (*l).into(),
+                        key: b"location".to_vec(),
+                        value: l.as_bytes().to_vec(),
                     },
                     Entry {
-                        key: "offset".into(),
-                        value: "0".into(),
+                        key: b"offset".to_vec(),
+                        value: b"0".to_vec(),
                     },
                 ],
             })

@@ -438,8 +438,15 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     b.create(dir)
 }
 
-/// Removes the hidden folders of downloads that a process which is gone
-/// left half-done (`<model>/.<version>.download-<pid>`).
+/// How long a download folder may go unwritten before it counts as left by
+/// a process that crashed (a live download writes at least every 30 s, the
+/// per-read timeout, or fails).
+const STALE_DOWNLOAD: Duration = Duration::from_secs(600);
+
+/// Removes the hidden folders of downloads that a crashed process left
+/// (`<model>/.<version>.download-*`): those unwritten for ten minutes. Not by
+/// process id, which replicas in containers share (each is PID 1) over a
+/// shared cache.
 fn remove_leftovers(cache: &Path) {
     let Ok(models) = std::fs::read_dir(cache) else {
         return;
@@ -450,20 +457,37 @@ fn remove_leftovers(cache: &Path) {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            let Some(pid) = name
-                .strip_prefix('.')
-                .and_then(|n| n.split_once(".download-"))
-                .and_then(|(_, pid)| pid.parse::<u32>().ok())
-            else {
+            if !(name.starts_with('.') && name.contains(".download-")) {
                 continue;
-            };
-            let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
-            if !alive {
+            }
+            if last_written(&e.path())
+                .is_some_and(|t| t.elapsed().unwrap_or_default() > STALE_DOWNLOAD)
+            {
                 tracing::info!(leftover = %e.path().display(), "removing a download a stopped process left");
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
+}
+
+/// When anything in `dir` (to the depth a version's files go) was last written.
+fn last_written(dir: &Path) -> Option<std::time::SystemTime> {
+    fn walk(p: &Path, depth: usize, latest: &mut Option<std::time::SystemTime>) {
+        let Ok(meta) = std::fs::symlink_metadata(p) else {
+            return;
+        };
+        if let Ok(t) = meta.modified() {
+            *latest = (*latest).max(Some(t));
+        }
+        if meta.is_dir() && depth > 0 {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                walk(&e.path(), depth - 1, latest);
+            }
+        }
+    }
+    let mut latest = None;
+    walk(dir, MAX_DEPTH + 1, &mut latest);
+    latest
 }
 
 fn io_err(p: &Path, e: std::io::Error) -> Error {
@@ -568,10 +592,11 @@ impl Source for MlflowSource {
         {
             return Ok(dir);
         }
-        let tmp = self
-            .cache
-            .join(model)
-            .join(format!(".{version}.download-{}", std::process::id()));
+        let tmp = self.cache.join(model).join(format!(
+            ".{version}.download-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
         let _ = std::fs::remove_dir_all(&tmp);
         // MLmodel first: a version that is not ONNX is refused before the rest of
         // its files are fetched. Then only what it names: the graph, the
@@ -584,6 +609,7 @@ impl Source for MlflowSource {
                 self.fetch(&rel, &data, &tmp, self.max_file_bytes)?;
                 let graph = std::fs::read(tmp.join(&data)).map_err(|e| io_err(&tmp, e))?;
                 let mut named: Vec<String> = crate::runtime::external_data::locations_in(&graph)
+                    .map_err(|e| Error::load(format!("{data} is not an ONNX model: {e}")))?
                     .into_iter()
                     .map(|(_, l)| l.trim_start_matches("./").to_string())
                     .collect();
@@ -628,6 +654,9 @@ mod tests {
     use std::net::TcpListener;
 
     type Answer = (u16, Vec<u8>);
+
+    /// A 5-byte ONNX model: only its producer's name (field 2), "abc".
+    const GRAPH: &[u8] = b"\x12\x03abc";
 
     /// Serves `answer(path, query)` on a loopback port until the test ends.
     fn fake(answer: impl Fn(&str, &str) -> Answer + Send + 'static) -> String {
@@ -711,7 +740,7 @@ mod tests {
                 (200, b"x: 1".to_vec())
             }
             "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/model.onnx" => {
-                (200, b"graph".to_vec())
+                (200, GRAPH.to_vec())
             }
             _ => (404, br#"{"error_code": "RESOURCE_DOES_NOT_EXIST"}"#.to_vec()),
         }
@@ -789,7 +818,7 @@ mod tests {
         };
         let s = source(&fake(onnx), Follow::Tagged, &dir);
         let got = s.materialize("fraud", 2).unwrap();
-        assert_eq!(std::fs::read(got.join("model.onnx")).unwrap(), b"graph");
+        assert_eq!(std::fs::read(got.join("model.onnx")).unwrap(), GRAPH);
 
         let short = move |path: &str, query: &str| match path {
             "/api/2.0/mlflow-artifacts/artifacts" => json(serde_json::json!({"files": [
@@ -902,22 +931,37 @@ mod tests {
             "/api/2.0/mlflow-artifacts/artifacts/1/b/artifacts/model.onnx" => {
                 (302, b"/moved/model.onnx".to_vec())
             }
-            "/moved/model.onnx" => (200, b"graph".to_vec()),
+            "/moved/model.onnx" => (200, GRAPH.to_vec()),
             _ => onnx(path, query),
         };
         let s = source(&fake(within), Follow::Tagged, &cache("within"));
         let got = s.materialize("fraud", 2).unwrap();
-        assert_eq!(std::fs::read(got.join("model.onnx")).unwrap(), b"graph");
+        assert_eq!(std::fs::read(got.join("model.onnx")).unwrap(), GRAPH);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_crashed_download_is_removed_at_start_and_the_cache_is_private() {
         let dir = cache("leftover");
-        let left = dir.join("fraud/.2.download-999999999");
-        std::fs::create_dir_all(&left).unwrap();
+        let left = dir.join("fraud/.2.download-1-0a0b0c0d");
+        let fresh = dir.join("fraud/.2.download-1-01020304");
+        for d in [&left, &fresh] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("model.onnx"), b"x").unwrap();
+        }
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for p in [left.join("model.onnx"), left.clone()] {
+            std::fs::File::open(&p).unwrap().set_modified(old).unwrap();
+        }
         let _ = source(&fake(registry), Follow::Tagged, &dir);
-        assert!(!left.exists());
+        assert!(
+            !left.exists(),
+            "a download unwritten for an hour is removed"
+        );
+        assert!(
+            fresh.exists(),
+            "one being written (another replica's) is kept"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

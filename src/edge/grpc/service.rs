@@ -530,12 +530,15 @@ pub async fn serve_grpc(
             hyper::service::service_fn(move |req: Request<Incoming>| {
                 // Length prefixes are checked against the budget as they
                 // pass, before tonic reserves what they declare.
+                // Every method takes one message but the stream's.
+                let unary = !req.uri().path().ends_with("/ModelStreamInfer");
                 let mut req = req.map(|body| {
                     tonic::body::Body::new(GrpcMetered::new(
                         body,
                         budget.clone(),
                         max_message,
                         timeout,
+                        unary,
                     ))
                 });
                 req.extensions_mut().insert(Peer(peer));
