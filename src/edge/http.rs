@@ -803,22 +803,6 @@ async fn read_body(
     hold: &Hold<'_>,
 ) -> Result<Bytes> {
     let encoding = compression::content_encoding(headers)?;
-    let raw = read_raw_body(headers, body, bounds, limit, hold).await?;
-    let raw_len = raw.len();
-    let out = compression::decompress(raw, encoding, limit)?;
-    if out.len() > raw_len {
-        hold.take(out.len() - raw_len)?;
-    }
-    Ok(out)
-}
-
-async fn read_raw_body(
-    headers: &http::HeaderMap,
-    body: Incoming,
-    bounds: &Bounds,
-    limit: usize,
-    hold: &Hold<'_>,
-) -> Result<Bytes> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -827,16 +811,22 @@ async fn read_raw_body(
         return Err(Error::PayloadTooLarge { limit });
     }
     let body = Metered::new(body, hold, bounds.limits.body_timeout);
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
+    let raw = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(Error::PayloadTooLarge { limit })
+            return Err(Error::PayloadTooLarge { limit })
         }
-        Err(e) => match e.downcast::<super::limits::BodyError>() {
-            Ok(e) => Err((*e).into()),
-            Err(e) => Err(Error::invalid(format!(
-                "could not read the request body: {e}"
-            ))),
-        },
+        Err(e) => {
+            return Err(match e.downcast::<super::limits::BodyError>() {
+                Ok(e) => (*e).into(),
+                Err(e) => Error::invalid(format!("could not read the request body: {e}")),
+            })
+        }
+    };
+    let raw_len = raw.len();
+    let out = compression::decompress(raw, encoding, limit)?;
+    if out.len() > raw_len {
+        hold.take(out.len() - raw_len)?;
     }
+    Ok(out)
 }
