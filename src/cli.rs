@@ -42,13 +42,21 @@ pub struct ProfileArgs {
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// Model repository: DIR/<model>/<version>/model.onnx, optional DIR/<model>/config.toml.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "SWITCHYARD_MODELS",
-        required_unless_present = "mlflow_uri"
-    )]
+    /// With --model-name, one model's folder instead.
+    #[arg(long, value_name = "DIR", env = "SWITCHYARD_MODELS")]
     pub models: Option<PathBuf>,
+    /// Serve the folder --models names as one model of this name: a model file
+    /// at its top (model.onnx, model.safetensors) is version 1, numbered
+    /// folders are versions; a repository of model folders is served as one
+    /// (KServe's storage initializer puts one model at /mnt/models).
+    #[arg(long, value_name = "NAME", env = "SWITCHYARD_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// The cloud platform whose container contract to follow: `auto` reads it
+    /// from the environment (Vertex AI sets AIP_HTTP_PORT; SageMaker runs
+    /// `serve` alone with the model at /opt/ml/model, or sets
+    /// SAGEMAKER_MULTI_MODEL=true); `none` ignores it. See the README, Deploying.
+    #[arg(long, value_enum, default_value = "auto", env = "SWITCHYARD_PLATFORM")]
+    pub platform: PlatformKind,
     /// Follow the MLflow Model Registry of this tracking server (http://host:port).
     #[arg(long, value_name = "URL", env = "SWITCHYARD_MLFLOW_URI")]
     pub mlflow_uri: Option<String>,
@@ -227,6 +235,18 @@ pub struct ServeArgs {
     pub memory_limit: Option<u64>,
 }
 
+/// The cloud platforms whose container contracts `serve` follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlatformKind {
+    Auto,
+    None,
+    Sagemaker,
+    Vertex,
+}
+
+/// Where SageMaker puts the model of a single-model endpoint.
+const SAGEMAKER_MODEL_DIR: &str = "/opt/ml/model";
+
 /// A listen address, or `off`.
 #[derive(Clone, Copy, Debug)]
 pub struct Listen(pub Option<SocketAddr>);
@@ -279,6 +299,103 @@ impl ProfileArgs {
 }
 
 impl ServeArgs {
+    /// Follows the platform's contract (`--platform`, read from `env`): the
+    /// port and the model folder it names, and the routes it adds. Logs which.
+    pub fn apply_platform(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<switchyard::edge::platform::Platform> {
+        use switchyard::edge::platform::{Platform, VertexRoutes};
+        let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+        let truthy = |k: &str| {
+            env(k).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+        };
+        let repository_given = self.models.is_some() || self.mlflow_uri.is_some();
+        let kind = match self.platform {
+            PlatformKind::Auto if set("AIP_HTTP_PORT") || set("AIP_MODE") => PlatformKind::Vertex,
+            PlatformKind::Auto
+                if truthy("SAGEMAKER_MULTI_MODEL")
+                    || (!repository_given
+                        && (set("SAGEMAKER_BIND_TO_PORT")
+                            || std::path::Path::new(SAGEMAKER_MODEL_DIR).is_dir())) =>
+            {
+                PlatformKind::Sagemaker
+            }
+            PlatformKind::Auto => PlatformKind::None,
+            k => k,
+        };
+        let port = |var: &str, default: u16| -> anyhow::Result<SocketAddr> {
+            let p = match env(var) {
+                Some(v) => v
+                    .trim()
+                    .parse::<u16>()
+                    .with_context(|| format!("{var}={v} is not a port"))?,
+                None => default,
+            };
+            Ok(SocketAddr::from(([0, 0, 0, 0], p)))
+        };
+        let mut platform = Platform::default();
+        match kind {
+            PlatformKind::Auto | PlatformKind::None => return Ok(platform),
+            PlatformKind::Sagemaker => {
+                // The one port SageMaker routes to.
+                self.http = port("SAGEMAKER_BIND_TO_PORT", 8080)?;
+                if truthy("SAGEMAKER_MULTI_MODEL") {
+                    // Models arrive by POST /models, each in a folder of its own.
+                    self.models = None;
+                    self.model_control = repository::ControlMode::Explicit;
+                    platform.multi_model = Some(repository::Registry::new());
+                } else if !repository_given {
+                    self.models = Some(PathBuf::from(SAGEMAKER_MODEL_DIR));
+                }
+                if self.models.is_some() && self.model_name.is_none() {
+                    self.model_name = Some("model".into());
+                }
+                tracing::info!(http = %self.http, multi_model = platform.multi_model.is_some(), "SageMaker's container contract");
+            }
+            PlatformKind::Vertex => {
+                self.http = port("AIP_HTTP_PORT", 8080)?;
+                let route = |var: &str, default: &str| {
+                    let r = env(var)
+                        .filter(|r| !r.is_empty())
+                        .unwrap_or_else(|| default.into());
+                    if r.starts_with('/') {
+                        r
+                    } else {
+                        format!("/{r}")
+                    }
+                };
+                platform.vertex = Some(VertexRoutes {
+                    health: route("AIP_HEALTH_ROUTE", "/health"),
+                    predict: route("AIP_PREDICT_ROUTE", "/predict"),
+                });
+                if !repository_given {
+                    // Vertex AI names the model's Cloud Storage folder; a Cloud
+                    // Storage FUSE mount shows gs://B/P at /gcs/B/P.
+                    let uri = env("AIP_STORAGE_URI").context(
+                        "Vertex AI: no --models and no AIP_STORAGE_URI; bake the model into the image (/mnt/models) or mount it",
+                    )?;
+                    let dir = match uri.strip_prefix("gs://") {
+                        Some(rest) => PathBuf::from("/gcs").join(rest),
+                        None => PathBuf::from(uri.strip_prefix("file://").unwrap_or(&uri)),
+                    };
+                    anyhow::ensure!(
+                        dir.is_dir(),
+                        "Vertex AI: AIP_STORAGE_URI={uri} is not mounted at {}; Switchyard does not download from Cloud Storage: \
+                         bake the model into the image (/mnt/models) or mount the bucket with Cloud Storage FUSE",
+                        dir.display()
+                    );
+                    self.models = Some(dir);
+                }
+                if self.models.is_some() && self.model_name.is_none() {
+                    self.model_name = Some("model".into());
+                }
+                tracing::info!(http = %self.http, routes = ?platform.vertex, "Vertex AI's container contract");
+            }
+        }
+        Ok(platform)
+    }
+
     /// The edge's bounds the flags set.
     pub fn limits(&self) -> switchyard::edge::limits::Limits {
         let inflight = self
@@ -297,9 +414,15 @@ impl ServeArgs {
 
     /// The model source the flags name (a repository folder, an MLflow
     /// registry, or both), and the state directory that goes with it.
-    pub fn source(&self) -> anyhow::Result<(Box<dyn repository::Source>, PathBuf)> {
+    pub fn source(
+        &self,
+        platform: &switchyard::edge::platform::Platform,
+    ) -> anyhow::Result<(Box<dyn repository::Source>, PathBuf)> {
         let args = self;
         let mut sources: Vec<Box<dyn repository::Source>> = Vec::new();
+        if let Some(registry) = &platform.multi_model {
+            sources.push(Box::new(repository::RegisteredSource(registry.clone())));
+        }
         if let Some(dir) = &args.models {
             if !dir.is_dir() {
                 bail!(
@@ -307,7 +430,18 @@ impl ServeArgs {
                     dir.display()
                 );
             }
-            sources.push(Box::new(repository::FsSource::new(dir.clone())));
+            match &args.model_name {
+                Some(name) => sources.push(Box::new(repository::NamedSource::new(
+                    name.clone(),
+                    dir.clone(),
+                )?)),
+                None => sources.push(Box::new(repository::FsSource::new(dir.clone()))),
+            }
+        } else if args.model_name.is_some() {
+            bail!("--model-name names the model in the folder --models gives: give --models too");
+        }
+        if sources.is_empty() && args.mlflow_uri.is_none() {
+            bail!("nothing to serve: give --models DIR (a model repository) or --mlflow-uri URL");
         }
         let state_dir = args
             .state_dir

@@ -35,8 +35,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (source, state_dir) = args.source()?;
+fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    let platform = args.apply_platform(|k| std::env::var(k).ok())?;
+    let (source, state_dir) = args.source(&platform)?;
     // Fail at start, with the fix, rather than on the first model.
     runtime::onnx::init()?;
     anyhow::ensure!(
@@ -106,6 +107,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             default_model: args.default_model,
             port: Port::Public,
             tls: tls.clone(),
+            platform,
         };
         let admin = AdminAuth::new(args.admin_token)
             .with_api_token(args.api_token)

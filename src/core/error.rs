@@ -49,6 +49,14 @@ pub enum Error {
     /// The model or server exists but cannot serve right now.
     #[error("{0}")]
     Unavailable(String),
+    /// The request conflicts with the current state (a model already loaded
+    /// under that name).
+    #[error("{0}")]
+    Conflict(String),
+    /// A version was not loaded because the server has no memory for it
+    /// (`--memory-limit`).
+    #[error("{0}")]
+    InsufficientMemory(String),
     /// A model version failed to load (reported in metadata and logs).
     #[error("{0}")]
     Load(String),
@@ -85,12 +93,14 @@ impl Error {
             Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed { .. } => 405,
+            Error::Conflict(_) => 409,
             Error::PayloadTooLarge { .. } => 413,
             Error::QueueFull { .. } | Error::Overloaded(_) => 429,
             Error::RequestTimeout(_) => 408,
             Error::Internal(_) | Error::OutOfMemory(_) => 500,
             Error::Unavailable(_) | Error::Load(_) => 503,
             Error::DeadlineExceeded(_) => 504,
+            Error::InsufficientMemory(_) => 507,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct HttpConfig {
     pub port: Port,
     /// TLS on this listener.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The routes a cloud platform's contract adds (SageMaker, Vertex AI).
+    pub platform: super::platform::Platform,
 }
 
 impl Default for HttpConfig {
@@ -41,6 +43,7 @@ impl Default for HttpConfig {
             default_model: None,
             port: Port::Public,
             tls: None,
+            platform: Default::default(),
         }
     }
 }
@@ -277,6 +280,12 @@ enum Route<'a> {
     TeiEmbed,
     /// `GET /v2/models/{m}[/versions/{v}]/drift`.
     Drift(&'a str, &'a str),
+    /// SageMaker's multi-model API: `GET|POST /models`.
+    MultiModelList,
+    /// `GET|DELETE /models/{m}`.
+    MultiModel(&'a str),
+    /// Vertex AI's `AIP_PREDICT_ROUTE`: the V1 predict of the default model.
+    VertexPredict,
 }
 
 impl Route<'_> {
@@ -289,17 +298,46 @@ impl Route<'_> {
             | Route::V1Predict(_)
             | Route::Invocations(_)
             | Route::OpenAiEmbeddings
-            | Route::TeiEmbed => "POST",
+            | Route::TeiEmbed
+            | Route::VertexPredict => "POST",
             // Triton's clients POST the index; a browser or curl GETs it.
             Route::RepositoryIndex => "GET, HEAD, POST",
             Route::Traffic(_) => "GET, HEAD, PUT",
             Route::Rollout(_) => "GET, HEAD, POST, DELETE",
+            Route::MultiModelList => "GET, HEAD, POST",
+            Route::MultiModel(_) => "GET, HEAD, DELETE",
             _ => "GET, HEAD",
         }
     }
 }
 
-fn parse_route(path: &str) -> Option<Route<'_>> {
+/// The route of `path`: a platform's own routes first (Vertex AI names its
+/// paths), then the fixed ones.
+fn parse_route<'a>(path: &'a str, platform: &super::platform::Platform) -> Option<Route<'a>> {
+    if let Some(v) = &platform.vertex {
+        if path == v.predict {
+            return Some(Route::VertexPredict);
+        }
+        if path == v.health {
+            return Some(Route::Ready);
+        }
+    }
+    if platform.multi_model.is_some() {
+        match path
+            .trim_end_matches('/')
+            .split('/')
+            .skip(1)
+            .collect::<Vec<_>>()[..]
+        {
+            ["models"] => return Some(Route::MultiModelList),
+            ["models", m] => return Some(Route::MultiModel(m)),
+            _ => {}
+        }
+    }
+    fixed_route(path)
+}
+
+fn fixed_route(path: &str) -> Option<Route<'_>> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     Some(match segs.as_slice() {
         ["v2"] => Route::ServerMetadata,
@@ -329,7 +367,8 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
             None => Route::V1Model(m),
         },
         ["invocations"] => Route::Invocations(None),
-        ["models", m, "invocations"] => Route::Invocations(Some(m)),
+        // SageMaker's multi-model invoke, which its single-model image serves too.
+        ["models", m, "invocations" | "invoke"] => Route::Invocations(Some(m)),
         ["ping"] | ["health"] => Route::Ping,
         ["metrics"] => Route::Metrics,
         ["admin", "models", m, "traffic"] => Route::Traffic(m),
@@ -398,8 +437,8 @@ async fn route(
 ) -> Result<Response<Body>> {
     let uri = req.uri().clone();
     let path = uri.path();
-    let route =
-        parse_route(path).ok_or_else(|| Error::not_found(format!("no such path: {path}")))?;
+    let route = parse_route(path, &state.config.platform)
+        .ok_or_else(|| Error::not_found(format!("no such path: {path}")))?;
     let allow = route.allow();
     if !allow.split(", ").any(|m| m == req.method().as_str()) {
         return Err(Error::MethodNotAllowed {
@@ -414,7 +453,8 @@ async fn route(
         | Route::V1Predict(_)
         | Route::Invocations(_)
         | Route::OpenAiEmbeddings
-        | Route::TeiEmbed => inference(state, route, req, hold).await,
+        | Route::TeiEmbed
+        | Route::VertexPredict => inference(state, route, req, hold).await,
         // Probes are always open: a kubelet carries no token (gRPC's
         // ModelReady is open too).
         Route::Live | Route::Ready | Route::Ping | Route::ModelReady(..) => {
@@ -432,6 +472,8 @@ async fn route(
         | Route::RepositoryUnload(_)
         | Route::Traffic(_)
         | Route::Rollout(_) => control(state, route, req, peer, hold).await,
+        // The platform's agent calls these on the port it owns, with no token.
+        Route::MultiModelList | Route::MultiModel(_) => multi_model(state, route, req, hold).await,
         _ => {
             auth.check_read(authorization(&req))?;
             information(state, route).await
@@ -451,7 +493,15 @@ async fn inference(
     // default model chosen, a body read for the model it names).
     state.pipeline.authorize(req.headers())?;
     match route {
-        Route::V1Predict(m) => {
+        Route::V1Predict(_) | Route::VertexPredict => {
+            let name;
+            let m = match route {
+                Route::V1Predict(m) => m,
+                _ => {
+                    name = default_model(state)?;
+                    &name
+                }
+            };
             let (parts, body) = req.into_parts();
             let call = Call {
                 model: m,
@@ -480,7 +530,12 @@ async fn inference(
                 headers: &parts.headers,
             };
             let input = read_body(&parts.headers, body, bounds, max, hold);
-            state.pipeline.infer(call, &codec, input).await
+            let mut resp = state.pipeline.infer(call, &codec, input).await?;
+            if let Some(v) = parts.headers.get(super::platform::CUSTOM_ATTRIBUTES) {
+                resp.headers_mut()
+                    .insert(super::platform::CUSTOM_ATTRIBUTES, v.clone());
+            }
+            Ok(resp)
         }
         Route::OpenAiEmbeddings => openai_embeddings(state, req, hold).await.or_else(|e| {
             if e.http_status().is_server_error() {
@@ -588,6 +643,61 @@ async fn control(
             ))
         }
         other => Err(Error::Internal(format!(
+            "{} routed to the wrong handler",
+            other.allow()
+        ))),
+    }
+}
+
+/// SageMaker's multi-model API on the repository's: `POST /models` registers a
+/// folder under a name and loads it (409 if the name is loaded, 507 when
+/// --memory-limit has no room for it), `DELETE /models/{m}` unloads it.
+async fn multi_model(
+    state: &State,
+    route: Route<'_>,
+    req: Request<Incoming>,
+    hold: &Hold<'_>,
+) -> Result<Response<Body>> {
+    let registry = state
+        .config
+        .platform
+        .multi_model
+        .as_ref()
+        .ok_or_else(|| Error::Internal("the multi-model API is off".into()))?;
+    match (route, req.method().clone()) {
+        (Route::MultiModelList, hyper::Method::POST) => {
+            let (parts, body) = req.into_parts();
+            let limit = CONTROL_BODY_BYTES.min(state.bounds.limits.max_body_bytes);
+            let body = read_body(&parts.headers, body, &state.bounds, limit, hold).await?;
+            let (name, url) = super::platform::parse_load(&body)?;
+            registry.register(&name, url)?;
+            if let Err(e) = state.control.load(&name).await {
+                // Not loaded: the name is free for another try.
+                let _ = state.control.unload(&name).await;
+                let _ = registry.remove(&name);
+                return Err(e);
+            }
+            tracing::info!(model = %name, "loaded over the multi-model API");
+            Ok(empty(StatusCode::OK))
+        }
+        (Route::MultiModelList, _) => {
+            Ok(json(StatusCode::OK, super::platform::encode_list(registry)))
+        }
+        (Route::MultiModel(m), hyper::Method::DELETE) => {
+            if registry.get(m).is_none() {
+                return Err(Error::not_found(format!("model '{m}' is not loaded")));
+            }
+            let unloaded = state.control.unload(m).await;
+            registry.remove(m)?;
+            unloaded?;
+            tracing::info!(model = %m, "unloaded over the multi-model API");
+            Ok(empty(StatusCode::OK))
+        }
+        (Route::MultiModel(m), _) => match registry.get(m) {
+            Some(url) => Ok(small_json(super::platform::encode_model(m, &url))),
+            None => Err(Error::not_found(format!("model '{m}' is not loaded"))),
+        },
+        (other, _) => Err(Error::Internal(format!(
             "{} routed to the wrong handler",
             other.allow()
         ))),

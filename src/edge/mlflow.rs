@@ -193,8 +193,34 @@ pub fn encode(resp: &InferResponse, shape: Shape) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(&json!({ "predictions": predictions })).expect("plain data"))
 }
 
+/// Whether an `/invocations` JSON body is a KServe V2 infer request (`inputs`
+/// as named, typed tensors) rather than MLflow's `inputs` (a dict or rows):
+/// SageMaker's clients send either to the one route.
+fn is_v2(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        inputs: Vec<ProbeTensor>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ProbeTensor {
+        #[allow(dead_code)]
+        datatype: String,
+    }
+    // Only a body that names a datatype can be one: MLflow's never pays a second parse.
+    body.windows(10).any(|w| w == b"\"datatype\"")
+        && serde_json::from_slice::<Probe>(body).is_ok_and(|p| !p.inputs.is_empty())
+}
+
+/// How an `/invocations` answer is shaped: as MLflow shapes it, or as a V2
+/// infer response to a V2 request.
+pub enum Answer {
+    Mlflow(Shape),
+    V2(super::v2::OutputFormat),
+}
+
 /// `POST /invocations` and `/models/{m}/invocations` in the one pipeline; the
-/// request's `Content-Type` chooses JSON or CSV.
+/// request's `Content-Type` chooses JSON or CSV, and a JSON body that is a V2
+/// infer request is answered as one.
 pub struct Codec {
     pub content_type: Option<String>,
 }
@@ -202,7 +228,7 @@ pub struct Codec {
 impl super::pipeline::Codec for Codec {
     type Input = bytes::Bytes;
     type Output = super::http::HttpResponse;
-    type Shape = Shape;
+    type Shape = Answer;
     const PROTOCOL: crate::core::request::Protocol = crate::core::request::Protocol::Http;
     const NEEDS_METADATA: bool = true;
 
@@ -211,18 +237,38 @@ impl super::pipeline::Codec for Codec {
         body: bytes::Bytes,
         call: &super::pipeline::Call<'_>,
         meta: Option<&ModelMetadata>,
-    ) -> Result<(InferRequest, Shape)> {
+    ) -> Result<(InferRequest, Answer)> {
         let meta = super::pipeline::given(meta)?;
-        decode(
+        let csv = self
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("text/csv"));
+        if !csv && is_v2(&body) {
+            let (req, format) = super::v2::decode_request(&body, None, call.model, call.version)?;
+            return Ok((req, Answer::V2(format)));
+        }
+        let (req, shape) = decode(
             &body,
             self.content_type.as_deref(),
             meta,
             call.model,
             call.version,
-        )
+        )?;
+        Ok((req, Answer::Mlflow(shape)))
     }
 
-    fn encode(&self, response: InferResponse, shape: Shape) -> Result<Self::Output> {
-        Ok(super::http::json_ok(encode(&response, shape)?))
+    fn encode(&self, response: InferResponse, shape: Answer) -> Result<Self::Output> {
+        match shape {
+            Answer::Mlflow(shape) => Ok(super::http::json_ok(encode(&response, shape)?)),
+            Answer::V2(format) => Ok(match super::v2::encode_response(&response, &format) {
+                (body, None) => super::http::json_ok(body),
+                (body, Some(n)) => {
+                    let mut r = super::http::binary(body);
+                    r.headers_mut()
+                        .insert(super::v2::INFERENCE_HEADER, http::HeaderValue::from(n));
+                    r
+                }
+            }),
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod metrics;
 pub mod mlflow;
 pub mod pipeline;
+pub mod platform;
 pub mod rows;
 mod server;
 pub mod status;

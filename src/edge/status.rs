@@ -27,7 +27,9 @@ impl ErrorStatus for Error {
             Error::PayloadTooLarge { .. }
             | Error::QueueFull { .. }
             | Error::Overloaded(_)
-            | Error::OutOfMemory(_) => Code::ResourceExhausted,
+            | Error::OutOfMemory(_)
+            | Error::InsufficientMemory(_) => Code::ResourceExhausted,
+            Error::Conflict(_) => Code::AlreadyExists,
             Error::DeadlineExceeded(_) | Error::RequestTimeout(_) => Code::DeadlineExceeded,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Forbidden(_) => Code::PermissionDenied,

@@ -420,7 +420,7 @@ pub fn encode_model_metadata(model: &Model, version: Option<u64>) -> Result<Vec<
         .filter_map(|(v, s)| match s {
             VersionState::Failed(r) => Some(Unavailable {
                 version: v.to_string(),
-                reason: r.clone(),
+                reason: r.to_string(),
             }),
             VersionState::Ready(_) => None,
         })

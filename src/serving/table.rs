@@ -13,11 +13,12 @@ use crate::core::config::ModelConfig;
 use crate::core::error::{Error, Result};
 use crate::core::tasks::Scope;
 
-/// A version slot: serving, or the reason it is not.
+/// A version slot: serving, or why it is not (the error keeps its class: a
+/// version refused for want of memory is not a broken one).
 #[derive(Clone)]
 pub enum VersionState {
     Ready(Arc<ModelVersion>),
-    Failed(String),
+    Failed(Error),
 }
 
 /// One model of the repository.
@@ -409,7 +410,7 @@ impl Models {
                             format!("serving earlier files; the newest failed to load: {e}")
                         }),
                     ),
-                    VersionState::Failed(r) => (false, r.clone()),
+                    VersionState::Failed(r) => (false, r.to_string()),
                 };
                 out.push(IndexEntry {
                     name: name.clone(),
@@ -525,7 +526,7 @@ mod tests {
         m.versions = BTreeMap::from([
             (1, version(1)),
             (2, version(2)),
-            (3, VersionState::Failed("broken".into())),
+            (3, VersionState::Failed(Error::load("broken"))),
         ]);
         m.traffic = Arc::new(Traffic::new(spec, &m.ready_numbers(), &m.aliases).unwrap());
         m

@@ -4,12 +4,14 @@
 
 pub mod mlflow;
 mod reconcile;
+pub mod registered;
 pub mod source;
 pub(crate) mod warmup;
 pub mod watcher;
 
 pub use mlflow::{Follow, MlflowSource};
-pub use source::{Combined, FsSource, ModelListing, Source};
+pub use registered::{RegisteredSource, Registry};
+pub use source::{Combined, FsSource, ModelListing, NamedSource, Source};
 pub use watcher::{ControlMode, Options};
 
 use std::collections::BTreeMap;
@@ -42,7 +44,7 @@ pub(crate) fn valid_name(name: &str) -> bool {
 
 /// One model folder: its version folders, named by positive integers (others are
 /// skipped with a warning).
-fn model_dir(name: String, path: PathBuf) -> ModelDir {
+pub(crate) fn model_dir(name: String, path: PathBuf) -> ModelDir {
     let mut versions = BTreeMap::new();
     if let Ok(vs) = std::fs::read_dir(&path) {
         for v in vs.flatten() {

@@ -63,23 +63,24 @@ impl FsSource {
     pub fn new(root: PathBuf) -> Self {
         FsSource { root }
     }
+}
 
-    fn listing(&self, dir: &super::ModelDir) -> ModelListing {
-        let config_path = dir.path.join("config.toml");
-        ModelListing {
-            name: dir.name.clone(),
-            config: ModelConfig::load(&dir.path).map_err(|e| e.to_string()),
-            config_fingerprint: file_fingerprint(&config_path),
-            versions: dir
-                .versions
-                .iter()
-                .map(|(&v, path)| (v, tree_fingerprint(path)))
-                .collect(),
-            default: None,
-            problem: None,
-            complete: false,
-            aliases: BTreeMap::new(),
-        }
+/// What a model folder offers: its configuration and its versions' fingerprints.
+fn listing(dir: &super::ModelDir) -> ModelListing {
+    let config_path = dir.path.join("config.toml");
+    ModelListing {
+        name: dir.name.clone(),
+        config: ModelConfig::load(&dir.path).map_err(|e| e.to_string()),
+        config_fingerprint: file_fingerprint(&config_path),
+        versions: dir
+            .versions
+            .iter()
+            .map(|(&v, path)| (v, tree_fingerprint(path)))
+            .collect(),
+        default: None,
+        problem: None,
+        complete: false,
+        aliases: BTreeMap::new(),
     }
 }
 
@@ -89,15 +90,12 @@ impl Source for FsSource {
     }
 
     fn list(&self) -> Result<Vec<ModelListing>> {
-        Ok(super::scan(&self.root)?
-            .iter()
-            .map(|d| self.listing(d))
-            .collect())
+        Ok(super::scan(&self.root)?.iter().map(listing).collect())
     }
 
     fn list_one(&self, name: &str) -> Result<Option<ModelListing>> {
         match super::find(&self.root, name) {
-            Ok(d) => Ok(Some(self.listing(&d))),
+            Ok(d) => Ok(Some(listing(&d))),
             Err(Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -109,6 +107,121 @@ impl Source for FsSource {
             Ok(path)
         } else {
             Err(Error::load(format!("{} is gone", path.display())))
+        }
+    }
+
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        vec![self.root.clone()]
+    }
+}
+
+/// One model's folder served under a name (`--model-name`): what KServe's
+/// storage initializer, SageMaker and Vertex AI hand a container. The folder
+/// is read at each scan, as one of:
+/// - a model file (`model.onnx`, `model.safetensors`) at its top: version 1;
+/// - numbered version folders: those versions;
+/// - otherwise a repository of model folders, served as `--models` serves it
+///   (a Triton-style repository still works).
+pub struct NamedSource {
+    name: String,
+    root: PathBuf,
+    repository: FsSource,
+}
+
+/// How a [`NamedSource`]'s folder is laid out now.
+enum Layout {
+    Flat,
+    Versions,
+    Repository,
+}
+
+impl NamedSource {
+    pub fn new(name: String, root: PathBuf) -> Result<Self> {
+        if !super::valid_name(&name) {
+            return Err(Error::invalid(format!(
+                "'{name}' is not a model name (letters, digits, '_', '-', '.')"
+            )));
+        }
+        Ok(NamedSource {
+            name,
+            repository: FsSource::new(root.clone()),
+            root,
+        })
+    }
+
+    fn layout(&self) -> Layout {
+        let has = |f: &str| self.root.join(f).is_file();
+        if has("model.onnx") || has("model.safetensors") {
+            return Layout::Flat;
+        }
+        let numbered = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                e.path().is_dir() && !n.starts_with('0') && n.parse::<u64>().is_ok_and(|v| v > 0)
+            });
+        if numbered {
+            Layout::Versions
+        } else {
+            Layout::Repository
+        }
+    }
+
+    /// The one model, when the folder is one model's.
+    fn model(&self) -> Option<super::ModelDir> {
+        match self.layout() {
+            Layout::Flat => Some(super::ModelDir {
+                name: self.name.clone(),
+                path: self.root.clone(),
+                versions: BTreeMap::from([(1, self.root.clone())]),
+            }),
+            Layout::Versions => Some(super::model_dir(self.name.clone(), self.root.clone())),
+            Layout::Repository => None,
+        }
+    }
+}
+
+impl Source for NamedSource {
+    fn describe(&self) -> String {
+        format!("model '{}' in {}", self.name, self.root.display())
+    }
+
+    fn list(&self) -> Result<Vec<ModelListing>> {
+        if !self.root.is_dir() {
+            return Err(Error::load(format!(
+                "cannot read the model folder {}",
+                self.root.display()
+            )));
+        }
+        match self.model() {
+            Some(dir) => Ok(vec![listing(&dir)]),
+            None => self.repository.list(),
+        }
+    }
+
+    fn list_one(&self, name: &str) -> Result<Option<ModelListing>> {
+        match self.model() {
+            Some(dir) if name == self.name => Ok(Some(listing(&dir))),
+            Some(_) => Ok(None),
+            None => self.repository.list_one(name),
+        }
+    }
+
+    fn materialize(&self, model: &str, version: u64) -> Result<PathBuf> {
+        match self.model() {
+            Some(dir) if model == self.name => {
+                dir.versions.get(&version).cloned().ok_or_else(|| {
+                    Error::load(format!("{} has no version {version}", self.describe()))
+                })
+            }
+            Some(_) => Err(Error::not_found(format!(
+                "{} has no model '{model}'",
+                self.describe()
+            ))),
+            None => self.repository.materialize(model, version),
         }
     }
 
@@ -216,6 +329,11 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, u64, u128)>) {
         return;
     };
     for e in rd.flatten() {
+        // Hidden entries are never part of a model (a version being written
+        // under `.3.tmp`, the state folder `.switchyard` of a flat model folder).
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
         let path = e.path();
         let Ok(meta) = e.metadata() else { continue };
         if meta.is_dir() {

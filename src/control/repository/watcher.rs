@@ -268,12 +268,23 @@ impl Repository {
         job
     }
 
-    /// What the table says of a model after an explicit load.
+    /// What the table says of a model after an explicit load: a refusal for
+    /// want of memory stays one (SageMaker's multi-model API answers 507).
     pub(crate) fn load_outcome(&self, name: &str) -> Result<()> {
-        match self.table.models().model(name)?.unavailable_reason() {
-            None => Ok(()),
-            Some(r) => Err(Error::load(format!("model '{name}' failed to load: {r}"))),
-        }
+        let model = self.table.models().model(name)?;
+        let Some(r) = model.unavailable_reason() else {
+            return Ok(());
+        };
+        let msg = format!("model '{name}' failed to load: {r}");
+        let no_memory = model
+            .versions
+            .values()
+            .any(|s| matches!(s, VersionState::Failed(Error::InsufficientMemory(_))));
+        Err(if no_memory {
+            Error::InsufficientMemory(msg)
+        } else {
+            Error::load(msg)
+        })
     }
 
     /// The first step for one model: what it should serve, and the load that
@@ -417,7 +428,7 @@ impl Repository {
                 } else {
                     model
                         .versions
-                        .insert(*v, VersionState::Failed(error.clone()));
+                        .insert(*v, VersionState::Failed(Error::load(error.clone())));
                 }
             }
             self.table.replace_model(name, Some(model));
@@ -620,7 +631,7 @@ impl Loader {
                         failures.insert(v, e.to_string());
                     }
                     _ => {
-                        versions.insert(v, VersionState::Failed(e.to_string()));
+                        versions.insert(v, VersionState::Failed(e));
                     }
                 },
                 None => {
@@ -705,7 +716,7 @@ impl Loader {
                 Err(e) => {
                     self.count_failure();
                     tracing::error!(model = %job.name, version = v, error = %e, "version failed to load");
-                    versions.insert(v, VersionState::Failed(e.to_string()));
+                    versions.insert(v, VersionState::Failed(e));
                 }
             }
         }
@@ -746,7 +757,7 @@ impl Loader {
         let need = 2 * dir_size(dir);
         let rss = crate::core::sys::rss_bytes().unwrap_or(0);
         if rss + need > limit {
-            return Err(Error::load(format!(
+            return Err(Error::InsufficientMemory(format!(
                 "not loaded: it needs about {} (twice its files) and the server already uses {} of its --memory-limit {}",
                 bytesize::ByteSize(need),
                 bytesize::ByteSize(rss),
