@@ -16,7 +16,7 @@ MODELS_VENV := .venv-models
 ENCODER_VENV := .venv-encoder
 MINILM      := models/minilm/1/model.safetensors
 
-.PHONY: all build build-cuda serve test ort minilm rust-test interop-test models lint fmt clean loadtest fuzz conformance
+.PHONY: all build build-cuda serve test ort minilm rust-test interop-test image image-test models lint fmt clean loadtest fuzz conformance
 
 all: build
 
@@ -61,7 +61,7 @@ loadtest:
 serve: build $(MINILM)
 	./target/release/switchyard serve --models $(MODELS) --http $(HTTP)
 
-test: rust-test interop-test
+test: rust-test interop-test image-test
 
 rust-test: $(ORT_LIB) $(MINILM)
 	$(CARGO) build --locked --workspace --all-targets
@@ -107,6 +107,26 @@ interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done $(KSERVE_
 	$(MLFLOW_VENV)/bin/python -m pytest -q tests/mlflow
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	$(ENCODER_VENV)/bin/python -m pytest -q tests/encoder
+
+## The container image, built without a registry: the Dockerfile's `prebuilt`
+## stage on a Debian 12 base that scripts/image.sh makes with debootstrap (once,
+## kept in .cache/image), from the release binary. `docker build .` builds the
+## same image from source where a registry is reachable (README, Deploying).
+IMAGE ?= switchyard:0.1.0
+image: build
+	scripts/image.sh target/release/switchyard $(IMAGE)
+
+## The image run as Kubernetes runs it (tests/image), from the debug binary
+## that `make test` builds anyway; skipped, saying why, when no Docker Engine
+## answers or the base cannot be made (debootstrap needs root).
+IMAGE_TEST ?= switchyard:test
+image-test: $(TEST_VENV)/.done $(ORT_LIB)
+	$(CARGO) build --locked --bin switchyard
+	cp $(ORT_LIB) target/debug/libonnxruntime.so
+	@rc=0; scripts/image.sh target/debug/switchyard $(IMAGE_TEST) || rc=$$?; \
+	if [ $$rc = 2 ]; then echo "image-test: SKIPPED (see the line above)"; exit 0; fi; \
+	[ $$rc = 0 ] || exit $$rc; \
+	IMAGE=$(IMAGE_TEST) $(TEST_VENV)/bin/python -m pytest -q -s tests/image
 
 ## Every fuzz target (fuzz/) for FUZZ_SECONDS each under cargo fuzz (installed
 ## from crates.io if missing); what adds coverage joins fuzz/corpus, which
