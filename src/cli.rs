@@ -369,7 +369,10 @@ impl ServeArgs {
                     health: route("AIP_HEALTH_ROUTE", "/health"),
                     predict: route("AIP_PREDICT_ROUTE", "/predict"),
                 });
-                if !repository_given {
+                // The image's default --models (/mnt/models) is there only when
+                // the model was baked in or mounted; else AIP_STORAGE_URI says.
+                let baked = self.models.as_ref().is_some_and(|d| d.is_dir());
+                if !repository_given || (!baked && self.mlflow_uri.is_none() && set("AIP_STORAGE_URI")) {
                     // Vertex AI names the model's Cloud Storage folder; a Cloud
                     // Storage FUSE mount shows gs://B/P at /gcs/B/P.
                     let uri = env("AIP_STORAGE_URI").context(
