@@ -372,7 +372,9 @@ impl ServeArgs {
                 // The image's default --models (/mnt/models) is there only when
                 // the model was baked in or mounted; else AIP_STORAGE_URI says.
                 let baked = self.models.as_ref().is_some_and(|d| d.is_dir());
-                if !repository_given || (!baked && self.mlflow_uri.is_none() && set("AIP_STORAGE_URI")) {
+                if !repository_given
+                    || (!baked && self.mlflow_uri.is_none() && set("AIP_STORAGE_URI"))
+                {
                     // Vertex AI names the model's Cloud Storage folder; a Cloud
                     // Storage FUSE mount shows gs://B/P at /gcs/B/P.
                     let uri = env("AIP_STORAGE_URI").context(
@@ -471,5 +473,95 @@ impl ServeArgs {
             Box::new(repository::Combined::new(sources))
         };
         Ok((source, state_dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let mut all = vec!["switchyard", "serve"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).unwrap().command {
+            Command::Serve(a) => *a,
+            Command::Profile(_) => unreachable!(),
+        }
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn no_platform_leaves_the_flags_alone() {
+        let mut a = serve_args(&["--models", "/m", "--http", "127.0.0.1:9"]);
+        let p = a.apply_platform(env(&[])).unwrap();
+        assert!(p.vertex.is_none() && p.multi_model.is_none());
+        assert_eq!(a.http.port(), 9);
+        assert!(a.model_name.is_none());
+    }
+
+    #[test]
+    fn vertex_takes_its_port_routes_and_storage_uri() {
+        let dir = std::env::temp_dir().join(format!("sy-vertex-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let uri = format!("file://{}", dir.display());
+        let vars = [
+            ("AIP_HTTP_PORT", "7080"),
+            ("AIP_PREDICT_ROUTE", "v1/x:predict"),
+            ("AIP_STORAGE_URI", uri.as_str()),
+        ];
+        // The image's default --models is absent: the storage URI serves.
+        let mut a = serve_args(&["--models", "/nonexistent/mnt/models"]);
+        let p = a.apply_platform(env(&vars)).unwrap();
+        let routes = p.vertex.unwrap();
+        assert_eq!(
+            (routes.health.as_str(), routes.predict.as_str()),
+            ("/health", "/v1/x:predict")
+        );
+        assert_eq!(a.http, "0.0.0.0:7080".parse().unwrap());
+        assert_eq!(a.models.as_deref(), Some(dir.as_path()));
+        assert_eq!(a.model_name.as_deref(), Some("model"));
+        // A gs:// URI is read where Cloud Storage FUSE mounts it, and named
+        // when it is not there.
+        let mut a = serve_args(&[]);
+        let e = a
+            .apply_platform(env(&[
+                ("AIP_HTTP_PORT", "8080"),
+                ("AIP_STORAGE_URI", "gs://b/p"),
+            ]))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/gcs/b/p"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sagemaker_takes_its_port_and_the_multi_model_api() {
+        let mut a = serve_args(&["--models", "/m", "--platform", "sagemaker"]);
+        let p = a.apply_platform(env(&[])).unwrap();
+        assert!(p.multi_model.is_none());
+        assert_eq!(a.http, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(a.model_name.as_deref(), Some("model"));
+        let mut a = serve_args(&[]);
+        let p = a
+            .apply_platform(env(&[
+                ("SAGEMAKER_MULTI_MODEL", "true"),
+                ("SAGEMAKER_BIND_TO_PORT", "9090"),
+            ]))
+            .unwrap();
+        assert!(p.multi_model.is_some());
+        assert_eq!(a.http.port(), 9090);
+        assert!(a.models.is_none());
+        assert!(matches!(a.model_control, repository::ControlMode::Explicit));
+        assert!(a
+            .apply_platform(env(&[("SAGEMAKER_BIND_TO_PORT", "http")]))
+            .is_err());
     }
 }
