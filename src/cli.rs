@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use switchyard::control::policy::PolicyStore;
 use switchyard::control::repository;
 
 #[derive(Parser)]
@@ -77,6 +78,12 @@ pub struct ServeArgs {
     /// --cache-dir, else $XDG_STATE_HOME/switchyard (~/.local/state/switchyard).
     #[arg(long, value_name = "DIR", env = "SWITCHYARD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Where traffic policies are kept and read: `file:DIR` (default: the
+    /// state directory), or `configmap:DIR`, a Kubernetes ConfigMap mounted
+    /// as files (one key `<model>.json` per model), applied when the kubelet
+    /// swaps it and never written (admin changes answer 409).
+    #[arg(long, value_name = "file:DIR|configmap:DIR", value_parser = PolicyStore::parse, env = "SWITCHYARD_POLICY_STORE")]
+    pub policy_store: Option<PolicyStore>,
     /// Do not record Prometheus metrics (GET /metrics answers 404).
     #[arg(long, conflicts_with = "metrics")]
     pub no_metrics: bool,

@@ -7,6 +7,7 @@
 
 pub mod drift;
 pub mod plane;
+pub mod policy;
 pub mod repository;
 pub mod rollout;
 

@@ -614,7 +614,14 @@ impl Plane {
     /// plane; `None` (poll only) when there is nothing to watch or it cannot.
     fn watch(&self) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher as _;
-        let paths = self.repo.source().watch_paths();
+        let mut paths = self.repo.source().watch_paths();
+        paths.extend(
+            self.repo
+                .options()
+                .policies
+                .as_ref()
+                .and_then(|p| p.watch_path()),
+        );
         if paths.is_empty() {
             return None;
         }
@@ -725,7 +732,7 @@ mod tests {
             mode: ControlMode::Explicit,
             poll_interval: Duration::from_secs(3600),
             memory_limit: None,
-            state_dir: None,
+            policies: None,
             warmup_decoder: |_, _, _| Err(Error::invalid("no warm-up files here")),
         };
         let (control, loaded) =

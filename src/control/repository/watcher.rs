@@ -8,7 +8,7 @@
 //! the old versions retire, drain and free.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,8 +37,9 @@ pub struct Options {
     pub poll_interval: Duration,
     /// Refuse a load that would take the process past this many bytes of RSS.
     pub memory_limit: Option<u64>,
-    /// Where traffic policies set over the admin API are kept; none: not kept.
-    pub state_dir: Option<PathBuf>,
+    /// Where traffic policies set over the admin API are kept, and read
+    /// from; none: not kept.
+    pub policies: Option<crate::control::policy::PolicyStore>,
     /// How `warmup/*.json` files are read (the V2 codec's decoder).
     pub warmup_decoder: super::warmup::Decoder,
 }
@@ -482,13 +483,8 @@ impl Repository {
         let model = self.table.models().model(name)?;
         let traffic = Arc::new(Traffic::new(spec, &model.ready_numbers(), &model.aliases)?);
         let text = serde_json::to_string_pretty(&traffic.spec).expect("plain data");
-        if let Some(path) = self.traffic_file(name) {
-            write_atomically(&path, text.as_bytes()).map_err(|e| {
-                Error::Internal(format!(
-                    "the policy was not changed: cannot keep it in {}: {e}",
-                    path.display()
-                ))
-            })?;
+        if let Some(store) = &self.opts.policies {
+            store.write(name, &text)?;
         }
         // One table swap: a request sees the whole old policy or the whole new one.
         self.table.replace_model(
@@ -507,24 +503,18 @@ impl Repository {
         Ok(traffic)
     }
 
-    /// `<state-dir>/traffic/<model>.json`.
-    fn traffic_file(&self, name: &str) -> Option<PathBuf> {
-        self.opts
-            .state_dir
-            .as_ref()
-            .map(|d| d.join("traffic").join(format!("{name}.json")))
-    }
-
     /// Where a model's policy comes from now: the text of its state file,
     /// else of its config.toml, where that is, and a fingerprint that changes
     /// with either or with the aliases (they resolve to versions: when one
     /// moves, the policy is applied again).
     fn policy_source(&self, name: &str, model: &Model) -> (String, &'static str, u64) {
-        let from_file = self
-            .traffic_file(name)
-            .and_then(|p| std::fs::read_to_string(p).ok());
-        let (text, origin) = match from_file {
-            Some(t) => (t, "the state directory"),
+        let stored = self
+            .opts
+            .policies
+            .as_ref()
+            .and_then(|s| Some((s.read(name)?, s.origin())));
+        let (text, origin) = match stored {
+            Some(t) => t,
             None => (
                 serde_json::to_string(&model.config.traffic.clone().unwrap_or_default())
                     .unwrap_or_default(),
@@ -777,22 +767,6 @@ fn fingerprint(text: &str) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
-}
-
-/// Writes a file whole or not at all: a temporary file beside it, synced, renamed.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Bytes of the files under `dir`.

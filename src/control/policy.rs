@@ -1,0 +1,137 @@
+//! Where traffic policies set over the admin API are kept, and where replicas
+//! read each other's: a state directory (`file:`), or a Kubernetes ConfigMap
+//! mounted as files (`configmap:`), which the operator changes and the server
+//! only reads.
+
+use std::path::{Path, PathBuf};
+
+use crate::core::error::{Error, Result};
+
+/// A policy store, as `--policy-store` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyStore {
+    /// `DIR/traffic/<model>.json`, written atomically; replicas sharing DIR
+    /// follow each other's changes.
+    File(PathBuf),
+    /// `DIR/<model>.json`, one ConfigMap key per model, which the kubelet
+    /// swaps in atomically (the `..data` symlink); read-only here.
+    ConfigMap(PathBuf),
+}
+
+impl PolicyStore {
+    /// `file:DIR` or `configmap:DIR`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let (kind, dir) = s
+            .split_once(':')
+            .ok_or_else(|| format!("'{s}' is not file:DIR or configmap:DIR"))?;
+        if dir.is_empty() {
+            return Err(format!("'{s}' names no directory"));
+        }
+        match kind {
+            "file" => Ok(PolicyStore::File(dir.into())),
+            "configmap" => Ok(PolicyStore::ConfigMap(dir.into())),
+            other => Err(format!(
+                "'{other}' is not a policy store (file:DIR or configmap:DIR)"
+            )),
+        }
+    }
+
+    /// Where the log says a policy came from.
+    pub fn origin(&self) -> &'static str {
+        match self {
+            PolicyStore::File(_) => "the state directory",
+            PolicyStore::ConfigMap(_) => "the ConfigMap",
+        }
+    }
+
+    fn path(&self, model: &str) -> PathBuf {
+        match self {
+            PolicyStore::File(dir) => dir.join("traffic").join(format!("{model}.json")),
+            PolicyStore::ConfigMap(dir) => dir.join(format!("{model}.json")),
+        }
+    }
+
+    /// The stored policy of `model`, as text; `None` when it has none.
+    pub fn read(&self, model: &str) -> Option<String> {
+        std::fs::read_to_string(self.path(model)).ok()
+    }
+
+    /// Keeps `model`'s policy; a ConfigMap is the operator's to change (409).
+    pub fn write(&self, model: &str, text: &str) -> Result<()> {
+        match self {
+            PolicyStore::File(_) => {
+                let path = self.path(model);
+                write_atomically(&path, text.as_bytes()).map_err(|e| {
+                    Error::Internal(format!(
+                        "the policy was not changed: cannot keep it in {}: {e}",
+                        path.display()
+                    ))
+                })
+            }
+            PolicyStore::ConfigMap(dir) => Err(Error::Conflict(format!(
+                "traffic policies are managed by the ConfigMap mounted at {}: change the \
+                 ConfigMap's key {model}.json instead",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// A folder whose changes should be applied at once (the scan's poll is
+    /// the fallback): the ConfigMap's, which the kubelet swaps.
+    pub fn watch_path(&self) -> Option<PathBuf> {
+        match self {
+            PolicyStore::File(_) => None,
+            PolicyStore::ConfigMap(dir) => Some(dir.clone()),
+        }
+    }
+}
+
+/// Writes a file whole or not at all: a temporary file beside it, synced, renamed.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_kinds_and_refuses_others() {
+        assert_eq!(
+            PolicyStore::parse("file:/var/lib/s"),
+            Ok(PolicyStore::File("/var/lib/s".into()))
+        );
+        assert_eq!(
+            PolicyStore::parse("configmap:/etc/policies"),
+            Ok(PolicyStore::ConfigMap("/etc/policies".into()))
+        );
+        assert!(PolicyStore::parse("/etc/x").is_err());
+        assert!(PolicyStore::parse("file:").is_err());
+        assert!(PolicyStore::parse("s3:bucket").is_err());
+    }
+
+    #[test]
+    fn a_configmap_is_read_not_written() {
+        let dir = std::env::temp_dir().join(format!("sy-cm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mlp.json"), r#"{"weights": {"1": 100}}"#).unwrap();
+        let store = PolicyStore::ConfigMap(dir.clone());
+        assert!(store.read("mlp").unwrap().contains("weights"));
+        assert_eq!(store.read("other"), None);
+        let e = store.write("mlp", "{}").unwrap_err();
+        assert_eq!(e.status_code(), 409);
+        assert!(e.to_string().contains("managed by the ConfigMap"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
