@@ -1,6 +1,6 @@
 # Switchyard's container image.
 #
-#   docker build -t switchyard .                   # CPU image (needs a registry)
+#   docker build -t switchyard .                   # CPU image (BuildKit, a registry)
 #   docker build -t switchyard:cuda --target cuda .  # GPU image (see README)
 #   make image                                     # here, without a registry
 #
@@ -8,7 +8,9 @@
 # `make image` and `make image-test` build, since no registry is reachable from
 # the project's machines), `chef`/`planner`/`build` (the release build,
 # dependencies cached in their own layer with cargo-chef), `cuda` (the GPU
-# variant) and `runtime` (the default, last).
+# variant) and `runtime` (the default, last). The public stages need BuildKit
+# (Docker 23 and later by default): the classic builder builds every stage up
+# to the target, `prebuilt` included.
 #
 # The runtime base is distroless's cc image: glibc, libgcc and libstdc++ (ONNX
 # Runtime is C++), CA certificates, a nonroot user (65532), and no shell or
@@ -93,6 +95,15 @@ RUN make build-cuda \
 # The CUDA libraries come from the wheels, so the base is the CPU one; the
 # driver's libcuda.so.1 is mounted by the NVIDIA Container Toolkit.
 FROM ${RUNTIME_BASE} AS cuda
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="switchyard-cuda" \
+      org.opencontainers.image.description="Switchyard with ONNX Runtime's CUDA provider and candle on CUDA" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
+      com.amazonaws.sagemaker.capabilities.multi-models=true
 COPY --from=build-cuda /out-cuda/ /opt/switchyard/
 COPY --from=build --chown=65532:65532 /state /var/lib/switchyard
 ENV PATH=/opt/switchyard:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

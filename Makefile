@@ -118,13 +118,13 @@ image: build
 
 ## The image run as Kubernetes runs it (tests/image), from the debug binary
 ## that `make test` builds anyway; skipped, saying why, when no Docker Engine
-## answers or the base cannot be made (debootstrap needs root).
+## answers or the base cannot be made (debootstrap needs root): exit code 77.
 IMAGE_TEST ?= switchyard:test
 image-test: $(TEST_VENV)/.done $(ORT_LIB)
 	$(CARGO) build --locked --bin switchyard
 	cp $(ORT_LIB) target/debug/libonnxruntime.so
 	@rc=0; scripts/image.sh target/debug/switchyard $(IMAGE_TEST) || rc=$$?; \
-	if [ $$rc = 2 ]; then echo "image-test: SKIPPED (see the line above)"; exit 0; fi; \
+	if [ $$rc = 77 ]; then echo "image-test: SKIPPED (see the line above)"; exit 0; fi; \
 	[ $$rc = 0 ] || exit $$rc; \
 	IMAGE=$(IMAGE_TEST) $(TEST_VENV)/bin/python -m pytest -q -s tests/image
 

@@ -6,6 +6,7 @@
 #   scripts/image-report.sh [IMAGE] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v bc >/dev/null || { echo "image-report: needs bc (apt-get install bc)" >&2; exit 1; }
 image=${1:-switchyard:0.1.0}
 runs=${2:-5}
 repo=$(mktemp -d)
@@ -28,7 +29,15 @@ for i in $(seq "$runs"); do
         --tmpfs /var/lib/switchyard:uid=65532,gid=65532,mode=0700 \
         -v "$repo:/mnt/models:ro" "$image" >/dev/null
     ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' sy-report)
-    until curl -fsS -o /dev/null "http://$ip:8000/v2/health/ready" 2>/dev/null; do sleep 0.02; done
+    deadline=$((SECONDS + 120))
+    until curl -fsS -o /dev/null "http://$ip:8000/v2/health/ready" 2>/dev/null; do
+        if [ "$(docker inspect -f '{{.State.Running}}' sy-report)" != true ] || [ $SECONDS -gt $deadline ]; then
+            echo "image-report: the container did not become ready" >&2
+            docker logs sy-report 2>&1 | tail -20 >&2
+            exit 1
+        fi
+        sleep 0.02
+    done
     t1=$(date +%s.%N)
     sleep 5
     pid=$(docker inspect -f '{{.State.Pid}}' sy-report)

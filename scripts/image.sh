@@ -6,7 +6,8 @@
 #   scripts/image.sh BINARY TAG
 # BINARY: target/release/switchyard (make image) or target/debug/switchyard
 # (make image-test); libonnxruntime.so comes from beside it, else .cache.
-# Exits 2 when no Docker Engine answers or debootstrap cannot run (not root).
+# Exits 77 (make image-test's "skipped") when no Docker Engine answers or the
+# base cannot be made (debootstrap needs root); any other failure is one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$1
@@ -18,7 +19,7 @@ export DOCKER_BUILDKIT=0 # the classic builder: no buildx here, and it stops at 
 
 if ! docker info >/dev/null 2>&1; then
     echo "image: no Docker Engine answers (docker info failed)" >&2
-    exit 2
+    exit 77
 fi
 mkdir -p "$cache"
 if ! docker image inspect "$base" >/dev/null 2>&1; then
@@ -27,10 +28,13 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
         if [ "$(id -u)" != 0 ]; then
             if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
                 echo "image: making the base needs root (debootstrap)" >&2
-                exit 2
+                exit 77
             fi
         fi
-        command -v debootstrap >/dev/null || $sudo apt-get install -y --no-install-recommends debootstrap >&2
+        if ! command -v debootstrap >/dev/null; then
+            $sudo apt-get update -qq >&2
+            $sudo apt-get install -y -qq --no-install-recommends debootstrap >&2
+        fi
         root=$(mktemp -d)
         trap '$sudo rm -rf "$root"' EXIT
         echo "image: debootstrap --variant=minbase bookworm (once; kept in $tarball)" >&2
@@ -50,10 +54,15 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
     docker import "$tarball" "$base" >/dev/null
 fi
 
-ctx=$(mktemp -d)
-trap 'rm -rf "$ctx"' EXIT
 lib=$(dirname "$bin")/libonnxruntime.so
-[ -f "$lib" ] || lib=$(ls .cache/onnxruntime-*/libonnxruntime.so | head -1)
+[ -f "$lib" ] || lib=$(find .cache -path '.cache/onnxruntime-*/libonnxruntime.so' -print -quit 2>/dev/null || true)
+if [ ! -f "$bin" ] || [ -z "$lib" ] || [ ! -f "$lib" ]; then
+    echo "image: no $bin with libonnxruntime.so beside it (make build, make ort)" >&2
+    exit 1
+fi
+ctx=$(mktemp -d)
+log=$(mktemp)
+trap 'rm -rf "$ctx" "$log"' EXIT
 # Debug symbols stay on the host: the image needs the code only.
 objcopy --strip-debug "$bin" "$ctx/switchyard"
 cp "$lib" "$ctx/libonnxruntime.so"
@@ -62,5 +71,5 @@ docker build --quiet -f Dockerfile --target prebuilt \
     --build-arg PREBUILT_BASE="$base" \
     --build-arg VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" \
     --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-    -t "$tag" "$ctx" >"$ctx/build.log" 2>&1 || { cat "$ctx/build.log" >&2; exit 1; }
+    -t "$tag" "$ctx" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
 echo "image: $tag ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}'))" >&2

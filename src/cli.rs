@@ -58,6 +58,15 @@ pub struct ServeArgs {
     /// SAGEMAKER_MULTI_MODEL=true); `none` ignores it. See the README, Deploying.
     #[arg(long, value_enum, default_value = "auto", env = "SWITCHYARD_PLATFORM")]
     pub platform: PlatformKind,
+    /// SageMaker multi-model endpoints: `POST /models` loads folders under
+    /// this one only (where SageMaker unpacks them).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/opt/ml/models",
+        env = "SWITCHYARD_MULTI_MODEL_ROOT"
+    )]
+    pub multi_model_root: PathBuf,
     /// Follow the MLflow Model Registry of this tracking server (http://host:port).
     #[arg(long, value_name = "URL", env = "SWITCHYARD_MLFLOW_URI")]
     pub mlflow_uri: Option<String>,
@@ -351,14 +360,34 @@ impl ServeArgs {
                     // Models arrive by POST /models, each in a folder of its own.
                     self.models = None;
                     self.model_control = repository::ControlMode::Explicit;
-                    platform.multi_model = Some(repository::Registry::new());
+                    platform.multi_model =
+                        Some(repository::Registry::new(self.multi_model_root.clone()));
                 } else if !repository_given {
                     self.models = Some(PathBuf::from(SAGEMAKER_MODEL_DIR));
                 }
-                if self.models.is_some() && self.model_name.is_none() {
-                    self.model_name = Some("model".into());
+                // Other containers of an inference pipeline share the host's
+                // ports: the others go in the range SageMaker leaves free.
+                if let Some(range) = env("SAGEMAKER_SAFE_PORT_RANGE") {
+                    let first = range
+                        .split('-')
+                        .next()
+                        .and_then(|p| p.trim().parse::<u16>().ok())
+                        .with_context(|| {
+                            format!("SAGEMAKER_SAFE_PORT_RANGE={range} is not FIRST-LAST")
+                        })?;
+                    self.grpc = SocketAddr::from(([0, 0, 0, 0], first));
+                    if self.admin.0.is_some() {
+                        self.admin = Listen(Some(SocketAddr::from((
+                            [127, 0, 0, 1],
+                            first.saturating_add(1),
+                        ))));
+                    }
+                    if self.metrics.is_some() {
+                        self.metrics =
+                            Some(SocketAddr::from(([0, 0, 0, 0], first.saturating_add(2))));
+                    }
                 }
-                tracing::info!(http = %self.http, multi_model = platform.multi_model.is_some(), "SageMaker's container contract");
+                tracing::info!(http = %self.http, grpc = %self.grpc, multi_model = platform.multi_model.is_some(), "SageMaker's container contract");
             }
             PlatformKind::Vertex => {
                 self.http = port("AIP_HTTP_PORT", 8080)?;
@@ -399,11 +428,12 @@ impl ServeArgs {
                     );
                     self.models = Some(dir);
                 }
-                if self.models.is_some() && self.model_name.is_none() {
-                    self.model_name = Some("model".into());
-                }
                 tracing::info!(http = %self.http, routes = ?platform.vertex, "Vertex AI's container contract");
             }
+        }
+        // One model's folder, as both platforms give it, is served as `model`.
+        if self.models.is_some() && self.model_name.is_none() {
+            self.model_name = Some("model".into());
         }
         Ok(platform)
     }

@@ -34,6 +34,12 @@ fn args_of(container: &Yaml) -> Vec<String> {
         .collect()
 }
 
+/// Whether `switchyard serve --help` lists `flag` (whole, not a prefix of another).
+fn listed(help: &str, flag: &str) -> bool {
+    help.lines()
+        .any(|l| l.trim_start().split([',', ' ']).any(|word| word == flag))
+}
+
 /// `--flag=value` → (flag, value).
 fn flag(arg: &str) -> (&str, Option<&str>) {
     match arg.split_once('=') {
@@ -65,9 +71,7 @@ fn check_container(what: &str, container: &Yaml) {
     for a in &args[1..] {
         let (f, _) = flag(a);
         assert!(
-            help.contains(&format!("{f} "))
-                || help.contains(&format!("{f}\n"))
-                || help.contains(&format!("{f} <")),
+            listed(&help, f),
             "{what}: {f} is not a flag of `switchyard serve`"
         );
     }
@@ -84,8 +88,14 @@ fn check_container(what: &str, container: &Yaml) {
         "{what}: --http port {http} is not declared in {declared:?}"
     );
     // Start it as the manifest says, on a local copy of a model and local ports.
+    // With --model-name, one model's folder (what KServe's storage initializer
+    // leaves); else a repository.
     let models = scratch(&format!("deploy-{what}"));
-    copy_dir(&sample_models().join("iris"), &models.join("iris"));
+    if value(&args, "--model-name").is_some() {
+        copy_dir(&sample_models().join("iris/1"), &models);
+    } else {
+        copy_dir(&sample_models().join("iris"), &models.join("iris"));
+    }
     let state = scratch(&format!("deploy-{what}-state"));
     let mut local: Vec<String> = Vec::new();
     for a in &args[1..] {
@@ -149,9 +159,12 @@ fn the_deployment_matches_the_binary() {
     let timeout: u64 = value(&args, "--shutdown-timeout")
         .map(|v| v.trim_end_matches('s').parse().unwrap())
         .unwrap_or_else(|| {
+            // The documented default, read from the flag's own help entry.
+            let entry = help.split("--shutdown-timeout").nth(1).unwrap();
+            let entry = entry.split("\n      --").next().unwrap();
             assert!(
-                help.contains("[default: 30s]"),
-                "the documented default moved"
+                entry.contains("[default: 30s]"),
+                "the default moved: {entry}"
             );
             30
         });
@@ -206,7 +219,7 @@ fn the_mlflow_patch_passes_flags_the_binary_takes() {
     for a in &args[1..] {
         let (f, _) = flag(a);
         assert!(
-            help.contains(f),
+            listed(&help, f),
             "patch-mlflow.yaml: {f} is not a flag of `switchyard serve`"
         );
     }

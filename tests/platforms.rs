@@ -180,10 +180,11 @@ fn sagemaker_single_model_ping_and_invocations() {
 
 #[test]
 fn sagemaker_multi_model_api() {
-    let empty = scratch("platform-mme-root");
-    let s = sagemaker(&empty, true, &[]);
+    // Where SageMaker unpacks models (/opt/ml/models in the container).
+    let root = scratch("platform-mme-root");
+    let s = sagemaker(&root, true, &["--multi-model-root", root.to_str().unwrap()]);
     let url = |p: &str| s.public_url(p);
-    let iris = scratch("platform-mme-iris");
+    let iris = root.join("iris");
     copy_dir(&sample_models().join("iris"), &iris);
     let load = json!({"model_name": "iris", "url": iris});
     assert_eq!(
@@ -244,17 +245,29 @@ fn sagemaker_multi_model_api() {
         .json(&json!({"instances": IRIS_ROWS}))
         .send()
         .unwrap();
-    assert!(matches!(r.status().as_u16(), 404 | 503), "{}", r.status());
+    assert_eq!(r.status(), 404);
     // And loads again under the same name.
     let r = client().post(url("/models")).json(&load).send().unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    // A url that is no folder, a body that is no load: 400.
-    let r = client()
-        .post(url("/models"))
-        .json(&json!({"model_name": "x", "url": empty.join("nope")}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    // A url that is no folder, or not one under the root (a link out of it
+    // included), or relative; a body that is no load: 400.
+    let outside = sample_models().join("iris");
+    std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+    for bad in [
+        root.join("nope"),
+        outside.clone(),
+        root.join("link"),
+        root.join("../platform-mme-root/.."),
+        "iris".into(),
+        root.clone(),
+    ] {
+        let r = client()
+            .post(url("/models"))
+            .json(&json!({"model_name": "x", "url": bad}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "{}", bad.display());
+    }
     assert_eq!(
         client()
             .post(url("/models"))
@@ -264,29 +277,37 @@ fn sagemaker_multi_model_api() {
             .status(),
         400
     );
-    // A folder with no model fails its load, and frees the name.
-    let broken = scratch("platform-mme-broken");
+    // A model file that is no model fails its load, and frees the name.
+    let broken = root.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("model.onnx"), b"not a model").unwrap();
     let r = client()
         .post(url("/models"))
         .json(&json!({"model_name": "broken", "url": broken}))
         .send()
         .unwrap();
-    assert!(
-        r.status().is_server_error() || r.status().is_client_error(),
-        "{}",
-        r.status()
-    );
+    assert_eq!(r.status(), 503);
     assert_eq!(
         client().get(url("/models/broken")).send().unwrap().status(),
         404
     );
+    assert_eq!(s.get("/v2/models/broken").0, 404);
 }
 
 #[test]
 fn sagemaker_multi_model_without_memory_answers_507() {
-    let empty = scratch("platform-mme-507-root");
-    let s = sagemaker(&empty, true, &["--memory-limit", "1MB"]);
-    let iris = scratch("platform-mme-507-iris");
+    let root = scratch("platform-mme-507-root");
+    let s = sagemaker(
+        &root,
+        true,
+        &[
+            "--memory-limit",
+            "1MB",
+            "--multi-model-root",
+            root.to_str().unwrap(),
+        ],
+    );
+    let iris = root.join("iris");
     copy_dir(&sample_models().join("iris"), &iris);
     let r = client()
         .post(s.public_url("/models"))

@@ -34,7 +34,9 @@ type Ack = Reply<()>;
 
 enum Command {
     Load(String, Ack),
-    Unload(String, Reply<()>),
+    /// Unload, and with `true` forget the model altogether (its source no
+    /// longer offers it: SageMaker's DELETE).
+    Unload(String, bool, Reply<()>),
     SetTraffic(String, TrafficSpec, String, Reply<Arc<Traffic>>),
     RolloutStart(String, RolloutSpec, String, Reply<rollout::Status>),
     RolloutAbort(String, String, Reply<rollout::Status>),
@@ -142,7 +144,16 @@ impl Control {
     /// finish on the versions they hold.
     pub async fn unload(&self, model: &str) -> Result<()> {
         let model = model.to_string();
-        self.ask(COMMAND_TIMEOUT, |r| Command::Unload(model, r))
+        self.ask(COMMAND_TIMEOUT, |r| Command::Unload(model, false, r))
+            .await
+    }
+
+    /// Takes a model out of service and out of the table, as if it had never
+    /// been loaded (SageMaker's multi-model `DELETE`: afterwards it is 404).
+    /// In-flight requests finish on the versions they hold.
+    pub async fn remove(&self, model: &str) -> Result<()> {
+        let model = model.to_string();
+        self.ask(COMMAND_TIMEOUT, |r| Command::Unload(model, true, r))
             .await
     }
 
@@ -377,9 +388,9 @@ impl Plane {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Load(model, ack) => self.load(model, ack),
-            Command::Unload(model, r) => {
+            Command::Unload(model, forget, r) => {
                 let loading = self.busy.contains(&model);
-                let _ = r.send(self.repo.unload(&model, loading));
+                let _ = r.send(self.repo.unload(&model, loading, forget));
             }
             Command::SetTraffic(model, spec, who, r) => {
                 let _ = r.send(self.repo.set_traffic(&model, spec, &who));

@@ -670,11 +670,12 @@ async fn multi_model(
             let limit = CONTROL_BODY_BYTES.min(state.bounds.limits.max_body_bytes);
             let body = read_body(&parts.headers, body, &state.bounds, limit, hold).await?;
             let (name, url) = super::platform::parse_load(&body)?;
+            let _one_at_a_time = registry.changes.lock().await;
             registry.register(&name, url)?;
             if let Err(e) = state.control.load(&name).await {
                 // Not loaded: the name is free for another try.
-                let _ = state.control.unload(&name).await;
                 let _ = registry.remove(&name);
+                let _ = state.control.remove(&name).await;
                 return Err(e);
             }
             tracing::info!(model = %name, "loaded over the multi-model API");
@@ -684,18 +685,15 @@ async fn multi_model(
             Ok(json(StatusCode::OK, super::platform::encode_list(registry)))
         }
         (Route::MultiModel(m), hyper::Method::DELETE) => {
-            if registry.get(m).is_none() {
-                return Err(Error::not_found(format!("model '{m}' is not loaded")));
-            }
-            let unloaded = state.control.unload(m).await;
+            let _one_at_a_time = registry.changes.lock().await;
             registry.remove(m)?;
-            unloaded?;
+            state.control.remove(m).await?;
             tracing::info!(model = %m, "unloaded over the multi-model API");
             Ok(empty(StatusCode::OK))
         }
         (Route::MultiModel(m), _) => match registry.get(m) {
             Some(url) => Ok(small_json(super::platform::encode_model(m, &url))),
-            None => Err(Error::not_found(format!("model '{m}' is not loaded"))),
+            None => Err(crate::control::repository::registered::not_loaded(m)),
         },
         (other, _) => Err(Error::Internal(format!(
             "{} routed to the wrong handler",
@@ -825,8 +823,9 @@ async fn drift_report(models: &Models, m: &str, v: &str) -> Result<Response<Body
 fn default_model(state: &State) -> Result<String> {
     default_of(state, |_| true).map_err(|n| {
         Error::not_found(format!(
-            "POST /invocations scores the default model, and there is none: start with \
-             --default-model NAME or post to /models/NAME/invocations ({n} models loaded)"
+            "this route scores the default model, and there is none: start with \
+             --default-model NAME, or name the model (/models/NAME/invocations, \
+             /v1/models/NAME:predict) ({n} models loaded)"
         ))
     })
 }

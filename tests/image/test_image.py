@@ -120,7 +120,9 @@ def test_metrics_on_their_own_port(container):
     _, ip = container
     status, body = get(ip, 8002, "/metrics")
     assert status == 200
-    assert b"switchyard_inference_requests_total" in body or b"switchyard_" in body
+    # The HPA and KEDA manifests scale on these.
+    assert b"switchyard_queue_depth" in body
+    assert b"switchyard_queue_duration_seconds" in body
 
 
 def test_the_process_is_not_root(container):
@@ -269,5 +271,41 @@ def test_vertex_ai_routes_in_the_image(tmp_path):
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200
             assert len(json.loads(r.read())["predictions"]) == 1
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+def test_sagemaker_multi_model_endpoint_in_the_image(tmp_path):
+    """A multi-model endpoint: models unpacked under /opt/ml/models, loaded,
+    invoked and unloaded over SageMaker's API."""
+    name = f"switchyard-image-mme-{os.getpid()}"
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(ROOT / "models" / "iris", models / "abc123" / "model")
+    for p in [tmp_path, *tmp_path.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+    def call(method, path, body=None):
+        req = urllib.request.Request(f"http://{ip}:8080{path}", method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=20) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    try:
+        ip = run_until_ready(name, ["-e", "SAGEMAKER_MULTI_MODEL=true", "-v", f"{models}:/opt/ml/models:ro",
+                                    IMAGE, "serve"], 8080, "/ping")
+        url = "/opt/ml/models/abc123/model"
+        assert call("POST", "/models", {"model_name": "iris", "url": url})[0] == 200
+        assert call("POST", "/models", {"model_name": "iris", "url": url})[0] == 409
+        assert json.loads(call("GET", "/models")[1])["models"] == [{"modelName": "iris", "modelUrl": url}]
+        status, body = call("POST", "/models/iris/invoke", {"instances": [[5.1, 3.5, 1.4, 0.2]]})
+        assert status == 200 and json.loads(body)["predictions"]["label"] == [0]
+        assert call("DELETE", "/models/iris")[0] == 200
+        assert call("POST", "/models/iris/invoke", {"instances": [[5.1, 3.5, 1.4, 0.2]]})[0] == 404
+        assert call("POST", "/models", {"model_name": "etc", "url": "/etc"})[0] == 400
     finally:
         docker("rm", "-f", name, check=False)

@@ -130,8 +130,11 @@ def test_the_runtime_speaks_what_kserve_selects_it_for():
     spec = docs(KSERVE / "clusterservingruntime.yaml")[0]["spec"]
     assert set(spec["protocolVersions"]) == {"v2", "grpc-v2", "v1"}
     onnx = next(f for f in spec["supportedModelFormats"] if f["name"] == "onnx")
-    # Triton takes priority 1 and OpenVINO 2 for onnx.
-    assert onnx["priority"] not in (1, 2)
+    # KServe selects the highest priority among auto-selected runtimes: onnx
+    # models stay with Triton and OpenVINO unless Switchyard is asked for.
+    assert onnx["autoSelect"] is False and "priority" not in onnx
+    own = next(f for f in spec["supportedModelFormats"] if f["name"] == "switchyard")
+    assert own["autoSelect"] is True
     isvc = docs(KSERVE / "inferenceservice.yaml")[0]
     assert isvc["spec"]["predictor"]["model"]["runtime"] == docs(KSERVE / "clusterservingruntime.yaml")[0]["metadata"]["name"]
 

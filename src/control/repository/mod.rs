@@ -42,6 +42,17 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// Refuses a name that cannot be a model's, saying which characters can.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "'{name}' is not a model name (letters, digits, '_', '-', '.')"
+        )))
+    }
+}
+
 /// One model folder: its version folders, named by positive integers (others are
 /// skipped with a warning).
 pub(crate) fn model_dir(name: String, path: PathBuf) -> ModelDir {

@@ -11,33 +11,48 @@ use crate::core::error::{Error, Result};
 
 /// The names and folders registered now; shared by the source and the edge
 /// that registers them. Not on any request's path: a lock is fine.
-#[derive(Default)]
 pub struct Registry {
+    /// Where the platform unpacks models: a registered folder must be in it.
+    root: PathBuf,
     models: Mutex<BTreeMap<String, PathBuf>>,
+    /// Held across a register-and-load or an unload-and-forget, so that a
+    /// DELETE never races the load of the same name.
+    pub changes: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Registry::default())
+    /// Models may be registered from folders under `root` only.
+    pub fn new(root: PathBuf) -> Arc<Self> {
+        Arc::new(Registry {
+            root,
+            models: Mutex::default(),
+            changes: tokio::sync::Mutex::new(()),
+        })
     }
 
     fn models(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PathBuf>> {
         self.models.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers `name` at `dir`: 409 if the name is taken, 400 for a name that
-    /// cannot be a model's or a folder that is not one.
+    /// Registers `name` at `dir`: 409 if the name is taken, 400 for a name
+    /// that cannot be a model's or a folder outside the root (links resolved:
+    /// a caller cannot have any folder of the machine read as a model).
     pub fn register(&self, name: &str, dir: PathBuf) -> Result<()> {
-        if !super::valid_name(name) {
-            return Err(Error::invalid(format!(
-                "'{name}' is not a model name (letters, digits, '_', '-', '.')"
-            )));
+        super::check_name(name)?;
+        let outside = || {
+            Error::invalid(format!(
+                "the model's url {} is not a folder under {}",
+                dir.display(),
+                self.root.display()
+            ))
+        };
+        if !dir.is_absolute() {
+            return Err(outside());
         }
-        if !dir.is_dir() {
-            return Err(Error::invalid(format!(
-                "the model's url {} is not a folder",
-                dir.display()
-            )));
+        let root = self.root.canonicalize().map_err(|_| outside())?;
+        match dir.canonicalize() {
+            Ok(real) if real.starts_with(&root) && real != root && real.is_dir() => {}
+            _ => return Err(outside()),
         }
         let mut models = self.models();
         if models.contains_key(name) {
@@ -49,9 +64,7 @@ impl Registry {
 
     /// Forgets `name`; its folder, or 404.
     pub fn remove(&self, name: &str) -> Result<PathBuf> {
-        self.models()
-            .remove(name)
-            .ok_or_else(|| Error::not_found(format!("model '{name}' is not loaded")))
+        self.models().remove(name).ok_or_else(|| not_loaded(name))
     }
 
     /// The folder `name` was registered at.
@@ -72,6 +85,11 @@ impl Registry {
             .map(|dir| NamedSource::new(name.to_string(), dir))
             .transpose()
     }
+}
+
+/// SageMaker's 404 for a name that is not registered.
+pub fn not_loaded(name: &str) -> Error {
+    Error::not_found(format!("model '{name}' is not loaded"))
 }
 
 /// The registry as a model source: each registered folder is one model.
@@ -102,7 +120,7 @@ impl Source for RegisteredSource {
     fn materialize(&self, model: &str, version: u64) -> Result<PathBuf> {
         match self.0.source(model)? {
             Some(s) => s.materialize(model, version),
-            None => Err(Error::not_found(format!("model '{model}' is not loaded"))),
+            None => Err(not_loaded(model)),
         }
     }
 }

@@ -137,11 +137,7 @@ enum Layout {
 
 impl NamedSource {
     pub fn new(name: String, root: PathBuf) -> Result<Self> {
-        if !super::valid_name(&name) {
-            return Err(Error::invalid(format!(
-                "'{name}' is not a model name (letters, digits, '_', '-', '.')"
-            )));
-        }
+        super::check_name(&name)?;
         Ok(NamedSource {
             name,
             repository: FsSource::new(root.clone()),

@@ -449,7 +449,7 @@ impl Repository {
 
     /// Takes a model out of service; queued requests finish first. A load of
     /// it that runs (`loading`: perhaps its first) is dropped when it ends.
-    pub(crate) fn unload(&mut self, name: &str, loading: bool) -> Result<()> {
+    pub(crate) fn unload(&mut self, name: &str, loading: bool, forget: bool) -> Result<()> {
         if self.opts.mode == ControlMode::None {
             return Err(Error::invalid(
                 "models are not unloaded on request: the server runs with --model-control none",
@@ -460,10 +460,17 @@ impl Repository {
             Err(_) if loading => (Arc::from(name), ModelConfig::default()),
             Err(_) => return Err(Error::not_found(format!("unknown model '{name}'"))),
         };
-        let unloaded = Model::failed(model, config, "unloaded by request".into());
-        self.table.replace_model(name, Some(unloaded));
+        if forget {
+            self.table.replace_model(name, None);
+            self.unloaded.remove(name);
+            self.traffic_applied.remove(name);
+            self.traffic_refused.remove(name);
+        } else {
+            let unloaded = Model::failed(model, config, "unloaded by request".into());
+            self.table.replace_model(name, Some(unloaded));
+            self.unloaded.insert(name.to_string());
+        }
         self.applied.remove(name);
-        self.unloaded.insert(name.to_string());
         self.bump(name);
         tracing::info!(
             model = name,
