@@ -4,13 +4,14 @@
 #   docker build -t switchyard:cuda --target cuda .  # GPU image (see README)
 #   make image                                     # here, without a registry
 #
-# Stages: `prebuilt` (a binary built on the host, on a base made locally: what
-# `make image` and `make image-test` build, since no registry is reachable from
-# the project's machines), `chef`/`planner`/`build` (the release build,
-# dependencies cached in their own layer with cargo-chef), `cuda` (the GPU
-# variant) and `runtime` (the default, last). The public stages need BuildKit
-# (Docker 23 and later by default): the classic builder builds every stage up
-# to the target, `prebuilt` included.
+# Stages: `common` (what every image shares: labels, environment, user, ports,
+# entrypoint), `prebuilt` (a binary built on the host: what `make image` and
+# `make image-test` build on a base made locally, since no registry is
+# reachable from the project's machines), `chef`/`planner`/`build` (the release
+# build, dependencies cached in their own layer with cargo-chef), `cuda` (the
+# GPU variant) and `runtime` (the default, last). The public stages need
+# BuildKit (Docker 23 and later by default): the classic builder builds every
+# stage up to the target, `prebuilt` included.
 #
 # The runtime base is distroless's cc image: glibc, libgcc and libstdc++ (ONNX
 # Runtime is C++), CA certificates, a nonroot user (65532), and no shell or
@@ -29,13 +30,12 @@
 
 ARG RUST_IMAGE=rust:1.95.0-bookworm
 ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12:nonroot
-ARG PREBUILT_BASE=switchyard-base:bookworm
 
-# --- prebuilt: first, so that the classic builder (no BuildKit) stops here
-# when asked for it and never needs the registry images below. Its build
-# context is a folder holding `switchyard` and `libonnxruntime.so`
-# and an empty `state` folder (scripts/image.sh makes it).
-FROM ${PREBUILT_BASE} AS prebuilt
+# --- common, then prebuilt: first, so that the classic builder (no BuildKit)
+# stops after them when asked for `prebuilt` and needs no registry image
+# (make image passes RUNTIME_BASE=switchyard-base:bookworm).
+FROM ${RUNTIME_BASE} AS common
+ARG RUNTIME_BASE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="switchyard" \
@@ -43,22 +43,26 @@ LABEL org.opencontainers.image.title="switchyard" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${RUNTIME_BASE}" \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
-      com.amazonaws.sagemaker.capabilities.multi-models=true \
-      org.opencontainers.image.base.name="debian:bookworm (debootstrap --variant=minbase, made locally)"
-COPY switchyard libonnxruntime.so /opt/switchyard/
-COPY --chown=65532:65532 state /var/lib/switchyard
+      com.amazonaws.sagemaker.capabilities.multi-models=true
 ENV PATH=/opt/switchyard:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     SWITCHYARD_STATE_DIR=/var/lib/switchyard \
     SWITCHYARD_METRICS=0.0.0.0:8002 \
     RUST_LOG=info
-# The state directory (traffic policies, MLflow downloads) is the one place the
-# server writes: a volume, so that the root filesystem can be read-only.
-VOLUME ["/var/lib/switchyard"]
 USER 65532:65532
 EXPOSE 8000 8001 8002
 ENTRYPOINT ["switchyard"]
 CMD ["serve", "--models", "/mnt/models"]
+
+# Its build context is a folder holding `switchyard`, `libonnxruntime.so` and
+# an empty `state` folder (scripts/image.sh makes it).
+FROM common AS prebuilt
+COPY switchyard libonnxruntime.so /opt/switchyard/
+COPY --chown=65532:65532 state /var/lib/switchyard
+# The state directory (traffic policies, MLflow downloads) is the one place the
+# server writes: a volume, so that the root filesystem can be read-only.
+VOLUME ["/var/lib/switchyard"]
 
 # --- the release build.
 FROM ${RUST_IMAGE} AS chef
@@ -94,50 +98,15 @@ RUN make build-cuda \
 
 # The CUDA libraries come from the wheels, so the base is the CPU one; the
 # driver's libcuda.so.1 is mounted by the NVIDIA Container Toolkit.
-FROM ${RUNTIME_BASE} AS cuda
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="switchyard-cuda" \
-      org.opencontainers.image.description="Switchyard with ONNX Runtime's CUDA provider and candle on CUDA" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
-      com.amazonaws.sagemaker.capabilities.multi-models=true
+FROM common AS cuda
+LABEL org.opencontainers.image.title="switchyard-cuda"
 COPY --from=build-cuda /out-cuda/ /opt/switchyard/
 COPY --from=build --chown=65532:65532 /state /var/lib/switchyard
-ENV PATH=/opt/switchyard:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    LD_LIBRARY_PATH=/opt/switchyard \
-    SWITCHYARD_STATE_DIR=/var/lib/switchyard \
-    SWITCHYARD_METRICS=0.0.0.0:8002 \
-    RUST_LOG=info
+ENV LD_LIBRARY_PATH=/opt/switchyard
 VOLUME ["/var/lib/switchyard"]
-USER 65532:65532
-EXPOSE 8000 8001 8002
-ENTRYPOINT ["switchyard"]
-CMD ["serve", "--models", "/mnt/models"]
 
 # --- runtime: the default image.
-FROM ${RUNTIME_BASE} AS runtime
-ARG RUNTIME_BASE
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="switchyard" \
-      org.opencontainers.image.description="A model-serving gateway: KServe V2 / Triton / MLflow protocols, ONNX and safetensors, dynamic batching, canary traffic" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
-      com.amazonaws.sagemaker.capabilities.multi-models=true \
-      org.opencontainers.image.base.name="${RUNTIME_BASE}"
+FROM common AS runtime
 COPY --from=build /out/ /opt/switchyard/
 COPY --from=build --chown=65532:65532 /state /var/lib/switchyard
-ENV PATH=/opt/switchyard:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    SWITCHYARD_STATE_DIR=/var/lib/switchyard \
-    SWITCHYARD_METRICS=0.0.0.0:8002 \
-    RUST_LOG=info
 VOLUME ["/var/lib/switchyard"]
-USER 65532:65532
-EXPOSE 8000 8001 8002
-ENTRYPOINT ["switchyard"]
-CMD ["serve", "--models", "/mnt/models"]

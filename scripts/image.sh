@@ -68,7 +68,7 @@ objcopy --strip-debug "$bin" "$ctx/switchyard"
 cp "$lib" "$ctx/libonnxruntime.so"
 mkdir "$ctx/state"
 docker build --quiet -f Dockerfile --target prebuilt \
-    --build-arg PREBUILT_BASE="$base" \
+    --build-arg RUNTIME_BASE="$base" \
     --build-arg VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" \
     --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     -t "$tag" "$ctx" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
