@@ -88,25 +88,43 @@ fn a_configmap_swap_is_applied_and_admin_writes_are_refused() {
     );
     assert_eq!(weights(&s), json!({"1": 50, "2": 50}));
 
-    // A malformed policy keeps the last good one, and the log says why.
+    // A malformed policy keeps the last good one; GET traffic and the log say why.
     kubelet_publish(
         &cm,
         "2026_11_30_3",
         &[("mlp.json", r#"{"weights": {"1": "#)],
     );
     let t = Instant::now();
-    while !s.logs().contains("traffic policy not applied") {
-        assert!(t.elapsed() < Duration::from_secs(20), "{}", s.logs());
+    let why = loop {
+        let (_, body) = s.get("/admin/models/mlp/traffic");
+        if let Some(e) = body["policy_error"].as_str() {
+            break e.to_string();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{body}\n{}",
+            s.logs()
+        );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    assert!(
+        why.contains("the ConfigMap") && why.contains("not a traffic policy"),
+        "{why}"
+    );
+    assert!(s.logs().contains("traffic policy not applied"));
     assert_eq!(weights(&s), json!({"1": 50, "2": 50}));
-    // And a good one after it applies.
+    // And a good one after it applies, and clears the error.
     kubelet_publish(
         &cm,
         "2026_11_30_4",
         &[("mlp.json", r#"{"weights": {"2": 100}}"#)],
     );
     applied(&s, &json!({"2": 100}));
+    assert!(s
+        .get("/admin/models/mlp/traffic")
+        .1
+        .get("policy_error")
+        .is_none());
 }
 
 #[test]

@@ -426,6 +426,9 @@ fn encode_traffic(model: &crate::serving::Model) -> Vec<u8> {
     if !model.aliases.is_empty() {
         body["aliases"] = serde_json::to_value(&model.aliases).expect("plain data");
     }
+    if let Some(e) = &model.policy_error {
+        body["policy_error"] = e.as_str().into();
+    }
     serde_json::to_vec(&body).expect("plain data")
 }
 

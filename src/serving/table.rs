@@ -40,6 +40,9 @@ pub struct Model {
     pub shadow_stats: Arc<ShadowStats>,
     /// Alias → version, from the source (MLflow's aliases).
     pub aliases: BTreeMap<String, u64>,
+    /// Why the stored policy (a ConfigMap's, a shared state directory's) is
+    /// not the one applied; the last good one serves meanwhile.
+    pub policy_error: Option<String>,
 }
 
 impl Model {
@@ -55,6 +58,7 @@ impl Model {
             traffic: Arc::default(),
             shadow_stats: Arc::default(),
             aliases: BTreeMap::new(),
+            policy_error: None,
         }
     }
 

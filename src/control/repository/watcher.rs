@@ -498,6 +498,7 @@ impl Repository {
             name,
             Some(Model {
                 traffic: traffic.clone(),
+                policy_error: None,
                 ..Model::clone(&model)
             }),
         );
@@ -553,6 +554,7 @@ impl Repository {
                     name,
                     Some(Model {
                         traffic: Arc::new(t),
+                        policy_error: None,
                         ..Model::clone(&model)
                     }),
                 );
@@ -563,6 +565,16 @@ impl Repository {
             Err(e) => {
                 if self.traffic_refused.insert(name.to_string(), fp) != Some(fp) {
                     tracing::warn!(model = name, from = origin, error = %e, "traffic policy not applied (yet); retried every scan");
+                    // GET traffic says why, beside the policy that still serves.
+                    self.table.replace_model(
+                        name,
+                        Some(Model {
+                            policy_error: Some(format!(
+                                "the policy in {origin} is not applied: {e}"
+                            )),
+                            ..Model::clone(&model)
+                        }),
+                    );
                 }
             }
         }
@@ -675,6 +687,7 @@ impl Loader {
             traffic: current.map(|m| m.traffic.clone()).unwrap_or_default(),
             shadow_stats: current.map(|m| m.shadow_stats.clone()).unwrap_or_default(),
             aliases: l.aliases.clone(),
+            policy_error: current.and_then(|m| m.policy_error.clone()),
         };
         Built {
             job,
