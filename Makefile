@@ -117,11 +117,12 @@ image: build
 	scripts/image.sh target/release/switchyard $(IMAGE)
 
 ## The image run as Kubernetes runs it (tests/image), from the debug binary
-## that `make test` builds anyway; skipped, saying why, when no Docker Engine
+## that `make test` builds anyway (the same cargo command, so nothing is
+## rebuilt: `--bin switchyard` alone unifies features differently); skipped, saying why, when no Docker Engine
 ## answers or the base cannot be made (debootstrap needs root): exit code 77.
 IMAGE_TEST ?= switchyard:test
 image-test: $(TEST_VENV)/.done $(ORT_LIB)
-	$(CARGO) build --locked --bin switchyard
+	$(CARGO) build --locked --workspace --all-targets
 	cp $(ORT_LIB) target/debug/libonnxruntime.so
 	@rc=0; scripts/image.sh target/debug/switchyard $(IMAGE_TEST) || rc=$$?; \
 	if [ $$rc = 77 ]; then echo "image-test: SKIPPED (see the line above)"; exit 0; fi; \

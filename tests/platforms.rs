@@ -18,6 +18,11 @@ fn flat_iris(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The status a request gets.
+fn code(req: reqwest::blocking::RequestBuilder) -> u16 {
+    req.send().unwrap().status().as_u16()
+}
+
 fn v2_iris() -> Value {
     json!({"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32",
         "data": IRIS_ROWS.iter().flatten().collect::<Vec<_>>()}]})
@@ -220,32 +225,13 @@ fn sagemaker_multi_model_api() {
         2
     );
     // Unloaded: gone from every route.
-    assert_eq!(
-        client()
-            .delete(url("/models/iris"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        client().get(url("/models/iris")).send().unwrap().status(),
-        404
-    );
-    assert_eq!(
-        client()
-            .delete(url("/models/iris"))
-            .send()
-            .unwrap()
-            .status(),
-        404
-    );
-    let r = client()
+    assert_eq!(code(client().delete(url("/models/iris"))), 200);
+    assert_eq!(code(client().get(url("/models/iris"))), 404);
+    assert_eq!(code(client().delete(url("/models/iris"))), 404);
+    let invoke = client()
         .post(url("/models/iris/invoke"))
-        .json(&json!({"instances": IRIS_ROWS}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 404);
+        .json(&json!({"instances": IRIS_ROWS}));
+    assert_eq!(code(invoke), 404);
     // And loads again under the same name.
     let r = client().post(url("/models")).json(&load).send().unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
@@ -287,10 +273,7 @@ fn sagemaker_multi_model_api() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 503);
-    assert_eq!(
-        client().get(url("/models/broken")).send().unwrap().status(),
-        404
-    );
+    assert_eq!(code(client().get(url("/models/broken"))), 404);
     assert_eq!(s.get("/v2/models/broken").0, 404);
 }
 

@@ -41,30 +41,9 @@ def container(tmp_path_factory):
         p.chmod(0o755 if p.is_dir() else 0o644)
     name = f"switchyard-image-test-{os.getpid()}"
     started = time.monotonic()
-    docker(
-        "run", "-d", "--name", name,
-        "--read-only", "--user", "65532:65532", "--cap-drop", "ALL",
-        "--security-opt", "no-new-privileges",
-        "--tmpfs", "/var/lib/switchyard:uid=65532,gid=65532,mode=0700",
-        "-v", f"{repo}:/mnt/models:ro",
-        IMAGE,
-    )
     try:
-        ip = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name).stdout.strip()
-        assert ip, "the container has no address on Docker's bridge"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{ip}:8000/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            state = docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip()
-            assert state == "true" and time.monotonic() < deadline, (
-                "the container did not become ready:\n" + docker("logs", name, check=False).stderr[-4000:]
-            )
-            time.sleep(0.1)
+        ip = run_until_ready(name, ["--user", "65532:65532", "--security-opt", "no-new-privileges",
+                                    "-v", f"{repo}:/mnt/models:ro", IMAGE], 8000, "/v2/health/ready")
         print(f"\nstart to ready: {time.monotonic() - started:.2f} s (docker run to /v2/health/ready 200)")
         yield name, ip
     finally:
@@ -211,11 +190,13 @@ def test_docker_stop_answers_what_is_in_flight_and_exits_0(container):
 
 
 def run_until_ready(name, args, port, path, timeout=90):
-    """Starts a container as `args` say and waits for `path` on `port` to
-    answer 200; returns its address."""
+    """Starts a container as Kubernetes would (read-only root, no
+    capabilities, a tmpfs for state) with `args`, and waits for `path` on
+    `port` to answer 200; returns its address on Docker's bridge."""
     docker("run", "-d", "--name", name, "--read-only", "--cap-drop", "ALL",
            "--tmpfs", "/var/lib/switchyard:uid=65532,gid=65532,mode=0700", *args)
     ip = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name).stdout.strip()
+    assert ip, "the container has no address on Docker's bridge"
     deadline = time.monotonic() + timeout
     while True:
         try:
