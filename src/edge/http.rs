@@ -589,13 +589,7 @@ async fn control(
     hold: &Hold<'_>,
 ) -> Result<Response<Body>> {
     let models = &state.models;
-    let read = |req: Request<Incoming>| {
-        let (parts, body) = req.into_parts();
-        async move {
-            let limit = CONTROL_BODY_BYTES.min(state.bounds.limits.max_body_bytes);
-            read_body(&parts.headers, body, &state.bounds, limit, hold).await
-        }
-    };
+    let read = |req| read_control_body(state, req, hold);
     match route {
         Route::RepositoryIndex => {
             // Triton's body is optional: {"ready": true} lists ready models only.
@@ -652,6 +646,18 @@ async fn control(
     }
 }
 
+/// The body of a control call (a policy, a rollout, a model to load): small,
+/// so bounded by [`CONTROL_BODY_BYTES`] as well as `--max-body-bytes`.
+async fn read_control_body(
+    state: &State,
+    req: Request<Incoming>,
+    hold: &Hold<'_>,
+) -> Result<Bytes> {
+    let (parts, body) = req.into_parts();
+    let limit = CONTROL_BODY_BYTES.min(state.bounds.limits.max_body_bytes);
+    read_body(&parts.headers, body, &state.bounds, limit, hold).await
+}
+
 /// SageMaker's multi-model API on the repository's: `POST /models` registers a
 /// folder under a name and loads it (409 if the name is loaded, 507 when
 /// --memory-limit has no room for it), `DELETE /models/{m}` unloads it.
@@ -669,9 +675,7 @@ async fn multi_model(
         .ok_or_else(|| Error::Internal("the multi-model API is off".into()))?;
     match (route, req.method().clone()) {
         (Route::MultiModelList, hyper::Method::POST) => {
-            let (parts, body) = req.into_parts();
-            let limit = CONTROL_BODY_BYTES.min(state.bounds.limits.max_body_bytes);
-            let body = read_body(&parts.headers, body, &state.bounds, limit, hold).await?;
+            let body = read_control_body(state, req, hold).await?;
             let (name, url) = super::platform::parse_load(&body)?;
             let _one_at_a_time = registry.changes.lock().await;
             registry.register(&name, url)?;
