@@ -64,6 +64,7 @@ serve: build $(MINILM)
 test: rust-test interop-test image-test
 
 rust-test: $(ORT_LIB) $(MINILM)
+	scripts/setup-etcd.sh
 	$(CARGO) build --locked --workspace --all-targets
 	cp $(ORT_LIB) target/debug/libonnxruntime.so
 	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(CARGO) test --locked --workspace

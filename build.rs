@@ -10,5 +10,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `bytes` fields as `Bytes`: raw tensor contents are sliced, not copied.
         .bytes(".inference")
         .compile_fds(fds)?;
+    // The policy store's etcd client (control::etcd): a client only.
+    let etcd = "proto/etcd.proto";
+    println!("cargo:rerun-if-changed={etcd}");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(protox::compile([etcd], ["proto"])?)?;
     Ok(())
 }

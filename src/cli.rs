@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use switchyard::control::policy::PolicyStore;
+use switchyard::control::policy::{PolicyStore, StoreSpec};
 use switchyard::control::repository;
 
 #[derive(Parser)]
@@ -88,11 +88,48 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR", env = "SWITCHYARD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Where traffic policies are kept and read: `file:DIR` (default: the
-    /// state directory), or `configmap:DIR`, a Kubernetes ConfigMap mounted
+    /// state directory), `configmap:DIR`, a Kubernetes ConfigMap mounted
     /// as files (one key `<model>.json` per model), applied when the kubelet
-    /// swaps it and never written (admin changes answer 409).
-    #[arg(long, value_name = "file:DIR|configmap:DIR", value_parser = PolicyStore::parse, env = "SWITCHYARD_POLICY_STORE")]
-    pub policy_store: Option<PolicyStore>,
+    /// swaps it and never written (admin changes answer 409), or
+    /// `etcd:http://HOST:2379[,HOST:2379...]/PREFIX`, shared by every replica
+    /// that names the same prefix (key PREFIX/traffic/<model>).
+    #[arg(long, value_name = "file:DIR|configmap:DIR|etcd:URL/PREFIX", value_parser = StoreSpec::parse, env = "SWITCHYARD_POLICY_STORE")]
+    pub policy_store: Option<StoreSpec>,
+    /// etcd's CA certificate (PEM), as etcdctl's --cacert.
+    #[arg(long, value_name = "FILE", env = "SWITCHYARD_ETCD_CACERT")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// A client certificate for etcd (PEM), as etcdctl's --cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SWITCHYARD_ETCD_CERT",
+        requires = "etcd_key"
+    )]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM), as etcdctl's --key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SWITCHYARD_ETCD_KEY",
+        requires = "etcd_cert"
+    )]
+    pub etcd_key: Option<PathBuf>,
+    /// An etcd user, NAME:PASSWORD, as etcdctl's --user (prefer the env variable).
+    #[arg(
+        long,
+        value_name = "NAME:PASSWORD",
+        env = "SWITCHYARD_ETCD_USER",
+        hide_env_values = true
+    )]
+    pub etcd_user: Option<String>,
+    /// Seconds this replica's etcd lease outlives it: how long a replica
+    /// that died stays listed, and a rollout it led waits for a new leader.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..=3600), env = "SWITCHYARD_ETCD_LEASE_TTL")]
+    pub etcd_lease_ttl: i64,
+    /// This replica's name in the fleet (GET /admin/fleet). Default: the
+    /// host name (a pod's name) and the HTTP port.
+    #[arg(long, value_name = "NAME", env = "SWITCHYARD_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// Do not record Prometheus metrics (GET /metrics answers 404).
     #[arg(long, conflicts_with = "metrics")]
     pub no_metrics: bool,
@@ -439,6 +476,47 @@ impl ServeArgs {
     }
 
     /// The edge's bounds the flags set.
+    /// The policy store the flags name (default: `file:` the state
+    /// directory), opened; an etcd store starts following in `scope`.
+    pub fn policy_store(
+        &self,
+        state_dir: &std::path::Path,
+        scope: &switchyard::core::tasks::Scope,
+    ) -> PolicyStore {
+        match self.policy_store.clone() {
+            None => PolicyStore::File(state_dir.to_path_buf()),
+            Some(StoreSpec::File(dir)) => PolicyStore::File(dir),
+            Some(StoreSpec::ConfigMap(dir)) => PolicyStore::ConfigMap(dir),
+            Some(StoreSpec::Etcd(mut config)) => {
+                use switchyard::control::etcd::{EtcdStore, Settings};
+                config.ca = self.etcd_cacert.clone();
+                config.cert = self.etcd_cert.clone();
+                config.key = self.etcd_key.clone();
+                config.user = self.etcd_user.clone();
+                let replica = self.replica_id.clone().unwrap_or_else(|| {
+                    let host = std::env::var("HOSTNAME")
+                        .ok()
+                        .filter(|h| !h.is_empty())
+                        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_else(|| "switchyard".into());
+                    format!("{host}:{}", self.http.port())
+                });
+                let store = std::sync::Arc::new(EtcdStore::new(
+                    config,
+                    Settings {
+                        replica,
+                        lease_ttl: self.etcd_lease_ttl,
+                        copy: Some(state_dir.join("etcd-policies.json")),
+                    },
+                ));
+                tracing::info!(store = %store.config().describe(), replica = store.replica(), "traffic policies from etcd");
+                store.start(scope);
+                PolicyStore::Etcd(store)
+            }
+        }
+    }
+
     pub fn limits(&self) -> switchyard::edge::limits::Limits {
         let inflight = self
             .max_inflight_bytes

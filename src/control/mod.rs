@@ -6,6 +6,7 @@
 //! Imports: `core`, `runtime`, `serving`.
 
 pub mod drift;
+pub mod etcd;
 pub mod plane;
 pub mod policy;
 pub mod repository;

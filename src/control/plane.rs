@@ -37,13 +37,22 @@ enum Command {
     /// Unload, and with `true` forget the model altogether (its source no
     /// longer offers it: SageMaker's DELETE).
     Unload(String, bool, Reply<()>),
-    SetTraffic(String, TrafficSpec, String, Reply<Arc<Traffic>>),
+    /// A policy, who sets it, and the store revision it must replace (`If-Match`).
+    SetTraffic(
+        String,
+        TrafficSpec,
+        String,
+        Option<i64>,
+        Reply<Arc<Traffic>>,
+    ),
     RolloutStart(String, RolloutSpec, String, Reply<rollout::Status>),
     RolloutAbort(String, String, Reply<rollout::Status>),
     RolloutStatus(String, Reply<rollout::Status>),
     Rollouts(Reply<Vec<rollout::Status>>),
     /// Files under the source changed (the file watcher).
     Changed,
+    /// Keys of the etcd policy store changed (relative to its prefix).
+    StoreChanged(Vec<String>),
     /// A listing thread's answer.
     Listed(bool, Result<Vec<ModelListing>>),
     /// The listing of one model for an explicit load.
@@ -62,6 +71,9 @@ enum Command {
 #[derive(Clone)]
 pub struct Control {
     tx: mpsc::Sender<Command>,
+    store: Option<crate::control::policy::PolicyStore>,
+    /// With an etcd store: rollouts are the fleet's, not this plane's.
+    fleet: Option<Arc<crate::control::etcd::FleetRollouts>>,
 }
 
 impl Control {
@@ -77,6 +89,19 @@ impl Control {
     ) -> Result<(Control, oneshot::Receiver<Result<()>>)> {
         let (tx, rx) = mpsc::channel();
         let (loaded_tx, loaded_rx) = oneshot::channel();
+        let store = opts.policies.clone();
+        let mut fleet = None;
+        if let Some(crate::control::policy::PolicyStore::Etcd(e)) = &store {
+            let tx = tx.clone();
+            e.on_change(move |keys| {
+                let _ = tx.send(Command::StoreChanged(keys));
+            });
+            fleet = Some(crate::control::etcd::FleetRollouts::start(
+                e.clone(),
+                table.models().clone(),
+                &scope,
+            ));
+        }
         let repo = Repository::new(source, table, opts);
         let parallel = if repo.options().memory_limit.is_some() {
             // Each load checks the memory left before it starts: one at a time.
@@ -108,7 +133,7 @@ impl Control {
         scope
             .spawn_thread("switchyard-control".into(), move || plane.run(rx))
             .map_err(|e| Error::Internal(format!("cannot start the control plane: {e}")))?;
-        Ok((Control { tx }, loaded_rx))
+        Ok((Control { tx, store, fleet }, loaded_rx))
     }
 
     async fn ask<T>(
@@ -165,11 +190,29 @@ impl Control {
         spec: TrafficSpec,
         who: &str,
     ) -> Result<Arc<Traffic>> {
+        self.set_traffic_if(model, spec, who, None).await
+    }
+
+    /// [`Control::set_traffic`], only if the stored policy is still at
+    /// `revision` (the store's, as GET traffic shows it): a conditional
+    /// write, 409 when it moved. Stores without revisions ignore it.
+    pub async fn set_traffic_if(
+        &self,
+        model: &str,
+        spec: TrafficSpec,
+        who: &str,
+        revision: Option<i64>,
+    ) -> Result<Arc<Traffic>> {
         let (model, who) = (model.to_string(), who.to_string());
         self.ask(COMMAND_TIMEOUT, |r| {
-            Command::SetTraffic(model, spec, who, r)
+            Command::SetTraffic(model, spec, who, revision, r)
         })
         .await
+    }
+
+    /// Where policies are kept, for the answers that describe it.
+    pub fn policy_store(&self) -> Option<&crate::control::policy::PolicyStore> {
+        self.store.as_ref()
     }
 
     pub async fn start_rollout(
@@ -178,6 +221,9 @@ impl Control {
         spec: RolloutSpec,
         who: &str,
     ) -> Result<rollout::Status> {
+        if let Some(fleet) = &self.fleet {
+            return fleet.start_rollout(model, spec, who).await;
+        }
         let (model, who) = (model.to_string(), who.to_string());
         self.ask(COMMAND_TIMEOUT, |r| {
             Command::RolloutStart(model, spec, who, r)
@@ -187,12 +233,18 @@ impl Control {
 
     /// Stops a rollout in progress; the stable version gets all the traffic.
     pub async fn abort_rollout(&self, model: &str, who: &str) -> Result<rollout::Status> {
+        if let Some(fleet) = &self.fleet {
+            return fleet.abort(model, who).await;
+        }
         let (model, who) = (model.to_string(), who.to_string());
         self.ask(COMMAND_TIMEOUT, |r| Command::RolloutAbort(model, who, r))
             .await
     }
 
     pub async fn rollout(&self, model: &str) -> Result<rollout::Status> {
+        if let Some(fleet) = &self.fleet {
+            return fleet.status(model);
+        }
         let model = model.to_string();
         self.ask(COMMAND_TIMEOUT, |r| Command::RolloutStatus(model, r))
             .await
@@ -200,6 +252,9 @@ impl Control {
 
     /// Every rollout this server ran or runs.
     pub async fn rollouts(&self) -> Result<Vec<rollout::Status>> {
+        if let Some(fleet) = &self.fleet {
+            return Ok(fleet.all());
+        }
         self.ask(COMMAND_TIMEOUT, Command::Rollouts).await
     }
 
@@ -339,7 +394,7 @@ impl Policies for Repository {
     }
 
     fn set_traffic(&mut self, model: &str, spec: TrafficSpec, who: &str) -> Result<()> {
-        Repository::set_traffic(self, model, spec, who).map(|_| ())
+        Repository::set_traffic(self, model, spec, who, None).map(|_| ())
     }
 }
 
@@ -392,8 +447,8 @@ impl Plane {
                 let loading = self.busy.contains(&model);
                 let _ = r.send(self.repo.unload(&model, loading, forget));
             }
-            Command::SetTraffic(model, spec, who, r) => {
-                let _ = r.send(self.repo.set_traffic(&model, spec, &who));
+            Command::SetTraffic(model, spec, who, expect, r) => {
+                let _ = r.send(self.repo.set_traffic(&model, spec, &who, expect));
             }
             Command::RolloutStart(model, spec, who, r) => {
                 let _ = r.send(self.rollouts.start(&mut self.repo, &model, spec, &who));
@@ -410,6 +465,11 @@ impl Plane {
             Command::Changed => {
                 // A burst of events is one change: let it finish.
                 self.scan_at = sooner(self.scan_at, after(Duration::from_millis(50)));
+            }
+            Command::StoreChanged(keys) => {
+                for model in keys.iter().filter_map(|k| k.strip_prefix("traffic/")) {
+                    self.repo.sync_traffic(model);
+                }
             }
             Command::Listed(first, listings) => self.listed(first, listings),
             Command::ListedOne(model, listing, ack) => self.listed_one(model, *listing, ack),

@@ -1,14 +1,44 @@
 //! Where traffic policies set over the admin API are kept, and where replicas
-//! read each other's: a state directory (`file:`), or a Kubernetes ConfigMap
+//! read each other's: a state directory (`file:`), a Kubernetes ConfigMap
 //! mounted as files (`configmap:`), which the operator changes and the server
-//! only reads.
+//! only reads, or etcd (`etcd:`), which every replica watches.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::etcd::{EtcdConfig, EtcdStore};
 use crate::core::error::{Error, Result};
 
-/// A policy store, as `--policy-store` names it.
+/// A policy store as `--policy-store` names it, before it is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    File(PathBuf),
+    ConfigMap(PathBuf),
+    Etcd(EtcdConfig),
+}
+
+impl StoreSpec {
+    /// `file:DIR`, `configmap:DIR` or `etcd:http://HOST:PORT[,...]/PREFIX`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let (kind, rest) = s.split_once(':').ok_or_else(|| {
+            format!("'{s}' is not file:DIR, configmap:DIR or etcd:http://HOST:PORT/PREFIX")
+        })?;
+        if rest.is_empty() {
+            return Err(format!("'{s}' names no directory"));
+        }
+        match kind {
+            "file" => Ok(StoreSpec::File(rest.into())),
+            "configmap" => Ok(StoreSpec::ConfigMap(rest.into())),
+            "etcd" => EtcdConfig::parse(rest).map(StoreSpec::Etcd),
+            other => Err(format!(
+                "'{other}' is not a policy store (file:DIR, configmap:DIR or etcd:URL/PREFIX)"
+            )),
+        }
+    }
+}
+
+/// A policy store, open.
+#[derive(Debug, Clone)]
 pub enum PolicyStore {
     /// `DIR/traffic/<model>.json`, written atomically; replicas sharing DIR
     /// follow each other's changes.
@@ -16,31 +46,18 @@ pub enum PolicyStore {
     /// `DIR/<model>.json`, one ConfigMap key per model, which the kubelet
     /// swaps in atomically (the `..data` symlink); read-only here.
     ConfigMap(PathBuf),
+    /// `PREFIX/traffic/<model>` in etcd, followed by a watch; written with a
+    /// compare-and-swap.
+    Etcd(Arc<EtcdStore>),
 }
 
 impl PolicyStore {
-    /// `file:DIR` or `configmap:DIR`.
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        let (kind, dir) = s
-            .split_once(':')
-            .ok_or_else(|| format!("'{s}' is not file:DIR or configmap:DIR"))?;
-        if dir.is_empty() {
-            return Err(format!("'{s}' names no directory"));
-        }
-        match kind {
-            "file" => Ok(PolicyStore::File(dir.into())),
-            "configmap" => Ok(PolicyStore::ConfigMap(dir.into())),
-            other => Err(format!(
-                "'{other}' is not a policy store (file:DIR or configmap:DIR)"
-            )),
-        }
-    }
-
     /// Where the log says a policy came from.
     pub fn origin(&self) -> &'static str {
         match self {
             PolicyStore::File(_) => "the state directory",
             PolicyStore::ConfigMap(_) => "the ConfigMap",
+            PolicyStore::Etcd(_) => "etcd",
         }
     }
 
@@ -48,17 +65,37 @@ impl PolicyStore {
         match self {
             PolicyStore::File(dir) => dir.join("traffic").join(format!("{model}.json")),
             PolicyStore::ConfigMap(dir) => dir.join(format!("{model}.json")),
+            PolicyStore::Etcd(_) => PathBuf::new(),
         }
     }
 
     /// The stored policy of `model`, as text; `None` when it has none.
     pub fn read(&self, model: &str) -> Option<String> {
-        std::fs::read_to_string(self.path(model)).ok()
+        match self {
+            PolicyStore::Etcd(e) => e.get(&format!("traffic/{model}")).map(|s| s.value),
+            _ => std::fs::read_to_string(self.path(model)).ok(),
+        }
     }
 
-    /// Keeps `model`'s policy; a ConfigMap is the operator's to change (409).
-    pub fn write(&self, model: &str, text: &str) -> Result<()> {
+    /// The revision of `model`'s stored policy, where the store has one
+    /// (etcd's: what `If-Match` names).
+    pub fn revision(&self, model: &str) -> Option<i64> {
         match self {
+            PolicyStore::Etcd(e) => {
+                Some(e.get(&format!("traffic/{model}")).map_or(0, |s| s.revision))
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps `model`'s policy; a ConfigMap is the operator's to change
+    /// (409). In etcd, only if the policy is still at revision `expect`
+    /// (default: the one this replica read): a lost race is a 409.
+    pub fn write(&self, model: &str, text: &str, expect: Option<i64>) -> Result<()> {
+        match self {
+            PolicyStore::Etcd(e) => e
+                .put_if(&format!("traffic/{model}"), text, expect)
+                .map(|_| ()),
             PolicyStore::File(_) => {
                 let path = self.path(model);
                 write_atomically(&path, text.as_bytes()).map_err(|e| {
@@ -80,14 +117,14 @@ impl PolicyStore {
     /// the fallback): the ConfigMap's, which the kubelet swaps.
     pub fn watch_path(&self) -> Option<PathBuf> {
         match self {
-            PolicyStore::File(_) => None,
+            PolicyStore::File(_) | PolicyStore::Etcd(_) => None,
             PolicyStore::ConfigMap(dir) => Some(dir.clone()),
         }
     }
 }
 
 /// Writes a file whole or not at all: a temporary file beside it, synced, renamed.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -109,16 +146,21 @@ mod tests {
     #[test]
     fn parses_both_kinds_and_refuses_others() {
         assert_eq!(
-            PolicyStore::parse("file:/var/lib/s"),
-            Ok(PolicyStore::File("/var/lib/s".into()))
+            StoreSpec::parse("file:/var/lib/s"),
+            Ok(StoreSpec::File("/var/lib/s".into()))
         );
         assert_eq!(
-            PolicyStore::parse("configmap:/etc/policies"),
-            Ok(PolicyStore::ConfigMap("/etc/policies".into()))
+            StoreSpec::parse("configmap:/etc/policies"),
+            Ok(StoreSpec::ConfigMap("/etc/policies".into()))
         );
-        assert!(PolicyStore::parse("/etc/x").is_err());
-        assert!(PolicyStore::parse("file:").is_err());
-        assert!(PolicyStore::parse("s3:bucket").is_err());
+        assert!(matches!(
+            StoreSpec::parse("etcd:http://127.0.0.1:2379/sy"),
+            Ok(StoreSpec::Etcd(_))
+        ));
+        assert!(StoreSpec::parse("/etc/x").is_err());
+        assert!(StoreSpec::parse("file:").is_err());
+        assert!(StoreSpec::parse("etcd:http://127.0.0.1:2379").is_err());
+        assert!(StoreSpec::parse("s3:bucket").is_err());
     }
 
     #[test]
@@ -129,7 +171,7 @@ mod tests {
         let store = PolicyStore::ConfigMap(dir.clone());
         assert!(store.read("mlp").unwrap().contains("weights"));
         assert_eq!(store.read("other"), None);
-        let e = store.write("mlp", "{}").unwrap_err();
+        let e = store.write("mlp", "{}", None).unwrap_err();
         assert_eq!(e.status_code(), 409);
         assert!(e.to_string().contains("managed by the ConfigMap"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);

@@ -59,7 +59,7 @@ fn default_min_requests() -> u64 {
 }
 
 /// Where a rollout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Progressing,
@@ -69,7 +69,7 @@ pub enum Phase {
 }
 
 /// One check, or a change of phase.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// Seconds since the Unix epoch.
     pub at: f64,
@@ -85,7 +85,7 @@ pub struct Event {
 
 impl Event {
     /// A change of phase: no window measured.
-    fn note(what: String, weight: u64) -> Event {
+    pub(crate) fn note(what: String, weight: u64) -> Event {
         Event {
             at: now(),
             what,
@@ -98,7 +98,7 @@ impl Event {
 }
 
 /// The state `GET /admin/models/{m}/rollout` shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub model: String,
     pub spec: RolloutSpec,
@@ -107,6 +107,10 @@ pub struct Status {
     pub weight: u64,
     pub failed_checks: u32,
     pub history: Vec<Event>,
+    /// With an etcd policy store: the replica that drives it (none while
+    /// the fleet elects one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 /// Changes traffic policies on behalf of the rollouts: the control plane,
@@ -117,7 +121,7 @@ pub(crate) trait Policies {
 }
 
 /// The candidate's counters when a window opened: successes, failures, latency.
-type Counts = (u64, u64, Vec<u64>);
+pub(crate) type Counts = (u64, u64, Vec<u64>);
 
 /// One rollout and what its next check compares against.
 struct Run {
@@ -154,54 +158,11 @@ impl Rollouts {
         spec: RolloutSpec,
         who: &str,
     ) -> Result<Status> {
-        let interval = humantime::parse_duration(&spec.interval)
-            .map_err(|e| Error::invalid(format!("interval '{}': {e}", spec.interval)))?;
-        if interval < Duration::from_millis(100) || interval > Duration::from_secs(86_400) {
-            return Err(Error::invalid(
-                "interval must be at least 100ms and at most 24h",
-            ));
-        }
-        if spec.step_weight == 0
-            || spec.step_weight > 100
-            || spec.max_weight == 0
-            || spec.max_weight > 100
-        {
-            return Err(Error::invalid(
-                "step_weight and max_weight are percentages in 1..=100",
-            ));
-        }
-        if spec.threshold == 0 {
-            return Err(Error::invalid("threshold must be at least 1"));
-        }
-        let m = p.models().model(model)?;
-        let candidate: u64 = spec.candidate.parse().map_err(|_| {
-            Error::invalid(format!(
-                "candidate '{}' is not a version number",
-                spec.candidate
-            ))
-        })?;
-        if !m.is_ready(candidate) {
-            return Err(Error::invalid(format!(
-                "candidate {candidate} is not a ready version of '{model}' (ready: {:?})",
-                m.ready_numbers()
-            )));
-        }
-        // The stable version: the one with the most weight now, else the default.
-        let stable = m
-            .traffic
-            .spec
-            .weights
-            .iter()
-            .filter(|(v, w)| **w > 0 && v.parse::<u64>().ok() != Some(candidate))
-            .max_by_key(|(_, w)| **w)
-            .and_then(|(v, _)| v.parse::<u64>().ok())
-            .or_else(|| m.default_version().map(|d| d.version))
-            .filter(|&s| s != candidate)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "no version of '{model}' other than {candidate} serves to roll out against"
-                ))
-            })?;
+        let Plan {
+            interval,
+            stable,
+            candidate,
+        } = plan(p.models(), model, &spec)?;
         if self
             .runs
             .get(model)
@@ -231,6 +192,7 @@ impl Rollouts {
                 format!("started by {who}: candidate {candidate} at {first}% against {stable}"),
                 first,
             )],
+            leader: None,
         };
         tracing::info!(
             model,
@@ -308,6 +270,72 @@ impl Rollouts {
     }
 }
 
+/// What a rollout spec asks for, checked against the model as it serves.
+pub(crate) struct Plan {
+    pub interval: Duration,
+    pub stable: u64,
+    pub candidate: u64,
+}
+
+/// Validates `spec` for `model`: the interval and weights in range, the
+/// candidate ready, and a stable version (the one with the most weight now,
+/// else the default) to roll out against.
+pub(crate) fn plan(models: &Models, model: &str, spec: &RolloutSpec) -> Result<Plan> {
+    let interval = humantime::parse_duration(&spec.interval)
+        .map_err(|e| Error::invalid(format!("interval '{}': {e}", spec.interval)))?;
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(86_400) {
+        return Err(Error::invalid(
+            "interval must be at least 100ms and at most 24h",
+        ));
+    }
+    if spec.step_weight == 0
+        || spec.step_weight > 100
+        || spec.max_weight == 0
+        || spec.max_weight > 100
+    {
+        return Err(Error::invalid(
+            "step_weight and max_weight are percentages in 1..=100",
+        ));
+    }
+    if spec.threshold == 0 {
+        return Err(Error::invalid("threshold must be at least 1"));
+    }
+    let m = models.model(model)?;
+    let candidate: u64 = spec.candidate.parse().map_err(|_| {
+        Error::invalid(format!(
+            "candidate '{}' is not a version number",
+            spec.candidate
+        ))
+    })?;
+    if !m.is_ready(candidate) {
+        return Err(Error::invalid(format!(
+            "candidate {candidate} is not a ready version of '{model}' (ready: {:?})",
+            m.ready_numbers()
+        )));
+    }
+    // The stable version: the one with the most weight now, else the default.
+    let stable = m
+        .traffic
+        .spec
+        .weights
+        .iter()
+        .filter(|(v, w)| **w > 0 && v.parse::<u64>().ok() != Some(candidate))
+        .max_by_key(|(_, w)| **w)
+        .and_then(|(v, _)| v.parse::<u64>().ok())
+        .or_else(|| m.default_version().map(|d| d.version))
+        .filter(|&s| s != candidate)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "no version of '{model}' other than {candidate} serves to roll out against"
+            ))
+        })?;
+    Ok(Plan {
+        interval,
+        stable,
+        candidate,
+    })
+}
+
 /// Gives `candidate` `weight` % and `stable` the rest, keeping the sticky header.
 fn set_weights(
     p: &mut dyn Policies,
@@ -318,6 +346,19 @@ fn set_weights(
     who: &str,
 ) -> Result<()> {
     let current = p.models().model(model)?;
+    let spec = weights_policy(&current.traffic.spec, stable, candidate, weight);
+    p.set_traffic(model, spec, who)
+}
+
+/// The policy that gives `candidate` `weight` % and `stable` the rest,
+/// keeping `current`'s sticky header and shadow (unless the shadow is one of
+/// the two).
+pub(crate) fn weights_policy(
+    current: &TrafficSpec,
+    stable: u64,
+    candidate: u64,
+    weight: u64,
+) -> TrafficSpec {
     let mut spec = TrafficSpec {
         weights: [
             (stable.to_string(), 100 - weight),
@@ -326,8 +367,8 @@ fn set_weights(
         .into_iter()
         .filter(|(_, w)| *w > 0)
         .collect(),
-        sticky_header: current.traffic.spec.sticky_header.clone(),
-        shadow: current.traffic.spec.shadow.clone(),
+        sticky_header: current.sticky_header.clone(),
+        shadow: current.shadow.clone(),
     };
     if spec
         .shadow
@@ -336,11 +377,11 @@ fn set_weights(
     {
         spec.shadow = None;
     }
-    p.set_traffic(model, spec, who)
+    spec
 }
 
 /// The candidate's counters now; `None` when it does not serve.
-fn counts(models: &Models, model: &str, candidate: u64) -> Option<Counts> {
+pub(crate) fn counts(models: &Models, model: &str, candidate: u64) -> Option<Counts> {
     let m = models.model(model).ok()?;
     let crate::serving::VersionState::Ready(mv) = m.versions.get(&candidate)? else {
         return None;
@@ -433,17 +474,17 @@ fn check(p: &mut dyn Policies, model: &str, r: &mut Run) {
 
 /// What one interval measured of the candidate.
 #[derive(Debug, Clone, PartialEq)]
-struct Window {
-    requests: u64,
-    error_rate: f64,
-    p99_ms: Option<f64>,
+pub(crate) struct Window {
+    pub requests: u64,
+    pub error_rate: f64,
+    pub p99_ms: Option<f64>,
     /// The largest PSI of its input features, when it has a drift profile.
-    psi: Option<f64>,
+    pub psi: Option<f64>,
 }
 
 /// The rollout's next step after one interval.
 #[derive(Debug, Clone, PartialEq)]
-enum Step {
+pub(crate) enum Step {
     /// Too few requests for a verdict.
     Wait { requests: u64, needed: u64 },
     /// Healthy below the maximum weight: raise it.
@@ -480,7 +521,7 @@ impl std::fmt::Display for Step {
 
 /// The rollout's state machine: given the spec, the candidate's weight, the
 /// checks failed so far and one window's measurements, the next step.
-fn judge(spec: &RolloutSpec, weight: u64, failed_checks: u32, w: &Window) -> Step {
+pub(crate) fn judge(spec: &RolloutSpec, weight: u64, failed_checks: u32, w: &Window) -> Step {
     if w.requests < spec.min_requests {
         return Step::Wait {
             requests: w.requests,
@@ -542,7 +583,7 @@ fn finish(p: &mut dyn Policies, model: &str, r: &mut Run, phase: Phase, why: &st
 }
 
 /// The largest PSI of the candidate's input features, when it is monitored.
-fn candidate_psi(models: &Models, model: &str, candidate: u64) -> Option<f64> {
+pub(crate) fn candidate_psi(models: &Models, model: &str, candidate: u64) -> Option<f64> {
     let m = models.model(model).ok()?;
     let Some(crate::serving::VersionState::Ready(mv)) = m.versions.get(&candidate) else {
         return None;

@@ -272,6 +272,8 @@ enum Route<'a> {
     Traffic(&'a str),
     /// `GET|POST|DELETE /admin/models/{m}/rollout`.
     Rollout(&'a str),
+    /// `GET /admin/fleet`: the policy store and the replicas it has seen.
+    Fleet,
     /// Prometheus's scrape.
     Metrics,
     /// OpenAI's `POST /v1/embeddings`.
@@ -373,6 +375,7 @@ fn fixed_route(path: &str) -> Option<Route<'_>> {
         ["metrics"] => Route::Metrics,
         ["admin", "models", m, "traffic"] => Route::Traffic(m),
         ["admin", "models", m, "rollout"] => Route::Rollout(m),
+        ["admin", "fleet"] => Route::Fleet,
         _ => return None,
     })
 }
@@ -396,8 +399,13 @@ fn admin_caller(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Res
     Ok(format!("{peer} ({how})"))
 }
 
-/// A model's traffic policy, the share each version gets, and the shadow's record.
-fn encode_traffic(model: &crate::serving::Model) -> Vec<u8> {
+/// A model's traffic policy, the share each version gets, the shadow's
+/// record, and where the policy is kept (etcd: its revision, for `If-Match`,
+/// and whether the store answers).
+fn encode_traffic(
+    model: &crate::serving::Model,
+    store: Option<&crate::control::policy::PolicyStore>,
+) -> Vec<u8> {
     let t = &model.traffic;
     let total: u64 = t.spec.weights.values().sum();
     let shares: serde_json::Map<String, serde_json::Value> = if total == 0 {
@@ -428,6 +436,14 @@ fn encode_traffic(model: &crate::serving::Model) -> Vec<u8> {
     }
     if let Some(e) = &model.policy_error {
         body["policy_error"] = e.as_str().into();
+    }
+    if let Some(crate::control::policy::PolicyStore::Etcd(e)) = store {
+        let mut health = serde_json::to_value(e.health()).expect("plain data");
+        health["policy_revision"] = store
+            .and_then(|s| s.revision(&model.name))
+            .unwrap_or(0)
+            .into();
+        body["store"] = health;
     }
     serde_json::to_vec(&body).expect("plain data")
 }
@@ -474,7 +490,8 @@ async fn route(
         Route::RepositoryLoad(_)
         | Route::RepositoryUnload(_)
         | Route::Traffic(_)
-        | Route::Rollout(_) => control(state, route, req, peer, hold).await,
+        | Route::Rollout(_)
+        | Route::Fleet => control(state, route, req, peer, hold).await,
         // The platform's agent calls these on the port it owns, with no token.
         Route::MultiModelList | Route::MultiModel(_) => multi_model(state, route, req, hold).await,
         _ => {
@@ -615,12 +632,39 @@ async fn control(
         Route::Traffic(m) => {
             let who = admin_caller(state, &req, peer)?;
             if req.method() == hyper::Method::PUT {
+                let expect = if_match(&req)?;
                 let body = read(req).await?;
                 let spec: crate::core::config::TrafficSpec = serde_json::from_slice(&body)
                     .map_err(|e| Error::invalid(format!("not a traffic policy: {e}")))?;
-                state.control.set_traffic(m, spec, &who).await?;
+                state.control.set_traffic_if(m, spec, &who, expect).await?;
             }
-            Ok(json(StatusCode::OK, encode_traffic(&*models.model(m)?)))
+            Ok(json(
+                StatusCode::OK,
+                encode_traffic(&*models.model(m)?, state.control.policy_store()),
+            ))
+        }
+        Route::Fleet => {
+            admin_caller(state, &req, peer)?;
+            let body = match state.control.policy_store() {
+                Some(crate::control::policy::PolicyStore::Etcd(e)) => serde_json::json!({
+                    "store": e.health(),
+                    "replicas": e.fleet(),
+                    "rollout_leaders": e
+                        .list("leaders")
+                        .into_iter()
+                        .map(|(model, l)| (model, l.value))
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                }),
+                Some(other) => serde_json::json!({
+                    "store": {"kind": other.origin()},
+                    "replicas": [],
+                }),
+                None => serde_json::json!({"store": null, "replicas": []}),
+            };
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_vec(&body).expect("plain data"),
+            ))
         }
         Route::Rollout(m) => {
             let who = admin_caller(state, &req, peer)?;
@@ -644,6 +688,24 @@ async fn control(
             other.allow()
         ))),
     }
+}
+
+/// `If-Match: REVISION` on a policy change: the store revision (GET
+/// traffic's `store.policy_revision`) it must replace; `"*"` or none: the one
+/// this replica read.
+fn if_match(req: &Request<Incoming>) -> Result<Option<i64>> {
+    let Some(v) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let v = v.to_str().unwrap_or("").trim().trim_matches('"');
+    if v == "*" {
+        return Ok(None);
+    }
+    v.parse::<i64>().map(Some).map_err(|_| {
+        Error::invalid(format!(
+            "If-Match '{v}' is not a policy revision (a number, as GET traffic's store.policy_revision)"
+        ))
+    })
 }
 
 /// The body of a control call (a policy, a rollout, a model to load): small,

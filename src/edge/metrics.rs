@@ -167,6 +167,27 @@ fn describe() {
         Unit::Seconds,
         "How long the oldest retiring version has been retiring."
     );
+    describe_gauge!(
+        "switchyard_policy_store_up",
+        "1 while the etcd policy store answers this replica's watch."
+    );
+    describe_gauge!(
+        "switchyard_policy_store_revision",
+        "The etcd revision this replica's copy of the policies is current to."
+    );
+    describe_gauge!(
+        "switchyard_policy_store_age_seconds",
+        Unit::Seconds,
+        "Seconds since the copy of the policies was last known current (the watch's lag)."
+    );
+    describe_gauge!(
+        "switchyard_fleet_replicas",
+        "Replicas registered in the etcd policy store, this one included."
+    );
+    describe_gauge!(
+        "switchyard_rollout_leader",
+        "1 on the replica that drives the model's rollout in progress."
+    );
 }
 
 /// The drift gauges of one version.

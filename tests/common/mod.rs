@@ -1,6 +1,8 @@
 //! A real `switchyard serve` process on an ephemeral port, for the integration tests.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

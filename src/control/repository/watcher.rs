@@ -486,12 +486,13 @@ impl Repository {
         name: &str,
         spec: TrafficSpec,
         who: &str,
+        expect: Option<i64>,
     ) -> Result<Arc<Traffic>> {
         let model = self.table.models().model(name)?;
         let traffic = Arc::new(Traffic::new(spec, &model.ready_numbers(), &model.aliases)?);
         let text = serde_json::to_string_pretty(&traffic.spec).expect("plain data");
         if let Some(store) = &self.opts.policies {
-            store.write(name, &text)?;
+            store.write(name, &text, expect)?;
         }
         // One table swap: a request sees the whole old policy or the whole new one.
         self.table.replace_model(
@@ -536,7 +537,7 @@ impl Repository {
     /// Gives a model the traffic policy of its state file (written by this or
     /// another replica sharing the state directory), else of its config.toml,
     /// when that changed since it was last applied.
-    fn sync_traffic(&mut self, name: &str) {
+    pub(crate) fn sync_traffic(&mut self, name: &str) {
         let Ok(model) = self.table.models().model(name) else {
             return;
         };
