@@ -593,3 +593,246 @@ fn a_faulty_candidate_is_rolled_back_on_the_fleets_error_rate() {
     }
     println!("rolled back on the fleet's window: {check}");
 }
+
+/// `openssl` with `args` in `dir`; fails the test with its message.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (Debian's openssl package)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a certificate for 127.0.0.1 signed by it (etcd's) and a client
+/// certificate (Switchyard's and etcdctl's), as PEM files in `dir`.
+fn certificates(dir: &std::path::Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test etcd CA",
+        ],
+    );
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth",
+        ),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn tls_client_certificates_and_a_password_as_etcdctl_takes_them() {
+    let dir = scratch("fleet-tls");
+    certificates(&dir);
+    let (client_port, peer_port) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{client_port}");
+    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+    let _etcd = Kill(
+        std::process::Command::new(common::etcd::etcd_bin("etcd"))
+            .current_dir(&dir)
+            .args(["--name", "tls", "--data-dir", "data"])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer_port}"),
+            ])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer_port}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("tls=http://127.0.0.1:{peer_port}"),
+            ])
+            .args(["--cert-file", "server.pem", "--key-file", "server.key"])
+            .args(["--trusted-ca-file", "ca.pem", "--client-cert-auth"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd"),
+    );
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let ctl = |args: &[&str]| -> std::process::Output {
+        std::process::Command::new(common::etcd::etcd_bin("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &url,
+                "--cacert",
+                &path("ca.pem"),
+                "--cert",
+                &path("client.pem"),
+                "--key",
+                &path("client.key"),
+                "--command-timeout=2s",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let t = Instant::now();
+    while !ctl(&["endpoint", "health"]).status.success() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "etcd with TLS did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Authentication on, as an operator turns it on.
+    for args in [
+        &["user", "add", "root", "--new-user-password", "s3cret"][..],
+        &["user", "add", "switchyard", "--new-user-password", "pw"],
+        &["role", "add", "policies"],
+        &[
+            "role",
+            "grant-permission",
+            "policies",
+            "--prefix=true",
+            "readwrite",
+            "/tls/",
+        ],
+        &["user", "grant-role", "switchyard", "policies"],
+        &["auth", "enable"],
+    ] {
+        let out = ctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let repo = scratch("fleet-tls-repo");
+    copy_dir(&sample_models().join("mlp"), &repo.join("mlp"));
+    let store = format!("etcd:{url}/tls");
+    let start = |name: &str, user: &str, with_cert: bool| {
+        let state = scratch(&format!("fleet-tls-state-{name}"));
+        let (cert, key) = (path("client.pem"), path("client.key"));
+        let mut args = vec![
+            "--policy-store",
+            &store,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--replica-id",
+            name,
+            "--etcd-cacert",
+        ];
+        let ca = path("ca.pem");
+        args.push(&ca);
+        if with_cert {
+            args.extend(["--etcd-cert", cert.as_str(), "--etcd-key", key.as_str()]);
+        }
+        let args: Vec<String> = args.into_iter().map(str::to_string).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let user = user.to_string();
+        Server::start_with(&repo, &args, move |cmd| {
+            // The password from the environment, as the README advises.
+            cmd.env("SWITCHYARD_ETCD_USER", user);
+        })
+    };
+    let good = start("good", "switchyard:pw", true);
+    store_up(&good, true, Duration::from_secs(20));
+    let want = json!({"1": 25, "2": 75});
+    assert_eq!(put(&good, &want, None).0, 200);
+    let out = ctl(&[
+        "--user",
+        "root:s3cret",
+        "get",
+        "/tls/traffic/mlp",
+        "--print-value-only",
+    ]);
+    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stored["weights"], want);
+    // The password is not in the log.
+    assert!(!good.logs().contains("pw\""), "{}", good.logs());
+
+    let wrong = start("wrong", "switchyard:nope", true);
+    store_up(&wrong, false, Duration::from_secs(10));
+    let error = traffic(&wrong)["store"]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("authentication failed"), "{error}");
+
+    let no_cert = start("nocert", "switchyard:pw", false);
+    store_up(&no_cert, false, Duration::from_secs(10));
+    println!(
+        "without a client certificate: {}",
+        traffic(&no_cert)["store"]["error"]
+    );
+}
