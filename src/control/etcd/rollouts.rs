@@ -22,9 +22,11 @@ use crate::control::rollout::{self, Event, Phase, RolloutSpec, Status, Step, Win
 use crate::core::error::{Error, Result};
 use crate::serving::{Histogram, Models, TrafficSpec};
 
-/// How often each replica publishes its counters and the leader looks at
-/// the clock: a check is late by this much at most.
+/// How often the leader looks at the clock: a check is late by this much at most.
 const TICK: Duration = Duration::from_millis(200);
+/// How often a replica publishes its counters (when they changed): each
+/// write reaches every replica's watch, so this bounds a rollout's cost.
+const PUBLISH: Duration = Duration::from_secs(1);
 
 /// One replica's cumulative counters of a rollout's candidate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -236,7 +238,7 @@ impl FleetRollouts {
     /// steps that fall due on those it leads.
     async fn drive(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
-        let mut published: BTreeMap<String, Counters> = BTreeMap::new();
+        let mut published: BTreeMap<String, (Counters, std::time::Instant)> = BTreeMap::new();
         while tokio::select! { _ = tick.tick() => true, _ = stop.cancelled() => false } {
             let lease = self.store.lease();
             if lease == 0 {
@@ -259,11 +261,14 @@ impl FleetRollouts {
                     continue;
                 }
                 let mine = self.counters(&model, record.candidate);
-                if published.get(&model) != Some(&mine) {
+                let due = published
+                    .get(&model)
+                    .is_none_or(|(last, at)| *last != mine && at.elapsed() >= PUBLISH);
+                if due {
                     let key = format!("counters/{model}/{replica}");
                     let text = serde_json::to_string(&mine).expect("plain data");
                     if self.store.put(&key, &text, lease).await.is_ok() {
-                        published.insert(model.clone(), mine);
+                        published.insert(model.clone(), (mine, std::time::Instant::now()));
                     }
                 }
                 if !leading {
