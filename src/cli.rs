@@ -124,7 +124,7 @@ pub struct ServeArgs {
     pub etcd_user: Option<String>,
     /// Seconds this replica's etcd lease outlives it: how long a replica
     /// that died stays listed, and a rollout it led waits for a new leader.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..=3600), env = "SWITCHYARD_ETCD_LEASE_TTL")]
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(3..=3600), env = "SWITCHYARD_ETCD_LEASE_TTL")]
     pub etcd_lease_ttl: i64,
     /// This replica's name in the fleet (GET /admin/fleet). Default: the
     /// host name (a pod's name) and the HTTP port.
@@ -475,15 +475,14 @@ impl ServeArgs {
         Ok(platform)
     }
 
-    /// The edge's bounds the flags set.
     /// The policy store the flags name (default: `file:` the state
     /// directory), opened; an etcd store starts following in `scope`.
     pub fn policy_store(
         &self,
         state_dir: &std::path::Path,
         scope: &switchyard::core::tasks::Scope,
-    ) -> PolicyStore {
-        match self.policy_store.clone() {
+    ) -> anyhow::Result<PolicyStore> {
+        Ok(match self.policy_store.clone() {
             None => PolicyStore::File(state_dir.to_path_buf()),
             Some(StoreSpec::File(dir)) => PolicyStore::File(dir),
             Some(StoreSpec::ConfigMap(dir)) => PolicyStore::ConfigMap(dir),
@@ -493,6 +492,7 @@ impl ServeArgs {
                 config.cert = self.etcd_cert.clone();
                 config.key = self.etcd_key.clone();
                 config.user = self.etcd_user.clone();
+                config.check()?;
                 let replica = self.replica_id.clone().unwrap_or_else(|| {
                     let host = std::env::var("HOSTNAME")
                         .ok()
@@ -514,9 +514,10 @@ impl ServeArgs {
                 store.start(scope);
                 PolicyStore::Etcd(store)
             }
-        }
+        })
     }
 
+    /// The edge's bounds the flags set.
     pub fn limits(&self) -> switchyard::edge::limits::Limits {
         let inflight = self
             .max_inflight_bytes

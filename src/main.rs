@@ -81,7 +81,7 @@ fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
                 mode: args.model_control,
                 poll_interval: args.poll_interval,
                 memory_limit: args.memory_limit,
-                policies: Some(args.policy_store(&state_dir, &tree.control)),
+                policies: Some(args.policy_store(&state_dir, &tree.control)?),
                 warmup_decoder: switchyard::edge::v2::decode_warmup_file,
             },
             tree.control.clone(),

@@ -270,6 +270,20 @@ impl Rollouts {
     }
 }
 
+/// Adds a check to a rollout's history; a wait after a wait replaces it, so
+/// the history stays bounded (steps and failed checks are) however long a
+/// rollout waits for traffic: etcd bounds a value at 1.5 MiB.
+pub(crate) fn record_check(history: &mut Vec<Event>, event: Event, waiting: bool) {
+    if waiting
+        && history
+            .last()
+            .is_some_and(|e| e.what.starts_with("waiting"))
+    {
+        history.pop();
+    }
+    history.push(event);
+}
+
 /// What a rollout spec asks for, checked against the model as it serves.
 pub(crate) struct Plan {
     pub interval: Duration,
@@ -431,14 +445,18 @@ fn check(p: &mut dyn Policies, model: &str, r: &mut Run) {
         r.status.failed_checks,
         &measured,
     );
-    r.status.history.push(Event {
-        at: now(),
-        what: step.to_string(),
-        weight: r.status.weight,
-        requests: Some(n),
-        error_rate: Some(error_rate),
-        p99_ms,
-    });
+    record_check(
+        &mut r.status.history,
+        Event {
+            at: now(),
+            what: step.to_string(),
+            weight: r.status.weight,
+            requests: Some(n),
+            error_rate: Some(error_rate),
+            p99_ms,
+        },
+        matches!(step, Step::Wait { .. }),
+    );
     let candidate = r.candidate;
     match step {
         Step::Wait { .. } => {}

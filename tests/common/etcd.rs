@@ -70,8 +70,8 @@ impl Member {
             .args(["--initial-cluster", &self.cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "switchyard-test"])
-            // Loopback: elections in half a second rather than a second.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // etcd's defaults: a loaded 2-core machine must not flap elections.
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--logger", "zap", "--log-level", "warn"])
             .stdout(Stdio::null())
             .stderr(log)

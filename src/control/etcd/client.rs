@@ -1,6 +1,6 @@
 //! A small etcd v3 client on the project's own tonic stack: the KV calls, the
 //! watch stream, leases and password authentication that the policy store
-//! needs, over one balanced channel to every member named. The API's
+//! needs, over a connection to one member at a time. The API's
 //! definitions compile with protox like the inference protocol's, so building
 //! Switchyard still needs no `protoc` (the `etcd-client` crate's build does).
 
@@ -87,6 +87,12 @@ impl EtcdConfig {
             if h.is_empty() {
                 return Err(bad());
             }
+            if h.contains('@') {
+                return Err(format!(
+                    "'{h}' carries a user: give it with --etcd-user (or SWITCHYARD_ETCD_USER), \
+                     which stays out of logs and answers"
+                ));
+            }
             endpoints.push(format!("{scheme}://{h}"));
         }
         Ok(EtcdConfig {
@@ -97,6 +103,22 @@ impl EtcdConfig {
             key: None,
             user: None,
         })
+    }
+
+    /// Checks what can be checked before connecting: the TLS files read and
+    /// parse, the user is NAME:PASSWORD. A mistake here is the operator's,
+    /// not a store that is down: the server says so and does not start.
+    pub fn check(&self) -> Result<()> {
+        if self.endpoints.iter().any(|e| e.starts_with("https://")) && self.ca.is_none() {
+            return Err(Error::invalid(
+                "an https:// etcd needs --etcd-cacert (its CA certificate): no system roots are built in",
+            ));
+        }
+        tls_config(self)?;
+        if self.user.as_ref().is_some_and(|u| !u.contains(':')) {
+            return Err(Error::invalid("--etcd-user is NAME:PASSWORD"));
+        }
+        Ok(())
     }
 
     /// The members, for the log and the answers.

@@ -54,6 +54,9 @@ struct Record {
     checks: u64,
     /// Each replica's counters when the window opened.
     window: BTreeMap<String, Counters>,
+    /// The first window is open (the leader's first look).
+    #[serde(default)]
+    opened: bool,
 }
 
 /// The fleet's rollouts, as one replica sees and drives them.
@@ -145,6 +148,7 @@ impl FleetRollouts {
             checks: 0,
             // Filled by the leader's first look: the fleet's counters now.
             window: BTreeMap::new(),
+            opened: false,
         };
         let revision = existing.map_or(0, |(_, r)| r);
         self.commit(model, &record, revision, None)
@@ -238,7 +242,9 @@ impl FleetRollouts {
     /// steps that fall due on those it leads.
     async fn drive(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
-        let mut published: BTreeMap<String, (Counters, std::time::Instant)> = BTreeMap::new();
+        // What this replica published under which lease: a new lease (a
+        // reconnection) publishes again, since the old keys went with it.
+        let mut published: BTreeMap<String, (Counters, std::time::Instant, i64)> = BTreeMap::new();
         while tokio::select! { _ = tick.tick() => true, _ = stop.cancelled() => false } {
             let lease = self.store.lease();
             if lease == 0 {
@@ -261,14 +267,14 @@ impl FleetRollouts {
                     continue;
                 }
                 let mine = self.counters(&model, record.candidate);
-                let due = published
-                    .get(&model)
-                    .is_none_or(|(last, at)| *last != mine && at.elapsed() >= PUBLISH);
+                let due = published.get(&model).is_none_or(|(last, at, under)| {
+                    *under != lease || (*last != mine && at.elapsed() >= PUBLISH)
+                });
                 if due {
                     let key = format!("counters/{model}/{replica}");
                     let text = serde_json::to_string(&mine).expect("plain data");
                     if self.store.put(&key, &text, lease).await.is_ok() {
-                        published.insert(model.clone(), (mine, std::time::Instant::now()));
+                        published.insert(model.clone(), (mine, std::time::Instant::now(), lease));
                     }
                 }
                 if !leading {
@@ -332,10 +338,10 @@ impl FleetRollouts {
     async fn step(&self, model: &str, mut record: Record, revision: i64, lease: i64) -> Result<()> {
         let now = unix_now();
         let fleet = self.fleet_counters(model, record.candidate);
-        if record.checks == 0 && record.window.is_empty() && !fleet.is_empty() {
-            // The first window opens at the counters the fleet had then.
+        if !record.opened {
+            // The first window opens at the counters the fleet has now.
             record.window = fleet;
-            record.checks = 0;
+            record.opened = true;
             self.commit(model, &record, revision, Some(lease)).await?;
             return Ok(());
         }
@@ -345,14 +351,18 @@ impl FleetRollouts {
         let measured = window(&record.window, &fleet);
         let status = &mut record.status;
         let step = rollout::judge(&status.spec, status.weight, status.failed_checks, &measured);
-        status.history.push(Event {
-            at: now,
-            what: format!("{step} (fleet: {} replicas)", fleet.len()),
-            weight: status.weight,
-            requests: Some(measured.requests),
-            error_rate: Some(measured.error_rate),
-            p99_ms: measured.p99_ms,
-        });
+        rollout::record_check(
+            &mut status.history,
+            Event {
+                at: now,
+                what: format!("{step} (fleet: {} replicas)", fleet.len()),
+                weight: status.weight,
+                requests: Some(measured.requests),
+                error_rate: Some(measured.error_rate),
+                p99_ms: measured.p99_ms,
+            },
+            matches!(step, Step::Wait { .. }),
+        );
         match &step {
             Step::Wait { .. } => {}
             Step::Promote => {
@@ -388,15 +398,18 @@ impl FleetRollouts {
 }
 
 /// What the fleet's candidate did since the window opened: each replica's
-/// change summed (a replica new since then counts from zero, one that
-/// restarted from its restart).
+/// change summed. A replica not seen when it opened counts from the next
+/// window (its counters may hold what it served before the rollout); one
+/// whose counters went back (it restarted) counts from its restart.
 fn window(start: &BTreeMap<String, Counters>, now: &BTreeMap<String, Counters>) -> Window {
     let (mut ok, mut fail) = (0u64, 0u64);
     let (mut h0, mut h1): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
     let mut psi: Option<f64> = None;
     for (replica, c) in now {
         let zero = Counters::default();
-        let mut s = start.get(replica).unwrap_or(&zero);
+        let Some(mut s) = start.get(replica) else {
+            continue;
+        };
         if c.ok < s.ok || c.fail < s.fail {
             s = &zero;
         }
@@ -454,14 +467,15 @@ mod tests {
     #[test]
     fn a_window_sums_each_replicas_change() {
         let start = BTreeMap::from([("a".to_string(), c(10, 0)), ("b".to_string(), c(50, 5))]);
-        // a served 30 more with 3 failures, b restarted and served 20, c is new.
+        // a served 30 more with 3 failures, b restarted and served 20, c is
+        // new: it counts from the next window.
         let now = BTreeMap::from([
             ("a".to_string(), c(37, 3)),
             ("b".to_string(), c(18, 2)),
             ("c".to_string(), c(9, 1)),
         ]);
         let w = window(&start, &now);
-        assert_eq!(w.requests, 30 + 20 + 10);
-        assert!((w.error_rate - 6.0 / 60.0).abs() < 1e-9, "{w:?}");
+        assert_eq!(w.requests, 30 + 20);
+        assert!((w.error_rate - 5.0 / 50.0).abs() < 1e-9, "{w:?}");
     }
 }

@@ -96,6 +96,10 @@ pub struct EtcdStore {
     /// The member the next connection tries first: after a failure, the
     /// one after the member that failed.
     member: std::sync::atomic::AtomicUsize,
+    /// Snapshots of the local copy are numbered; the last one written wins
+    /// even if an older one's write finishes after it.
+    copies: std::sync::atomic::AtomicU64,
+    copy_written: Arc<Mutex<u64>>,
 }
 
 #[derive(Default)]
@@ -153,6 +157,8 @@ impl EtcdStore {
             on_change: Mutex::new(None),
             started_at: unix_now(),
             member: Default::default(),
+            copies: Default::default(),
+            copy_written: Default::default(),
         }
     }
 
@@ -242,7 +248,7 @@ impl EtcdStore {
                 self.apply(
                     vec![(
                         key.to_string(),
-                        Some(Stored {
+                        Ok(Stored {
                             value: value.to_string(),
                             revision,
                             lease: 0,
@@ -264,7 +270,20 @@ impl EtcdStore {
                      read it again and send the change with If-Match: {rev}"
                 )))
             }
-            Err(e) => Err(self.down(&e.to_string())),
+            Err(e) => Err(self.unconfirmed(e)),
+        }
+    }
+
+    /// A write whose answer did not come: it may have been made or not.
+    fn unconfirmed(&self, e: Error) -> Error {
+        if e.to_string().contains("did not answer") {
+            Error::Unavailable(format!(
+                "the policy store ({}) did not confirm the change ({e}): it may have been \
+                 made or not; GET it to see",
+                self.config.describe()
+            ))
+        } else {
+            self.down(&e.to_string())
         }
     }
 
@@ -300,7 +319,7 @@ impl EtcdStore {
         let Some(revision) = client
             .txn(compare, full)
             .await
-            .map_err(|e| self.down(&e.to_string()))?
+            .map_err(|e| self.unconfirmed(e))?
         else {
             return Ok(false);
         };
@@ -309,7 +328,7 @@ impl EtcdStore {
                 .map(|(k, value, lease)| {
                     (
                         k,
-                        Some(Stored {
+                        Ok(Stored {
                             value,
                             revision,
                             lease,
@@ -335,7 +354,7 @@ impl EtcdStore {
                 self.apply(
                     vec![(
                         key.to_string(),
-                        Some(Stored {
+                        Ok(Stored {
                             value: value.to_string(),
                             revision,
                             lease,
@@ -382,25 +401,34 @@ impl EtcdStore {
         ))
     }
 
-    /// Takes changes into the copy (`None`: deleted); `revision`, when the
-    /// store said how far they go. Tells the plane which keys changed.
-    fn apply(&self, changes: Vec<(String, Option<Stored>)>, revision: Option<i64>) {
+    /// Takes changes into the copy (`Err(revision)`: deleted at that
+    /// revision), skipping any older than what the copy holds (a write of this
+    /// replica's is in the copy before its watch delivers it); `revision`,
+    /// when the store said how far they go. Tells the plane which keys changed.
+    fn apply(
+        &self,
+        changes: Vec<(String, std::result::Result<Stored, i64>)>,
+        revision: Option<i64>,
+    ) {
         let mut changed = Vec::new();
         {
             let mut s = self.state.lock().unwrap();
             for (key, value) in changes {
+                let at = match &value {
+                    Ok(v) => v.revision,
+                    Err(r) => *r,
+                };
+                if s.keys.get(&key).is_some_and(|old| old.revision >= at) {
+                    continue;
+                }
                 match value {
-                    Some(v) => {
-                        if s.keys
-                            .get(&key)
-                            .is_some_and(|old| old.revision >= v.revision)
-                        {
-                            continue;
-                        }
+                    Ok(v) => {
                         s.keys.insert(key.clone(), v);
                     }
-                    None => {
-                        s.keys.remove(&key);
+                    Err(_) => {
+                        if s.keys.remove(&key).is_none() {
+                            continue;
+                        }
                     }
                 }
                 changed.push(key);
@@ -409,6 +437,11 @@ impl EtcdStore {
                 s.revision = s.revision.max(r);
             }
         }
+        self.notify(changed);
+    }
+
+    /// Keeps the local copy and tells the plane, when keys changed.
+    fn notify(&self, changed: Vec<String>) {
         if changed.is_empty() {
             return;
         }
@@ -435,7 +468,17 @@ impl EtcdStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let text = serde_json::to_vec_pretty(&policies).expect("plain data");
+        let seq = self
+            .copies
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let written = self.copy_written.clone();
         let write = move || {
+            let mut last = written.lock().unwrap();
+            if *last > seq {
+                return;
+            }
+            *last = seq;
             if let Err(e) = crate::control::policy::write_atomically(&path, &text) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot keep the local copy of etcd's policies");
             }
@@ -508,7 +551,7 @@ impl EtcdStore {
             }
             // Jitter, so that a fleet that lost etcd together does not
             // reconnect in step.
-            let jitter = Duration::from_millis(u64::from(std::process::id() % 97));
+            let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
             tokio::select! {
                 _ = tokio::time::sleep(backoff + jitter) => {}
                 _ = stop.cancelled() => break,
@@ -535,6 +578,13 @@ impl EtcdStore {
         self.member.store(member, Relaxed);
         if self.state.lock().unwrap().revision == 0 {
             self.reread(&client).await?;
+        }
+        // The last session's lease goes now rather than at its expiry: what
+        // it held (this replica's record, a rollout's leadership) is taken
+        // again under the new one without waiting out the TTL.
+        let old = std::mem::take(&mut self.state.lock().unwrap().lease);
+        if old != 0 {
+            let _ = client.revoke(old).await;
         }
         let lease = client.grant(self.settings.lease_ttl).await?;
         self.state.lock().unwrap().lease = lease;
@@ -564,24 +614,27 @@ impl EtcdStore {
             .into_iter()
             .filter_map(|kv| self.relative(&kv).map(|k| (k, stored(&kv))))
             .collect();
-        let mut changes: Vec<(String, Option<Stored>)> = Vec::new();
-        {
+        // The copy becomes what etcd holds, whatever it held before (a copy
+        // read from disk, revisions from before a restore).
+        let changed: Vec<String> = {
             let mut s = self.state.lock().unwrap();
-            for k in s.keys.keys() {
-                if !fresh.contains_key(k) {
-                    changes.push((k.clone(), None));
-                }
-            }
-            for (k, v) in &fresh {
-                if s.keys.get(k) != Some(v) {
-                    // Taken as is, even if older than a copy read from disk.
-                    s.keys.remove(k);
-                    changes.push((k.clone(), Some(v.clone())));
-                }
-            }
+            let mut changed: Vec<String> = s
+                .keys
+                .keys()
+                .filter(|k| !fresh.contains_key(*k))
+                .cloned()
+                .collect();
+            changed.extend(
+                fresh
+                    .iter()
+                    .filter(|(k, v)| s.keys.get(*k) != Some(v))
+                    .map(|(k, _)| k.clone()),
+            );
+            s.keys = fresh;
             s.revision = revision;
-        }
-        self.apply(changes, Some(revision));
+            changed
+        };
+        self.notify(changed);
         Ok(())
     }
 
@@ -617,6 +670,7 @@ impl EtcdStore {
         tx.send(create).await.map_err(|_| self.down("watch"))?;
         let mut stream = client.watch(rx).await?;
         let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = Instant::now();
         let mut lease_heard = Instant::now();
         let lease_ttl = Duration::from_secs(self.settings.lease_ttl.max(1) as u64);
@@ -635,7 +689,16 @@ impl EtcdStore {
                     if msg.canceled {
                         return Err(self.down(&format!("the watch was cancelled: {}", msg.cancel_reason)));
                     }
-                    let revision = msg.header.as_ref().map(|h| h.revision);
+                    // How far the copy is current: a batch goes up to its
+                    // last event (its header may be ahead, while the watch
+                    // catches up); a progress answer (no events, sent only
+                    // once the watch has caught up) up to its header; the
+                    // creation's header says nothing of what was delivered.
+                    let revision = match msg.events.last() {
+                        Some(e) => e.kv.as_ref().map(|kv| kv.mod_revision),
+                        None if !msg.created => msg.header.as_ref().map(|h| h.revision),
+                        None => None,
+                    };
                     let changes = msg
                         .events
                         .iter()
@@ -643,11 +706,9 @@ impl EtcdStore {
                             let kv = e.kv.as_ref()?;
                             let key = self.relative(kv)?;
                             let deleted = e.r#type == pb::event::EventType::Delete as i32;
-                            Some((key, (!deleted).then(|| stored(kv))))
+                            Some((key, if deleted { Err(kv.mod_revision) } else { Ok(stored(kv)) }))
                         })
                         .collect();
-                    // A progress answer (no events) carries the revision the
-                    // watch has reached: the copy is current up to it.
                     self.apply(changes, revision);
                     self.set_up(true, None);
                 }
@@ -680,15 +741,18 @@ impl EtcdStore {
                     let applied = self.policy_revision();
                     if reported.is_none_or(|(r, at)| r != applied || at.elapsed() >= REPORT) {
                         reported = Some((applied, Instant::now()));
-                        self.report(client, lease, applied).await;
+                        self.report(client, lease, applied).await?;
                     }
                 }
             }
         }
     }
 
-    /// Refreshes `replicas/<id>` under this replica's lease.
-    async fn report(&self, client: &Client, lease: i64, policy_revision: i64) {
+    /// Refreshes `replicas/<id>` under this replica's lease, within a
+    /// second (the lease's renewal waits behind it). Fails, so that the
+    /// session starts again and authenticates anew, when etcd no longer takes
+    /// the token.
+    async fn report(&self, client: &Client, lease: i64, policy_revision: i64) -> Result<()> {
         let record = Replica {
             id: self.settings.replica.clone(),
             policy_revision,
@@ -698,8 +762,15 @@ impl EtcdStore {
         };
         let key = format!("{}replicas/{}", self.config.prefix, self.settings.replica);
         let value = serde_json::to_vec(&record).expect("plain data");
-        if let Err(e) = client.put(&key, value, lease).await {
-            tracing::debug!(error = %e, "cannot report this replica to etcd");
+        match tokio::time::timeout(Duration::from_secs(1), client.put(&key, value, lease)).await {
+            Ok(Err(e)) if e.to_string().contains("Unauthenticated") => {
+                Err(self.down(&format!("etcd no longer takes this replica's token: {e}")))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot report this replica to etcd");
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -504,8 +504,13 @@ impl Repository {
             }),
         );
         // What it replaced is applied: a later sync changes it only when the
-        // state file, config.toml or the aliases change.
-        let (_, _, fp) = self.policy_source(name, &model);
+        // state file, config.toml or the aliases change. With a store, the
+        // text written is what was applied (the store may already hold a
+        // newer change, which the next sync then applies).
+        let fp = match &self.opts.policies {
+            Some(_) => fingerprint(&format!("{text}{:?}", model.aliases)),
+            None => self.policy_source(name, &model).2,
+        };
         self.traffic_applied.insert(name.to_string(), fp);
         self.traffic_refused.remove(name);
         tracing::info!(model = name, policy = %serde_json::to_string(&traffic.spec).unwrap_or_default(), by = who, "traffic policy changed");
