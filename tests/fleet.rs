@@ -272,6 +272,54 @@ fn one_policy_across_three_replicas_through_etcd_outages() {
         replicas[2].logs()
     );
 
+    // A rollout started on one replica is seen, led and aborted from the others.
+    let stable = json!({"1": 100});
+    assert_eq!(put(&replicas[0], &stable, None).0, 200);
+    for s in &replicas {
+        converges(s, &stable, Duration::from_secs(5));
+    }
+    let spec = json!({"candidate": "2", "step_weight": 20, "interval": "10m"});
+    let (code, started) = replicas[1].post("/admin/models/mlp/rollout", &spec);
+    assert_eq!(code, 200, "{started}");
+    let seen = rollout_until(&replicas[2], "mlp", Duration::from_secs(10), |r| {
+        r["phase"] == json!("progressing") && r["leader"].is_string()
+    });
+    let leader = seen["leader"].as_str().unwrap();
+    let on_leader = &replicas[["a", "b", "c"].iter().position(|n| *n == leader).unwrap()];
+    let t = Instant::now();
+    while metric_sample(
+        &on_leader.metrics_text(),
+        "switchyard_rollout_leader{model=\"mlp\"}",
+    ) != Some(1.0)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{}",
+            on_leader.metrics_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for s in &replicas {
+        converges(s, &json!({"1": 80, "2": 20}), Duration::from_secs(5));
+    }
+    let (code, aborted) = {
+        let r = client()
+            .delete(replicas[2].url("/admin/models/mlp/rollout"))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    assert_eq!(
+        (code, &aborted["phase"]),
+        (200, &json!("aborted")),
+        "{aborted}"
+    );
+    for s in &replicas {
+        converges(s, &stable, Duration::from_secs(5));
+        assert_eq!(rollout(s, "mlp")["phase"], json!("aborted"));
+    }
+    let want = stable;
+
     // A replica that starts with etcd unreachable serves its last local copy.
     let copy_dir_a = scratch("fleet-state-late");
     // The copy is written off the watch's task: wait for it to hold the policy.
