@@ -86,22 +86,23 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn replica(repo: &std::path::Path, name: &str, store: &str) -> Server {
-    let state = scratch(&format!("fleet-state-{name}"));
-    Server::start(
-        repo,
-        &[
-            "--policy-store",
-            store,
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--replica-id",
-            name,
-            // Only the watch can make a change quick.
-            "--poll-interval",
-            "120s",
-        ],
-    )
+/// A replica of `repo` named `name` on `store`, its state in
+/// `fleet-state-{test}-{name}`.
+fn replica(repo: &std::path::Path, test: &str, name: &str, store: &str, extra: &[&str]) -> Server {
+    let state = scratch(&format!("fleet-state-{test}-{name}"));
+    let mut args = vec![
+        "--policy-store",
+        store,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--replica-id",
+        name,
+        // Only the watch can make a change quick.
+        "--poll-interval",
+        "120s",
+    ];
+    args.extend(extra);
+    Server::start(repo, &args)
 }
 
 #[test]
@@ -127,9 +128,9 @@ fn one_policy_across_three_replicas_through_etcd_outages() {
             .join(",")
     );
     let replicas = [
-        replica(&repo, "a", &direct),
-        replica(&repo, "b", &direct),
-        replica(&repo, "c", &relayed),
+        replica(&repo, "outages", "a", &direct, &[]),
+        replica(&repo, "outages", "b", &direct, &[]),
+        replica(&repo, "outages", "c", &relayed, &[]),
     ];
     for s in &replicas {
         store_up(s, true, Duration::from_secs(20));
@@ -323,7 +324,7 @@ fn one_policy_across_three_replicas_through_etcd_outages() {
     // A replica that starts with etcd unreachable serves its last local copy.
     let copy_dir_a = scratch("fleet-state-late");
     // The copy is written off the watch's task: wait for it to hold the policy.
-    let copy_path = scratch_path("fleet-state-a").join("etcd-policies.json");
+    let copy_path = scratch_path("fleet-state-outages-a").join("etcd-policies.json");
     let t = Instant::now();
     let copy = loop {
         let copy = std::fs::read(&copy_path).unwrap_or_default();
@@ -449,27 +450,36 @@ fn rollout_until(s: &Server, model: &str, within: Duration, f: impl Fn(&Value) -
     }
 }
 
-fn fleet_replicas(repo: &std::path::Path, store: &str, names: &[&str]) -> Vec<Option<Server>> {
-    names
+/// Once every replica is connected, gives version 1 all of mlp's traffic and
+/// starts the round-robin load on the fleet.
+fn stable_under_load(
+    replicas: &[Option<Server>],
+    threads: usize,
+    rate: f64,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Seen>> {
+    for s in replicas.iter().flatten() {
+        store_up(s, true, Duration::from_secs(20));
+    }
+    let first = replicas.iter().flatten().next().unwrap();
+    assert_eq!(put(first, &json!({"1": 100}), None).0, 200);
+    for s in replicas.iter().flatten() {
+        converges(s, &json!({"1": 100}), Duration::from_secs(5));
+    }
+    let urls = replicas
         .iter()
-        .map(|n| {
-            let state = scratch(&format!("fleet-rollout-state-{n}"));
-            Some(Server::start(
-                repo,
-                &[
-                    "--policy-store",
-                    store,
-                    "--state-dir",
-                    state.to_str().unwrap(),
-                    "--replica-id",
-                    n,
-                    "--etcd-lease-ttl",
-                    "3",
-                    "--poll-interval",
-                    "120s",
-                ],
-            ))
-        })
+        .flatten()
+        .map(|s| s.public_url("/v2/models/mlp/infer"))
+        .collect();
+    round_robin(urls, threads, rate, stop.clone())
+}
+
+/// Replicas `a`, `b` and `c` whose leases (and so a rollout's leadership)
+/// expire 3 s after they die.
+fn fleet_replicas(repo: &std::path::Path, test: &str, store: &str) -> Vec<Option<Server>> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|n| Some(replica(repo, test, n, store, &["--etcd-lease-ttl", "3"])))
         .collect()
 }
 
@@ -481,25 +491,12 @@ fn a_fleet_rollout_survives_its_leader_and_is_judged_on_the_whole_fleet() {
     let repo = scratch("fleet-rollout-repo");
     copy_dir(&sample_models().join("mlp"), &repo.join("mlp"));
     let store = format!("etcd:http://{}/switchyard-rollout", etcd.endpoints());
-    let mut replicas = fleet_replicas(&repo, &store, &["a", "b", "c"]);
+    let mut replicas = fleet_replicas(&repo, "rollout", &store);
     let any = |rs: &[Option<Server>]| -> usize { rs.iter().position(Option::is_some).unwrap() };
     let a = replicas[0].as_ref().unwrap();
-    for s in replicas.iter().flatten() {
-        store_up(s, true, Duration::from_secs(20));
-    }
-    assert_eq!(put(a, &json!({"1": 100}), None).0, 200);
-    for s in replicas.iter().flatten() {
-        converges(s, &json!({"1": 100}), Duration::from_secs(5));
-    }
-
     // Load on every replica through a round-robin client.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let urls = replicas
-        .iter()
-        .flatten()
-        .map(|s| s.public_url("/v2/models/mlp/infer"))
-        .collect();
-    let load = round_robin(urls, 4, 0.0, stop.clone());
+    let load = stable_under_load(&replicas, 4, 0.0, &stop);
 
     let spec = json!({"candidate": "2", "step_weight": 10, "max_weight": 30, "interval": "4s",
                       "threshold": 2, "min_requests": 50, "max_error_rate": 0.05});
@@ -616,26 +613,14 @@ fn a_faulty_candidate_is_rolled_back_on_the_fleets_error_rate() {
     )
     .unwrap();
     let store = format!("etcd:http://{}/switchyard-faulty", etcd.endpoints());
-    let replicas = fleet_replicas(&repo, &store, &["a", "b", "c"]);
+    let replicas = fleet_replicas(&repo, "faulty", &store);
     let a = replicas[0].as_ref().unwrap();
-    for s in replicas.iter().flatten() {
-        store_up(s, true, Duration::from_secs(20));
-    }
-    assert_eq!(put(a, &json!({"1": 100}), None).0, 200);
-    for s in replicas.iter().flatten() {
-        converges(s, &json!({"1": 100}), Duration::from_secs(5));
-    }
     // 100 requests a second across three replicas: at 50 % the candidate
-    // gets ~100 a window in the fleet, ~33 on each replica, below the 60 a
-    // verdict needs.
+    // gets ~150 a 3 s window in the fleet (100 if a loaded machine sends only
+    // two thirds of them), ~50 on each replica, below the 60 a verdict needs.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let urls = replicas
-        .iter()
-        .flatten()
-        .map(|s| s.public_url("/v2/models/mlp/infer"))
-        .collect();
-    let load = round_robin(urls, 2, 100.0, stop.clone());
-    let spec = json!({"candidate": "2", "step_weight": 50, "max_weight": 50, "interval": "2s",
+    let load = stable_under_load(&replicas, 2, 100.0, &stop);
+    let spec = json!({"candidate": "2", "step_weight": 50, "max_weight": 50, "interval": "3s",
                       "threshold": 1, "min_requests": 60, "max_error_rate": 0.05});
     let (code, started) = replicas[1]
         .as_ref()

@@ -113,6 +113,33 @@ pub struct Status {
     pub leader: Option<String>,
 }
 
+impl Status {
+    /// A rollout of `candidate` against `stable` just started by `who`, at
+    /// its first step.
+    pub(crate) fn started(
+        model: &str,
+        spec: RolloutSpec,
+        stable: u64,
+        candidate: u64,
+        who: &str,
+    ) -> Status {
+        let first = spec.step_weight.min(spec.max_weight);
+        Status {
+            model: model.to_string(),
+            spec,
+            stable: stable.to_string(),
+            phase: Phase::Progressing,
+            weight: first,
+            failed_checks: 0,
+            history: vec![Event::note(
+                format!("started by {who}: candidate {candidate} at {first}% against {stable}"),
+                first,
+            )],
+            leader: None,
+        }
+    }
+}
+
 /// Changes traffic policies on behalf of the rollouts: the control plane,
 /// whose thread owns both.
 pub(crate) trait Policies {
@@ -181,19 +208,7 @@ impl Rollouts {
             first,
             &format!("rollout started by {who}"),
         )?;
-        let status = Status {
-            model: model.to_string(),
-            spec,
-            stable: stable.to_string(),
-            phase: Phase::Progressing,
-            weight: first,
-            failed_checks: 0,
-            history: vec![Event::note(
-                format!("started by {who}: candidate {candidate} at {first}% against {stable}"),
-                first,
-            )],
-            leader: None,
-        };
+        let status = Status::started(model, spec, stable, candidate, who);
         tracing::info!(
             model,
             candidate,

@@ -138,8 +138,8 @@ impl Cluster {
             .join(",")
     }
 
-    /// etcdctl against the members that run; its output.
-    pub fn ctl(&self, args: &[&str]) -> String {
+    /// etcdctl against the members that run, within `timeout`.
+    fn etcdctl(&self, timeout: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
         let endpoints = self
             .members
             .iter()
@@ -147,12 +147,17 @@ impl Cluster {
             .map(Member::url)
             .collect::<Vec<_>>()
             .join(",");
-        let out = Command::new(etcd_bin("etcdctl"))
+        Command::new(etcd_bin("etcdctl"))
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &endpoints, "--command-timeout=5s"])
+            .args(["--endpoints", &endpoints])
+            .arg(format!("--command-timeout={timeout}"))
             .args(args)
             .output()
-            .expect("etcdctl");
+    }
+
+    /// etcdctl against the members that run; its output.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.etcdctl("5s", args).expect("etcdctl");
         assert!(
             out.status.success(),
             "etcdctl {args:?}: {}",
@@ -165,18 +170,8 @@ impl Cluster {
     pub fn wait_healthy(&self, within: Duration) {
         let t = Instant::now();
         loop {
-            let endpoints = self
-                .members
-                .iter()
-                .filter(|m| m.child.is_some())
-                .map(Member::url)
-                .collect::<Vec<_>>()
-                .join(",");
-            let ok = Command::new(etcd_bin("etcdctl"))
-                .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &endpoints, "--command-timeout=1s"])
-                .args(["get", "--prefix", "/health-check"])
-                .output()
+            let ok = self
+                .etcdctl("1s", &["get", "--prefix", "/health-check"])
                 .is_ok_and(|o| o.status.success());
             if ok {
                 return;

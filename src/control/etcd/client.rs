@@ -255,16 +255,41 @@ impl Client {
         revision: i64,
         lease: i64,
     ) -> Result<std::result::Result<i64, Option<pb::KeyValue>>> {
+        self.put_or_get(modified_at(key, revision), key, value, lease)
+            .await
+    }
+
+    /// Puts `value` at `key` bound to `lease` only if no one holds the key:
+    /// a lease-bound lock. `Err(holder)` when someone does.
+    pub async fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<std::result::Result<i64, Option<pb::KeyValue>>> {
         use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+        let absent = pb::Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Create as i32,
+            key: key.as_bytes().to_vec(),
+            target_union: Some(TargetUnion::CreateRevision(0)),
+            range_end: vec![],
+        };
+        self.put_or_get(absent, key, value, lease).await
+    }
+
+    /// Puts `value` at `key` if `compare` holds (the revision written), else
+    /// reads what `key` holds now.
+    async fn put_or_get(
+        &self,
+        compare: pb::Compare,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<std::result::Result<i64, Option<pb::KeyValue>>> {
         let k = key.as_bytes().to_vec();
         let req = pb::TxnRequest {
-            compare: vec![pb::Compare {
-                result: CompareResult::Equal as i32,
-                target: CompareTarget::Mod as i32,
-                key: k.clone(),
-                target_union: Some(TargetUnion::ModRevision(revision)),
-                range_end: vec![],
-            }],
+            compare: vec![compare],
             success: vec![pb::RequestOp {
                 request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
                     key: k.clone(),
@@ -285,11 +310,11 @@ impl Client {
         if answer.succeeded {
             return Ok(Ok(revision));
         }
-        let current = answer.responses.into_iter().find_map(|r| match r.response {
+        let now = answer.responses.into_iter().find_map(|r| match r.response {
             Some(pb::response_op::Response::ResponseRange(mut r)) => r.kvs.pop(),
             _ => None,
         });
-        Ok(Err(current))
+        Ok(Err(now))
     }
 
     /// Puts every `(key, value, lease)` at once if every comparison holds;
@@ -318,51 +343,6 @@ impl Client {
         Ok(answer
             .succeeded
             .then(|| answer.header.map_or(0, |h| h.revision)))
-    }
-
-    /// Puts `value` at `key` bound to `lease` only if no one holds the key:
-    /// a lease-bound lock. `Err(holder)` when someone does.
-    pub async fn create(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        lease: i64,
-    ) -> Result<std::result::Result<i64, Option<pb::KeyValue>>> {
-        use pb::compare::{CompareResult, CompareTarget, TargetUnion};
-        let k = key.as_bytes().to_vec();
-        let req = pb::TxnRequest {
-            compare: vec![pb::Compare {
-                result: CompareResult::Equal as i32,
-                target: CompareTarget::Create as i32,
-                key: k.clone(),
-                target_union: Some(TargetUnion::CreateRevision(0)),
-                range_end: vec![],
-            }],
-            success: vec![pb::RequestOp {
-                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                    key: k.clone(),
-                    value,
-                    lease,
-                    ..Default::default()
-                })),
-            }],
-            failure: vec![pb::RequestOp {
-                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
-                    key: k,
-                    ..Default::default()
-                })),
-            }],
-        };
-        let answer = timed(self.kv.clone().txn(self.request(req, false))).await?;
-        let revision = answer.header.map_or(0, |h| h.revision);
-        if answer.succeeded {
-            return Ok(Ok(revision));
-        }
-        let holder = answer.responses.into_iter().find_map(|r| match r.response {
-            Some(pb::response_op::Response::ResponseRange(mut r)) => r.kvs.pop(),
-            _ => None,
-        });
-        Ok(Err(holder))
     }
 
     /// A lease of `ttl` seconds; its keys go when it is not kept alive.

@@ -128,19 +128,7 @@ impl FleetRollouts {
         let first = spec.step_weight.min(spec.max_weight);
         let (stable, candidate) = (plan.stable, plan.candidate);
         let record = Record {
-            status: Status {
-                model: model.to_string(),
-                spec,
-                stable: stable.to_string(),
-                phase: Phase::Progressing,
-                weight: first,
-                failed_checks: 0,
-                history: vec![Event::note(
-                    format!("started by {who}: candidate {candidate} at {first}% against {stable}"),
-                    first,
-                )],
-                leader: None,
-            },
+            status: Status::started(model, spec, stable, candidate, who),
             stable,
             candidate,
             interval_ms: plan.interval.as_millis() as u64,
