@@ -126,6 +126,12 @@ pub struct ServeArgs {
     /// that died stays listed, and a rollout it led waits for a new leader.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(3..=3600), env = "SWITCHYARD_ETCD_LEASE_TTL")]
     pub etcd_lease_ttl: i64,
+    /// How much CPU goes to waiting busily for latency: `cpu` (never: every
+    /// hand-off wakes a sleeping thread), `balanced` (only while requests
+    /// come close together; idle costs nothing) or `latency` (always, after
+    /// every request). A model's `latency_mode` in config.toml overrides it.
+    #[arg(long, value_name = "cpu|balanced|latency", default_value = "balanced", value_parser = switchyard::core::config::LatencyMode::parse, env = "SWITCHYARD_LATENCY_MODE")]
+    pub latency_mode: switchyard::core::config::LatencyMode,
     /// This replica's name in the fleet (GET /admin/fleet). Default: the
     /// host name (a pod's name) and the HTTP port.
     #[arg(long, value_name = "NAME", env = "SWITCHYARD_REPLICA_ID")]

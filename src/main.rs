@@ -40,6 +40,7 @@ fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     let (source, state_dir) = args.source(&platform)?;
     // Fail at start, with the fix, rather than on the first model.
     runtime::onnx::init()?;
+    switchyard::core::config::set_server_latency_mode(args.latency_mode);
     anyhow::ensure!(
         args.shutdown_delay < args.shutdown_timeout,
         "--shutdown-delay ({:?}) must be shorter than --shutdown-timeout ({:?}), the whole stop's budget",

@@ -12,6 +12,49 @@ use crate::core::error::{Error, Result};
 pub const DEFAULT_MAX_BATCH_SIZE: u32 = 64;
 /// Idle polling of a worker before it sleeps (see `idle_spin_microseconds`).
 pub const DEFAULT_IDLE_SPIN_MICROSECONDS: u64 = 100;
+/// How much CPU the server spends waiting, to save the wake-up of a sleeping
+/// thread (`--latency-mode`, or `latency_mode` in a model's `config.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatencyMode {
+    /// Never wait busily: a worker sleeps as soon as its queue is empty and a
+    /// request's task sleeps until its answer wakes it. No CPU but the
+    /// requests' own; each hand-off pays a thread's wake-up.
+    Cpu,
+    /// Wait busily only where it has just paid: a worker polls its queue
+    /// for `idle_spin_microseconds` only while jobs come that close together,
+    /// and a lone request polls for its answer about twice the model's last
+    /// compute time. Idle: no CPU.
+    #[default]
+    Balanced,
+    /// Always: a worker polls its queue for `idle_spin_microseconds` after
+    /// every job, and a lone request polls for its answer for up to 500 µs.
+    /// The least latency at one request at a time, at up to that much CPU
+    /// per request when requests come further apart.
+    Latency,
+}
+
+impl LatencyMode {
+    /// `cpu`, `balanced` or `latency`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(LatencyMode::Cpu),
+            "balanced" => Ok(LatencyMode::Balanced),
+            "latency" => Ok(LatencyMode::Latency),
+            other => Err(format!(
+                "'{other}' is not a latency mode (cpu, balanced or latency)"
+            )),
+        }
+    }
+}
+
+static SERVER_LATENCY_MODE: std::sync::OnceLock<LatencyMode> = std::sync::OnceLock::new();
+
+/// Sets the mode of the models whose `config.toml` names none (once, at start).
+pub fn set_server_latency_mode(mode: LatencyMode) {
+    let _ = SERVER_LATENCY_MODE.set(mode);
+}
+
 /// Requests a version queues before it answers 429.
 pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
 
@@ -36,6 +79,9 @@ pub struct ModelConfig {
     /// [`DEFAULT_IDLE_SPIN_MICROSECONDS`]; 0 sleeps at once). Saves the wake-up of a
     /// sleeping thread for back-to-back requests, at the cost of that much CPU.
     pub idle_spin_microseconds: Option<u64>,
+    /// `cpu`, `balanced` or `latency`: how much CPU this model's workers and
+    /// callers spend waiting busily (default: the server's `--latency-mode`).
+    pub latency_mode: Option<LatencyMode>,
     /// Queueing options (Triton's names).
     #[serde(default)]
     pub batching: BatchingConfig,
@@ -298,7 +344,18 @@ impl ModelConfig {
         self.intra_op_threads.unwrap_or(1)
     }
 
+    /// This model's latency mode: its own key, else the server's.
+    pub fn latency_mode(&self) -> LatencyMode {
+        self.latency_mode
+            .or_else(|| SERVER_LATENCY_MODE.get().copied())
+            .unwrap_or_default()
+    }
+
+    /// How long an idle worker polls its queue (none in `cpu` mode).
     pub fn idle_spin(&self) -> std::time::Duration {
+        if self.latency_mode() == LatencyMode::Cpu {
+            return std::time::Duration::ZERO;
+        }
         std::time::Duration::from_micros(
             self.idle_spin_microseconds
                 .unwrap_or(DEFAULT_IDLE_SPIN_MICROSECONDS),
@@ -377,6 +434,23 @@ pub struct DriftConfig {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_models_latency_mode_overrides_the_servers() {
+        let cpu =
+            ModelConfig::parse("latency_mode = \"cpu\"\nidle_spin_microseconds = 50\n").unwrap();
+        assert_eq!(cpu.latency_mode(), LatencyMode::Cpu);
+        // cpu: the worker sleeps at once, whatever the spin says.
+        assert_eq!(cpu.idle_spin(), std::time::Duration::ZERO);
+        let latency = ModelConfig::parse("latency_mode = \"latency\"\n").unwrap();
+        assert_eq!(latency.idle_spin(), std::time::Duration::from_micros(100));
+        assert!(ModelConfig::parse("latency_mode = \"fast\"\n").is_err());
+        assert_eq!(LatencyMode::parse("balanced"), Ok(LatencyMode::Balanced));
+        assert!(LatencyMode::parse("fast")
+            .unwrap_err()
+            .contains("cpu, balanced or latency"));
+    }
+
     use super::*;
 
     #[test]

@@ -18,7 +18,7 @@ pub use observer::{Observation, RequestObserver};
 pub use stats::{Histogram, Stats, Tally};
 pub use table::{IndexEntry, Model, ModelTable, Models, Publisher, Retiring, Routed, VersionState};
 pub use traffic::{ShadowStats, Traffic};
-pub use worker::{BatchPolicy, Job, Workers};
+pub use worker::{BatchPolicy, Job, Spin, Workers};
 
 use std::sync::Arc;
 
@@ -77,6 +77,8 @@ pub struct ModelVersion {
     pub load_duration: std::time::Duration,
     /// What watches this version's requests (a drift monitor).
     observers: Vec<Arc<dyn RequestObserver>>,
+    /// How its lone requests wait for their answers.
+    latency_mode: crate::core::config::LatencyMode,
 }
 
 /// Counts a request in flight for as long as it lives.
@@ -142,7 +144,14 @@ impl ModelVersion {
             default_priority: 0,
             load_duration: std::time::Duration::ZERO,
             observers: Vec::new(),
+            latency_mode: Default::default(),
         }
+    }
+
+    /// How this version's lone requests wait for their answers.
+    pub fn with_latency_mode(mut self, mode: crate::core::config::LatencyMode) -> Self {
+        self.latency_mode = mode;
+        self
     }
 
     /// Attaches an observer of every request this version answers.
@@ -242,14 +251,17 @@ impl ModelVersion {
             self.version,
         )?;
         let alone = self.in_flight.load(std::sync::atomic::Ordering::Relaxed) <= 1;
-        let result = await_reply(rx, alone.then(|| self.reply_poll()))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Internal(format!(
-                    "model '{}' version {} stopped before answering",
-                    self.model, self.version
-                )))
-            });
+        let poll = match self.latency_mode {
+            crate::core::config::LatencyMode::Cpu => None,
+            crate::core::config::LatencyMode::Balanced => alone.then(|| self.reply_poll()),
+            crate::core::config::LatencyMode::Latency => alone.then_some(MAX_REPLY_POLL),
+        };
+        let result = await_reply(rx, poll).await.unwrap_or_else(|_| {
+            Err(Error::Internal(format!(
+                "model '{}' version {} stopped before answering",
+                self.model, self.version
+            )))
+        });
         let took = start.elapsed();
         match &result {
             Ok(_) => {

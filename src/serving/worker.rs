@@ -113,10 +113,11 @@ impl Workers {
         label: &str,
         instances: Vec<Box<dyn Backend>>,
         capacity: usize,
-        idle_spin: Duration,
+        idle_spin: impl Into<Spin>,
         policy: BatchPolicy,
         stats: Arc<Stats>,
     ) -> Result<Self> {
+        let idle_spin = idle_spin.into();
         let (tx, rx): (Vec<_>, Vec<_>) = (0..policy.priority_levels.max(1))
             .map(|_| crossbeam_channel::bounded(capacity))
             .unzip();
@@ -234,6 +235,23 @@ impl Queues {
     }
 }
 
+/// How an idle worker waits for its next job: it polls its queue for `wait`,
+/// only while jobs come that close together when `adaptive`, else always.
+#[derive(Debug, Clone, Copy)]
+pub struct Spin {
+    pub wait: Duration,
+    pub adaptive: bool,
+}
+
+impl From<Duration> for Spin {
+    fn from(wait: Duration) -> Spin {
+        Spin {
+            wait,
+            adaptive: true,
+        }
+    }
+}
+
 /// Takes the next job. Waking a sleeping thread costs tens of microseconds on a
 /// virtual machine (and its caches go cold), so a worker that has just answered
 /// keeps polling for `spin` first, yielding its core to any thread that needs it
@@ -242,9 +260,13 @@ impl Queues {
 /// was longer than `spin` the worker sleeps at once. Spinning for jobs
 /// that then come too late doubled the server's CPU per request at 1k-5k
 /// requests/s for no gain in latency.
-fn next_job(rx: &Queues, spin: Duration, gap: &mut Duration) -> Option<Job> {
+fn next_job(rx: &Queues, spin: Spin, gap: &mut Duration) -> Option<Job> {
     let start = Instant::now();
-    let spin = if *gap <= spin { spin } else { Duration::ZERO };
+    let spin = if !spin.adaptive || *gap <= spin.wait {
+        spin.wait
+    } else {
+        Duration::ZERO
+    };
     let job = loop {
         match rx.try_recv() {
             Ok(job) => break Some(job),
@@ -263,7 +285,7 @@ fn next_job(rx: &Queues, spin: Duration, gap: &mut Duration) -> Option<Job> {
 fn run(
     mut backend: Box<dyn Backend>,
     rx: Queues,
-    idle_spin: Duration,
+    idle_spin: Spin,
     policy: &BatchPolicy,
     stats: &Stats,
     check: &OutputCheck,

@@ -151,7 +151,10 @@ pub fn load_version(
         &format!("{name}/{v}"),
         loaded.instances,
         config.max_queue_size(),
-        config.idle_spin(),
+        crate::serving::Spin {
+            wait: config.idle_spin(),
+            adaptive: config.latency_mode() != crate::core::config::LatencyMode::Latency,
+        },
         BatchPolicy {
             max_batch_size,
             max_queue_delay: config.max_queue_delay(),
@@ -161,7 +164,8 @@ pub fn load_version(
         },
         stats.clone(),
     )?;
-    let mut version = ModelVersion::new(name.clone(), v, loaded.metadata, workers, stats);
+    let mut version = ModelVersion::new(name.clone(), v, loaded.metadata, workers, stats)
+        .with_latency_mode(config.latency_mode());
     if config.drift.enabled != Some(false) {
         if let Some(profile) =
             crate::control::drift::Profile::load(&path.join(crate::control::drift::profile::FILE))?
