@@ -11,7 +11,8 @@
 # (make .venv-test/.done: onnx and onnxruntime for the models and raw ORT).
 #
 #   loadtest/pinned-report.sh [OUT_DIR]    (default results/pinned-<date>)
-#   SECONDS_PER_POINT=5 MODELS=mlp_small PROTOCOLS="http grpc" loadtest/pinned-report.sh
+#   SECONDS_PER_POINT=5 MODELS=mlp_small PROTOCOLS="http grpc" LATENCY_MODES="cpu balanced latency" \
+#     POINTS="rate1000 c1" loadtest/pinned-report.sh OUT     (a part; appends to OUT/report.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-results/pinned-$(date +%Y-%m-%d)}"
@@ -21,6 +22,7 @@ SECS="${SECONDS_PER_POINT:-5}"
 MODELS="${MODELS:-mlp_small mlp_large}"
 PROTOCOLS="${PROTOCOLS:-http http-binary grpc}"
 POINTS="${POINTS:-rate1000 rate5000 rate20000 c1 c64}"
+LATENCY_MODES="${LATENCY_MODES:-balanced}"
 PY="${PYTHON:-.venv-test/bin/python}"
 BENCH="${BENCH:-../shared/bench}"
 mkdir -p "$OUT"
@@ -36,47 +38,49 @@ tck=$(getconf CLK_TCK)
   echo
   echo "$(date -u +%FT%TZ), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD), ${SECS} s a point"
   echo
-  echo "| model | protocol | load | infer/s | p50 µs | p99 µs | server CPU µs/request | errors |"
-  echo "|---|---|---|---:|---:|---:|---:|---:|"
-} > "$OUT/report.md"
+  echo "| model | --latency-mode | protocol | load | infer/s | p50 µs | p99 µs | server CPU µs/request | errors |"
+  echo "|---|---|---|---|---:|---:|---:|---:|---:|"
+} >> "$OUT/report.md"
 raw="$work/raw.csv"
 for model in $MODELS; do
   taskset -c "$SERVER_CPU" "$PY" "$BENCH/raw_ort.py" "$work/models" --models "$model" \
     --batches 1,8,32,64 --seconds 2 --csv "$raw" > /dev/null
-  taskset -c "$SERVER_CPU" target/release/switchyard serve --models "$work/models" \
-    --http 127.0.0.1:18760 --grpc 127.0.0.1:18761 --admin off --no-metrics > "$work/server.log" 2>&1 &
-  server=$!
-  until curl -sf -o /dev/null http://127.0.0.1:18760/v2/health/ready; do sleep 0.1; done
-  # Warm every path once (connections, the worker, ORT's first runs); the
-  # points then count every request they send against the CPU they cost.
-  for protocol in $PROTOCOLS; do
-    taskset -c "$CLIENT_CPU" target/release/switchyard-loadtest --url http://127.0.0.1:18760 \
-      --grpc-url http://127.0.0.1:18761 --model "$model" --protocol "$protocol" --concurrency 8 \
-      --duration 1 --warmup 0 > /dev/null
-  done
-  for protocol in $PROTOCOLS; do
-    for point in $POINTS; do
-      case $point in
-        rate*) load=(--rate "${point#rate}" --concurrency 64) ;;
-        c*) load=(--concurrency "${point#c}") ;;
-      esac
-      c0=$(awk '{print $14 + $15}' "/proc/$server/stat")
+  for mode in $LATENCY_MODES; do
+    taskset -c "$SERVER_CPU" target/release/switchyard serve --models "$work/models" --latency-mode "$mode" \
+      --http 127.0.0.1:18760 --grpc 127.0.0.1:18761 --admin off --no-metrics > "$work/server.log" 2>&1 &
+    server=$!
+    until curl -sf -o /dev/null http://127.0.0.1:18760/v2/health/ready; do sleep 0.1; done
+    # Warm every path once (connections, the worker, ORT's first runs); the
+    # points then count every request they send against the CPU they cost.
+    for protocol in $PROTOCOLS; do
       taskset -c "$CLIENT_CPU" target/release/switchyard-loadtest --url http://127.0.0.1:18760 \
-        --grpc-url http://127.0.0.1:18761 --model "$model" --protocol "$protocol" "${load[@]}" \
-        --duration "$SECS" --warmup 0 --json > "$work/run.json"
-      c1=$(awk '{print $14 + $15}' "/proc/$server/stat")
-      "$PY" - "$work/run.json" "$model" "$protocol" "$point" "$c0" "$c1" "$tck" "$SECS" <<'PY' >> "$OUT/report.md"
+        --grpc-url http://127.0.0.1:18761 --model "$model" --protocol "$protocol" --concurrency 8 \
+        --duration 1 --warmup 0 > /dev/null
+    done
+    for protocol in $PROTOCOLS; do
+      for point in $POINTS; do
+        case $point in
+          rate*) load=(--rate "${point#rate}" --concurrency 64) ;;
+          c*) load=(--concurrency "${point#c}") ;;
+        esac
+        c0=$(awk '{print $14 + $15}' "/proc/$server/stat")
+        taskset -c "$CLIENT_CPU" target/release/switchyard-loadtest --url http://127.0.0.1:18760 \
+          --grpc-url http://127.0.0.1:18761 --model "$model" --protocol "$protocol" "${load[@]}" \
+          --duration "$SECS" --warmup 0 --json > "$work/run.json"
+        c1=$(awk '{print $14 + $15}' "/proc/$server/stat")
+        "$PY" - "$work/run.json" "$model" "$protocol" "$point" "$c0" "$c1" "$tck" "$mode" <<'PY' >> "$OUT/report.md"
 import json, sys
 r = json.load(open(sys.argv[1]))
-model, protocol, point, c0, c1, tck, secs = sys.argv[2:9]
+model, protocol, point, c0, c1, tck, mode = sys.argv[2:9]
 n = r["ok"] + r["errors"]
 cpu = (float(c1) - float(c0)) / float(tck) * 1e6 / max(1, n)
 load = f"open {int(point[4:]):,}/s" if point.startswith("rate") else f"closed c={point[1:]}"
-print(f"| {model} | {protocol} | {load} | {r['infer_per_s']:,.0f} | {r['p50_us']:,} | {r['p99_us']:,} | {cpu:.1f} | {r['errors']} |")
+print(f"| {model} | {mode} | {protocol} | {load} | {r['infer_per_s']:,.0f} | {r['p50_us']:,} | {r['p99_us']:,} | {cpu:.1f} | {r['errors']} |")
 PY
+      done
     done
+    kill "$server"; wait "$server" 2>/dev/null || true; server=""
   done
-  kill "$server"; wait "$server" 2>/dev/null || true; server=""
 done
 "$PY" - "$raw" "$SERVER_CPU" <<'PY' >> "$OUT/report.md"
 import csv, sys
