@@ -39,7 +39,10 @@ start() { # NAME PORT STORE
 store=etcd:http://127.0.0.1:18779/fleet-report
 start a 18800 "$store"; start b 18810 "$store"; start c 18820 "$store"
 start file 18830 "file:$work/state-file"
+settle=10
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Past the models' first seconds (warm-ups, the first scans), at rest.
+sleep "$settle"
 declare -A c0
 for p in "${pids[@]}"; do c0[$p]=$(cpu "$p"); done
 sleep "$IDLE"

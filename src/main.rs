@@ -41,6 +41,13 @@ fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     // Fail at start, with the fix, rather than on the first model.
     runtime::onnx::init()?;
     switchyard::core::config::set_server_latency_mode(args.latency_mode);
+    let cores = switchyard::core::config::available_cores();
+    if args.latency_mode.on(cores) != args.latency_mode {
+        tracing::info!(
+            cores,
+            "--latency-mode balanced acts as cpu: with one core, a busy wait would take it from the thread it waits for"
+        );
+    }
     anyhow::ensure!(
         args.shutdown_delay < args.shutdown_timeout,
         "--shutdown-delay ({:?}) must be shorter than --shutdown-timeout ({:?}), the whole stop's budget",
