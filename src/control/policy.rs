@@ -72,7 +72,7 @@ impl PolicyStore {
     /// The stored policy of `model`, as text; `None` when it has none.
     pub fn read(&self, model: &str) -> Option<String> {
         match self {
-            PolicyStore::Etcd(e) => e.get(&format!("traffic/{model}")).map(|s| s.value),
+            PolicyStore::Etcd(e) => e.get(&traffic_key(model)).map(|s| s.value),
             _ => std::fs::read_to_string(self.path(model)).ok(),
         }
     }
@@ -81,9 +81,7 @@ impl PolicyStore {
     /// (etcd's: what `If-Match` names).
     pub fn revision(&self, model: &str) -> Option<i64> {
         match self {
-            PolicyStore::Etcd(e) => {
-                Some(e.get(&format!("traffic/{model}")).map_or(0, |s| s.revision))
-            }
+            PolicyStore::Etcd(e) => Some(e.get(&traffic_key(model)).map_or(0, |s| s.revision)),
             _ => None,
         }
     }
@@ -93,9 +91,7 @@ impl PolicyStore {
     /// (default: the one this replica read): a lost race is a 409.
     pub fn write(&self, model: &str, text: &str, expect: Option<i64>) -> Result<()> {
         match self {
-            PolicyStore::Etcd(e) => e
-                .put_if(&format!("traffic/{model}"), text, expect)
-                .map(|_| ()),
+            PolicyStore::Etcd(e) => e.put_if(&traffic_key(model), text, expect).map(|_| ()),
             PolicyStore::File(_) => {
                 let path = self.path(model);
                 write_atomically(&path, text.as_bytes()).map_err(|e| {
@@ -121,6 +117,11 @@ impl PolicyStore {
             PolicyStore::ConfigMap(dir) => Some(dir.clone()),
         }
     }
+}
+
+/// The key of `model`'s policy in etcd, under the prefix.
+pub(crate) fn traffic_key(model: &str) -> String {
+    format!("traffic/{model}")
 }
 
 /// Writes a file whole or not at all: a temporary file beside it, synced, renamed.

@@ -437,12 +437,9 @@ fn encode_traffic(
     if let Some(e) = &model.policy_error {
         body["policy_error"] = e.as_str().into();
     }
-    if let Some(crate::control::policy::PolicyStore::Etcd(e)) = store {
+    if let Some(s @ crate::control::policy::PolicyStore::Etcd(e)) = store {
         let mut health = serde_json::to_value(e.health()).expect("plain data");
-        health["policy_revision"] = store
-            .and_then(|s| s.revision(&model.name))
-            .unwrap_or(0)
-            .into();
+        health["policy_revision"] = s.revision(&model.name).unwrap_or(0).into();
         body["store"] = health;
     }
     serde_json::to_vec(&body).expect("plain data")

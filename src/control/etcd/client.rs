@@ -452,18 +452,23 @@ fn tls_config(config: &EtcdConfig) -> Result<Option<ClientTlsConfig>> {
     Ok(Some(tls))
 }
 
-/// One call within [`CALL_TIMEOUT`], its status turned into the project's error.
+/// One call within [`CALL_TIMEOUT`], its status turned into the project's
+/// error: `DeadlineExceeded` when no answer came (a write's outcome is then
+/// unknown), `Unauthenticated` when etcd refused the token, `Unavailable`
+/// otherwise. The store turns each into what its callers are answered.
 async fn timed<T>(
     call: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => Err(Error::Unavailable(format!(
-            "etcd answered {:?}: {}",
-            s.code(),
-            s.message()
-        ))),
-        Err(_) => Err(Error::Unavailable(format!(
+        Ok(Err(s)) => {
+            let said = format!("etcd answered {:?}: {}", s.code(), s.message());
+            Err(match s.code() {
+                tonic::Code::Unauthenticated => Error::Unauthenticated(said),
+                _ => Error::Unavailable(said),
+            })
+        }
+        Err(_) => Err(Error::DeadlineExceeded(format!(
             "etcd did not answer within {} s",
             CALL_TIMEOUT.as_secs()
         ))),

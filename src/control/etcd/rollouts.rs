@@ -125,7 +125,6 @@ impl FleetRollouts {
                 "a rollout of '{model}' is in progress: DELETE it first"
             )));
         }
-        let first = spec.step_weight.min(spec.max_weight);
         let (stable, candidate) = (plan.stable, plan.candidate);
         let record = Record {
             status: Status::started(model, spec, stable, candidate, who),
@@ -139,19 +138,16 @@ impl FleetRollouts {
             opened: false,
         };
         let revision = existing.map_or(0, |(_, r)| r);
-        self.commit(model, &record, revision, None)
-            .await?
-            .then_some(())
-            .ok_or_else(|| {
-                Error::Conflict(format!(
-                    "another replica started or changed the rollout of '{model}' meanwhile: GET it"
-                ))
-            })?;
+        if !self.commit(model, &record, revision, None).await? {
+            return Err(Error::Conflict(format!(
+                "another replica started or changed the rollout of '{model}' meanwhile: GET it"
+            )));
+        }
         tracing::info!(
             model,
             candidate,
             stable,
-            weight = first,
+            weight = record.status.weight,
             by = who,
             "fleet rollout started"
         );
@@ -219,8 +215,9 @@ impl FleetRollouts {
             0,
         )];
         let weights = serde_json::to_string_pretty(&policy).expect("plain data");
-        if self.store.get(&format!("traffic/{model}")).map(|s| s.value) != Some(weights.clone()) {
-            puts.push((format!("traffic/{model}"), weights, 0));
+        let key = crate::control::policy::traffic_key(model);
+        if self.store.get(&key).is_none_or(|s| s.value != weights) {
+            puts.push((key, weights, 0));
         }
         self.store.write_if(compare, puts).await
     }

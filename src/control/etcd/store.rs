@@ -241,21 +241,11 @@ impl EtcdStore {
         let expect = expect.unwrap_or_else(|| self.get(key).map_or(0, |s| s.revision));
         let client = self.connected()?;
         let runtime = self.runtime.get().ok_or_else(|| self.down("not started"))?;
-        let full = format!("{}{key}", self.config.prefix);
-        let answer = runtime.block_on(client.put_if(&full, value.as_bytes().to_vec(), expect, 0));
+        let answer =
+            runtime.block_on(client.put_if(&self.key(key), value.as_bytes().to_vec(), expect, 0));
         match answer {
             Ok(Ok(revision)) => {
-                self.apply(
-                    vec![(
-                        key.to_string(),
-                        Ok(Stored {
-                            value: value.to_string(),
-                            revision,
-                            lease: 0,
-                        }),
-                    )],
-                    None,
-                );
+                self.wrote(key, value, revision, 0);
                 Ok(revision)
             }
             Ok(Err(current)) => {
@@ -276,7 +266,7 @@ impl EtcdStore {
 
     /// A write whose answer did not come: it may have been made or not.
     fn unconfirmed(&self, e: Error) -> Error {
-        if e.to_string().contains("did not answer") {
+        if matches!(e, Error::DeadlineExceeded(_)) {
             Error::Unavailable(format!(
                 "the policy store ({}) did not confirm the change ({e}): it may have been \
                  made or not; GET it to see",
@@ -296,11 +286,6 @@ impl EtcdStore {
         } else {
             0
         }
-    }
-
-    /// Whether the store answers now.
-    pub fn is_up(&self) -> bool {
-        self.state.lock().unwrap().up
     }
 
     /// Writes `puts` (keys relative to the prefix) in one transaction if
@@ -351,17 +336,7 @@ impl EtcdStore {
             .map_err(|e| self.down(&e.to_string()))?
         {
             Ok(revision) => {
-                self.apply(
-                    vec![(
-                        key.to_string(),
-                        Ok(Stored {
-                            value: value.to_string(),
-                            revision,
-                            lease,
-                        }),
-                    )],
-                    None,
-                );
+                self.wrote(key, value, revision, lease);
                 Ok(true)
             }
             Err(_) => Ok(false),
@@ -399,6 +374,17 @@ impl EtcdStore {
              known policies keep serving",
             self.config.describe()
         ))
+    }
+
+    /// Takes a write of this replica's into the copy at once (its watch
+    /// delivers it later, and is then skipped as not newer).
+    fn wrote(&self, key: &str, value: &str, revision: i64, lease: i64) {
+        let stored = Stored {
+            value: value.to_string(),
+            revision,
+            lease,
+        };
+        self.apply(vec![(key.to_string(), Ok(stored))], None);
     }
 
     /// Takes changes into the copy (`Err(revision)`: deleted at that
@@ -763,7 +749,7 @@ impl EtcdStore {
         let key = format!("{}replicas/{}", self.config.prefix, self.settings.replica);
         let value = serde_json::to_vec(&record).expect("plain data");
         match tokio::time::timeout(Duration::from_secs(1), client.put(&key, value, lease)).await {
-            Ok(Err(e)) if e.to_string().contains("Unauthenticated") => {
+            Ok(Err(e @ Error::Unauthenticated(_))) => {
                 Err(self.down(&format!("etcd no longer takes this replica's token: {e}")))
             }
             Ok(Err(e)) => {
