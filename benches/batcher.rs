@@ -59,6 +59,7 @@ fn round_trip(c: &mut Criterion) {
                 priority_levels: 0,
                 preferred: vec![],
                 outputs: vec![],
+                inline_budget: Duration::ZERO,
             },
             Arc::default(),
         )

@@ -12,6 +12,9 @@ use crate::core::error::{Error, Result};
 pub const DEFAULT_MAX_BATCH_SIZE: u32 = 64;
 /// Idle polling of a worker before it sleeps (see `idle_spin_microseconds`).
 pub const DEFAULT_IDLE_SPIN_MICROSECONDS: u64 = 100;
+/// Compute time under which a request runs on the thread that decoded it (see
+/// `inline_max_microseconds`).
+pub const DEFAULT_INLINE_MAX_MICROSECONDS: u64 = 50;
 /// How much CPU the server spends waiting, to save the wake-up of a sleeping
 /// thread (`--latency-mode`, or `latency_mode` in a model's `config.toml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -100,6 +103,11 @@ pub struct ModelConfig {
     /// [`DEFAULT_IDLE_SPIN_MICROSECONDS`]; 0 sleeps at once). Saves the wake-up of a
     /// sleeping thread for back-to-back requests, at the cost of that much CPU.
     pub idle_spin_microseconds: Option<u64>,
+    /// A request whose run this model completes within this time on average
+    /// runs on the thread that decoded it when the model's queue is empty and an
+    /// instance is free, instead of waking a worker (default
+    /// [`DEFAULT_INLINE_MAX_MICROSECONDS`]; 0: always through the queue).
+    pub inline_max_microseconds: Option<u64>,
     /// `cpu`, `balanced` or `latency`: how much CPU this model's workers and
     /// callers spend waiting busily (default: the server's `--latency-mode`).
     pub latency_mode: Option<LatencyMode>,
@@ -382,6 +390,14 @@ impl ModelConfig {
         std::time::Duration::from_micros(
             self.idle_spin_microseconds
                 .unwrap_or(DEFAULT_IDLE_SPIN_MICROSECONDS),
+        )
+    }
+
+    /// The compute time under which a request may run inline (zero: never).
+    pub fn inline_budget(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(
+            self.inline_max_microseconds
+                .unwrap_or(DEFAULT_INLINE_MAX_MICROSECONDS),
         )
     }
 

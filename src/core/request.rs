@@ -1,5 +1,6 @@
 //! The protocol-neutral inference request and response that every codec translates to and from.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::core::tensor::Tensor;
@@ -66,4 +67,32 @@ pub struct InferResponse {
     pub version: u64,
     pub outputs: Vec<Tensor>,
     pub parameters: Parameters,
+}
+
+/// Requests the front ends have received and not yet answered, server-wide.
+static RECEIVED: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one received request, from the moment its connection hands it to
+/// the service until the answer is made (dropped). An HTTP/2 connection hands
+/// over every stream whose headers it has read before the first of them runs,
+/// so a crowd on one connection shows here, where the serving layer looks
+/// before it runs a request on the caller's thread instead of queueing it.
+pub struct Received(());
+
+impl Received {
+    pub fn enter() -> Self {
+        RECEIVED.fetch_add(1, Relaxed);
+        Received(())
+    }
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        RECEIVED.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Whether requests besides the caller's are received and not yet answered.
+pub fn others_received() -> bool {
+    RECEIVED.load(Relaxed) > 1
 }

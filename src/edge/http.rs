@@ -86,7 +86,12 @@ pub async fn serve_http(
             let state = state.clone();
             service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
+                let received = crate::core::request::Received::enter();
+                async move {
+                    let answer = handle(&state, req, peer).await;
+                    drop(received);
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
             })
         },
         &bounds,

@@ -238,18 +238,17 @@ impl ModelVersion {
             .collect();
         let (reply, rx) = tokio::sync::oneshot::channel();
         let level = self.priority(&req)?;
-        self.workers.submit(
-            Job {
-                inputs: req.inputs,
-                outputs,
-                reply,
-                enqueued: start,
-                deadline,
-            },
-            level,
-            &self.model,
-            self.version,
-        )?;
+        let job = Job {
+            inputs: req.inputs,
+            outputs,
+            reply,
+            enqueued: start,
+            deadline,
+        };
+        // Answered already when it ran inline: the reply is waiting in `rx`.
+        if let Err(job) = self.workers.try_inline(job) {
+            self.workers.submit(job, level, &self.model, self.version)?;
+        }
         let alone = self.in_flight.load(std::sync::atomic::Ordering::Relaxed) <= 1;
         let poll = match self.latency_mode {
             crate::core::config::LatencyMode::Cpu => None,

@@ -203,6 +203,13 @@ impl Stats {
         }
     }
 
+    /// The mean compute time of the runs of `rows` rows since warm-up; `None`
+    /// before the first.
+    pub fn mean_run(&self, rows: usize) -> Option<Duration> {
+        let (count, ns) = self.batches.get(rows.max(1))?.get();
+        (count > 0).then(|| Duration::from_nanos(ns / count))
+    }
+
     /// `(batch size, runs, ns)` of every size that ran, smallest first.
     pub fn batch_sizes(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
         self.batches

@@ -161,6 +161,7 @@ pub fn load_version(
             priority_levels: config.priorities().0,
             preferred,
             outputs: loaded.metadata.outputs.clone(),
+            inline_budget: config.inline_budget(),
         },
         stats.clone(),
     )?;

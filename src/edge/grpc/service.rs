@@ -543,7 +543,13 @@ pub async fn serve_grpc(
                 });
                 req.extensions_mut().insert(Peer(peer));
                 let server = server.clone();
-                async move { Ok::<_, Infallible>(call(server, req).await) }
+                // A stream lives as long as its client keeps it: not one request.
+                let received = unary.then(crate::core::request::Received::enter);
+                async move {
+                    let answer = call(server, req).await;
+                    drop(received);
+                    Ok::<_, Infallible>(answer)
+                }
             })
         },
         &bounds,
