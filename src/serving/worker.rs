@@ -105,8 +105,10 @@ pub struct Workers {
     capacity: usize,
     instances: Arc<[Instance]>,
     runner: Arc<Runner>,
-    /// When the latest request came, in ns since `epoch`, to tell a crowd.
+    /// When the latest request came, in ns since `epoch`, and the mean gap
+    /// between requests (a moving average over about 8), to tell a crowd.
     last_arrival: AtomicU64,
+    mean_gap: AtomicU64,
     epoch: Instant,
     /// Where the worker threads run: the serving layer's scope of the task tree.
     scope: Scope,
@@ -152,6 +154,9 @@ impl Workers {
             },
         });
         let instances: Arc<[Instance]> = instances.into_iter().map(Instance::new).collect();
+        let quiet = u64::try_from(runner.policy.inline_budget.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(4);
         for i in 0..instances.len() {
             let rx = rx.clone();
             let runner = runner.clone();
@@ -171,6 +176,8 @@ impl Workers {
             instances,
             runner,
             last_arrival: AtomicU64::new(0),
+            // Quiet at start: the first request may run inline.
+            mean_gap: AtomicU64::new(quiet),
             epoch: Instant::now(),
             scope: scope.clone(),
             alive,
@@ -200,12 +207,20 @@ impl Workers {
         }
         // A crowd must queue even when the queue is empty: with one I/O thread,
         // requests running inline one after another would never batch (mlp_small,
-        // HTTP, one core, c=64: 41.7k → 14.4k requests/s). A request that comes
-        // within the budget of the one before is part of a crowd, and so is one
-        // received while others are (the streams of an HTTP/2 connection).
+        // HTTP, one core, c=64: 41.7k → 14.4k requests/s). Requests that have
+        // been coming less than twice the budget apart on average are a crowd,
+        // and so is one received while others are (the streams of an HTTP/2
+        // connection). Gaps count up to four budgets, so that the first few
+        // requests of a burst after a quiet spell already see it.
+        let budget = u64::try_from(policy.inline_budget.as_nanos()).unwrap_or(u64::MAX);
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let previous = self.last_arrival.swap(now, Ordering::Relaxed);
-        if now.saturating_sub(previous) < policy.inline_budget.as_nanos() as u64
+        let gap = now
+            .saturating_sub(self.last_arrival.swap(now, Ordering::Relaxed))
+            .min(budget.saturating_mul(4));
+        let mean = self.mean_gap.load(Ordering::Relaxed);
+        let mean = mean - mean / 8 + gap / 8;
+        self.mean_gap.store(mean, Ordering::Relaxed);
+        if mean < budget.saturating_mul(2)
             || crate::core::request::others_received()
             || self.queue_depth() > 0
         {
@@ -993,74 +1008,73 @@ mod tests {
     #[test]
     fn a_cheap_request_runs_on_its_callers_thread_only_when_nothing_would_wait() {
         let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let policy = |budget: Duration, delay: Duration| BatchPolicy {
-            max_batch_size: 8,
-            max_queue_delay: delay,
-            inline_budget: budget,
-            ..Default::default()
-        };
-        // The worker answers before it lets go of its instance.
-        let settle = |w: &Workers| while w.instances[0].try_lock().is_err() {};
-        let spawn = |p: BatchPolicy| {
+        let budget = Duration::from_millis(5);
+        let spawn = |budget: Duration, delay: Duration| {
             Workers::spawn(
                 &Scope::new("test"),
                 "w",
                 vec![Box::new(WhereRun(runs.clone()))],
                 16,
                 Duration::ZERO,
-                p,
+                BatchPolicy {
+                    max_batch_size: 8,
+                    max_queue_delay: delay,
+                    inline_budget: budget,
+                    ..Default::default()
+                },
                 Arc::new(Stats::new(8)),
             )
             .unwrap()
         };
-        let budget = Duration::from_millis(5);
-        let w = spawn(policy(budget, Duration::ZERO));
+        // One run of 1 row through the queue, then a quiet moment: the worker
+        // answers before it lets go of its instance.
+        let measured = |w: &Workers| {
+            let (j, r) = rows_job(0, 1, 2);
+            w.submit(j, 0, "m", 1).unwrap();
+            assert!(r.blocking_recv().unwrap().is_ok());
+            while w.instances[0].try_lock().is_err() {}
+            std::thread::sleep(budget);
+        };
+        let try_one = |w: &Workers, rows: i64| {
+            let (j, r) = rows_job(10, rows, 2);
+            (w.try_inline(j).is_ok(), r)
+        };
+
         // Unmeasured yet: the first request of a size goes through the queue.
+        let w = spawn(budget, Duration::ZERO);
         std::thread::sleep(budget);
-        let (j, r) = rows_job(0, 1, 2);
-        let j = w.try_inline(j).expect_err("no run of 1 row measured yet");
-        w.submit(j, 0, "m", 1).unwrap();
-        assert!(r.blocking_recv().unwrap().is_ok());
-        assert_eq!(runs.lock().unwrap().pop().unwrap(), "w#0");
-        settle(&w);
+        assert!(!try_one(&w, 1).0, "no run of 1 row measured yet");
         // Measured and cheap: it runs here, answered before `try_inline` returns.
-        std::thread::sleep(budget);
-        let (j, mut r) = rows_job(10, 1, 2);
-        assert!(w.try_inline(j).is_ok());
+        let w = spawn(budget, Duration::ZERO);
+        measured(&w);
+        assert_eq!(runs.lock().unwrap().pop().unwrap(), "w#0");
+        let (inline, mut r) = try_one(&w, 1);
+        assert!(inline);
         assert_eq!(r.try_recv().unwrap().unwrap()[0].shape, vec![1, 2]);
         let here = std::thread::current().name().unwrap_or("").to_string();
         assert_eq!(runs.lock().unwrap().pop().unwrap(), here);
-        // One coming right after it is part of a crowd: queued, to batch.
-        let (j, _r) = rows_job(0, 1, 2);
-        assert!(w.try_inline(j).is_err());
-        std::thread::sleep(budget);
+        // Requests coming close together are a crowd: after a few (the mean
+        // gap falls from four budgets below two), they queue, to batch.
+        let inline: Vec<bool> = (0..8).map(|_| try_one(&w, 1).0).collect();
+        assert!(!inline[4..].contains(&true), "{inline:?}");
         // A size not measured yet goes through the queue.
-        let (j, _r) = rows_job(0, 3, 2);
-        assert!(w.try_inline(j).is_err());
+        let w = spawn(budget, Duration::ZERO);
+        measured(&w);
+        assert!(!try_one(&w, 3).0);
         // An instance busy this instant: queued, never waited for.
+        let w = spawn(budget, Duration::ZERO);
+        measured(&w);
         {
             let _busy = w.instances[0].lock().unwrap();
-            std::thread::sleep(budget);
-            let (j, _r) = rows_job(0, 1, 2);
-            assert!(w.try_inline(j).is_err());
+            assert!(!try_one(&w, 1).0);
         }
         // Over the budget: queued.
-        let w = spawn(policy(Duration::from_nanos(1), Duration::ZERO));
-        let (j, r) = rows_job(0, 1, 2);
-        w.submit(j, 0, "m", 1).unwrap();
-        assert!(r.blocking_recv().unwrap().is_ok());
-        settle(&w);
-        std::thread::sleep(Duration::from_micros(10));
-        let (j, _r) = rows_job(0, 1, 2);
-        assert!(w.try_inline(j).is_err(), "a run takes more than 1 ns");
+        let w = spawn(Duration::from_nanos(1), Duration::ZERO);
+        measured(&w);
+        assert!(!try_one(&w, 1).0, "a run takes more than 1 ns");
         // A batching delay asks for fuller batches: never inline.
-        let w = spawn(policy(budget, Duration::from_micros(1)));
-        let (j, r) = rows_job(0, 1, 2);
-        w.submit(j, 0, "m", 1).unwrap();
-        assert!(r.blocking_recv().unwrap().is_ok());
-        settle(&w);
-        std::thread::sleep(budget);
-        let (j, _r) = rows_job(0, 1, 2);
-        assert!(w.try_inline(j).is_err());
+        let w = spawn(budget, Duration::from_micros(1));
+        measured(&w);
+        assert!(!try_one(&w, 1).0);
     }
 }
