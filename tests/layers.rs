@@ -119,9 +119,13 @@ fn nothing_blocks_the_async_threads() {
         "block_on",
         "block_in_place",
     ];
-    const OWN_THREAD: [(&str, &str); 2] = [
-        // The metrics upkeep thread.
-        ("edge/metrics.rs", "thread::sleep"),
+    const OWN_THREAD: [(&str, &str); 3] = [
+        // The metrics upkeep thread's clock.
+        ("edge/metrics.rs", "block_on"),
+        // A backend instance's slot: its worker thread locks it; a request
+        // run inline (`Workers::try_inline`) only `try_lock`s it, which never
+        // waits: a busy instance sends the request to the queue instead.
+        ("serving/worker.rs", "Mutex"),
         // `ModelVersion::infer_blocking`: warm-up, on a load thread.
         ("serving/mod.rs", "blocking_recv"),
     ];

@@ -74,8 +74,8 @@ pub struct BatchPolicy {
     /// against them before they are split by rows. Empty: not checked.
     pub outputs: Vec<TensorSpec>,
     /// A request this model computes within this time (by the mean of its
-    /// runs of as many rows) runs on the caller's thread when the queue is
-    /// empty and an instance is free; zero: never. See [`Workers::try_inline`].
+    /// runs of as many rows) may run on the caller's thread; zero: never.
+    /// See [`Workers::try_inline`].
     pub inline_budget: Duration,
 }
 
@@ -190,13 +190,13 @@ impl Workers {
     /// wake-ups, which for a small model is several times its compute
     /// (mlp_small, one core: ~100 µs of CPU a request at 1k/s, ORT's share 10 µs).
     /// So a request runs where it was decoded when nothing would be gained by
-    /// queueing it: no request waits ahead of it or came within `inline_budget`
-    /// before it (those batch), an instance is free this instant, no batching
+    /// queueing it: no request waits ahead of it, requests are not coming as
+    /// a crowd (which batches), an instance is free this instant, no batching
     /// delay is configured, and the model's runs of as many rows took at most
-    /// `inline_budget` on average. The budget is what keeps
-    /// inference off the async threads in the sense that matters: a run that
-    /// short blocks an I/O thread no longer than decoding a modest JSON body
-    /// does, and anything longer, or unmeasured yet, goes to the workers.
+    /// `inline_budget` on average. The budget is what keeps inference off the
+    /// async threads in the sense that matters: a run that short blocks an I/O
+    /// thread no longer than decoding a modest JSON body does, and anything
+    /// longer, or unmeasured yet, goes to the workers.
     pub fn try_inline(&self, job: Job) -> std::result::Result<(), Job> {
         let policy = &self.runner.policy;
         if policy.inline_budget.is_zero()
