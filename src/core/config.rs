@@ -394,7 +394,12 @@ impl ModelConfig {
     }
 
     /// The compute time under which a request may run inline (zero: never).
+    /// Never on a GPU: a CUDA session's runs stay on the worker thread that
+    /// made its context current, which is the only path measured there.
     pub fn inline_budget(&self) -> std::time::Duration {
+        if !matches!(self.device(), Ok(Device::Cpu)) {
+            return std::time::Duration::ZERO;
+        }
         std::time::Duration::from_micros(
             self.inline_max_microseconds
                 .unwrap_or(DEFAULT_INLINE_MAX_MICROSECONDS),
@@ -473,6 +478,16 @@ pub struct DriftConfig {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn inline_runs_are_for_cpu_models_only_and_can_be_turned_off() {
+        let us = std::time::Duration::from_micros;
+        let budget = |toml: &str| ModelConfig::parse(toml).unwrap().inline_budget();
+        assert_eq!(budget(""), us(DEFAULT_INLINE_MAX_MICROSECONDS));
+        assert_eq!(budget("inline_max_microseconds = 20\n"), us(20));
+        assert_eq!(budget("inline_max_microseconds = 0\n"), us(0));
+        assert_eq!(budget("device = \"cuda:0\"\n"), us(0));
+    }
 
     #[test]
     fn a_models_latency_mode_overrides_the_servers() {
