@@ -246,14 +246,12 @@ impl ModelVersion {
             deadline,
         };
         // Answered already when it ran inline: the reply is waiting in `rx`.
-        if let Err(job) = self.workers.try_inline(job) {
-            self.workers.submit(job, level, &self.model, self.version)?;
-        }
-        let alone = self.in_flight.load(std::sync::atomic::Ordering::Relaxed) <= 1;
-        let poll = match self.latency_mode {
-            crate::core::config::LatencyMode::Cpu => None,
-            crate::core::config::LatencyMode::Balanced => alone.then(|| self.reply_poll()),
-            crate::core::config::LatencyMode::Latency => alone.then_some(MAX_REPLY_POLL),
+        let poll = match self.workers.try_inline(job) {
+            Ok(()) => None,
+            Err(job) => {
+                self.workers.submit(job, level, &self.model, self.version)?;
+                self.reply_poll()
+            }
         };
         let result = await_reply(rx, poll).await.unwrap_or_else(|_| {
             Err(Error::Internal(format!(
@@ -330,10 +328,21 @@ impl ModelVersion {
         Ok([req.deadline, param, default].into_iter().flatten().min())
     }
 
-    /// How long a lone request polls for its answer: twice the latest run's compute
-    /// time plus 20 µs, within [`MAX_REPLY_POLL`]. The latest run, not the mean: a
-    /// lone request runs alone, and the mean is skewed by the batches of busy times.
-    fn reply_poll(&self) -> std::time::Duration {
+    /// How long a queued request polls for its answer: none in `cpu` mode or
+    /// in a crowd; when it is alone, [`MAX_REPLY_POLL`] in `latency` mode, and in
+    /// `balanced` twice the latest run's compute time plus 20 µs, within it. The
+    /// latest run, not the mean: a lone request runs alone, and the mean is
+    /// skewed by the batches of busy times.
+    fn reply_poll(&self) -> Option<std::time::Duration> {
+        let alone = self.in_flight.load(std::sync::atomic::Ordering::Relaxed) <= 1;
+        match self.latency_mode {
+            crate::core::config::LatencyMode::Cpu => None,
+            crate::core::config::LatencyMode::Balanced => alone.then(|| self.balanced_poll()),
+            crate::core::config::LatencyMode::Latency => alone.then_some(MAX_REPLY_POLL),
+        }
+    }
+
+    fn balanced_poll(&self) -> std::time::Duration {
         let last = self
             .stats
             .last_compute_ns

@@ -83,6 +83,10 @@ impl BatchPolicy {
     fn preferred(&self, rows: usize) -> bool {
         self.preferred.contains(&rows)
     }
+
+    fn inline_budget_ns(&self) -> u64 {
+        u64::try_from(self.inline_budget.as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// One backend instance. Its worker holds the lock while it runs a batch and
@@ -154,9 +158,7 @@ impl Workers {
             },
         });
         let instances: Arc<[Instance]> = instances.into_iter().map(Instance::new).collect();
-        let quiet = u64::try_from(runner.policy.inline_budget.as_nanos())
-            .unwrap_or(u64::MAX)
-            .saturating_mul(4);
+        let quiet = runner.policy.inline_budget_ns().saturating_mul(4);
         for i in 0..instances.len() {
             let rx = rx.clone();
             let runner = runner.clone();
@@ -212,7 +214,7 @@ impl Workers {
         // and so is one received while others are (the streams of an HTTP/2
         // connection). Gaps count up to four budgets, so that the first few
         // requests of a burst after a quiet spell already see it.
-        let budget = u64::try_from(policy.inline_budget.as_nanos()).unwrap_or(u64::MAX);
+        let budget = policy.inline_budget_ns();
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let gap = now
             .saturating_sub(self.last_arrival.swap(now, Ordering::Relaxed))

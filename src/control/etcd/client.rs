@@ -393,24 +393,27 @@ impl Client {
 
 /// `key`'s last change is at `revision` (0: it does not exist).
 pub fn modified_at(key: &str, revision: i64) -> pb::Compare {
-    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
-    pb::Compare {
-        result: CompareResult::Equal as i32,
-        target: CompareTarget::Mod as i32,
-        key: key.as_bytes().to_vec(),
-        target_union: Some(TargetUnion::ModRevision(revision)),
-        range_end: vec![],
-    }
+    use pb::compare::{CompareTarget, TargetUnion};
+    equal(key, CompareTarget::Mod, TargetUnion::ModRevision(revision))
 }
 
 /// `key` is bound to `lease`: its holder is still who it was.
 pub fn held_by(key: &str, lease: i64) -> pb::Compare {
-    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use pb::compare::{CompareTarget, TargetUnion};
+    equal(key, CompareTarget::Lease, TargetUnion::Lease(lease))
+}
+
+/// A transaction's condition that `key`'s `target` equals `value`.
+fn equal(
+    key: &str,
+    target: pb::compare::CompareTarget,
+    value: pb::compare::TargetUnion,
+) -> pb::Compare {
     pb::Compare {
-        result: CompareResult::Equal as i32,
-        target: CompareTarget::Lease as i32,
+        result: pb::compare::CompareResult::Equal as i32,
+        target: target as i32,
         key: key.as_bytes().to_vec(),
-        target_union: Some(TargetUnion::Lease(lease)),
+        target_union: Some(value),
         range_end: vec![],
     }
 }
