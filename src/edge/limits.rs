@@ -333,13 +333,14 @@ enum Framing {
 }
 
 /// A gRPC request body whose message length prefixes are checked as they pass,
-/// before tonic reads them: a message over `--max-body-bytes` or past the
-/// in-flight budget ends the stream with RESOURCE_EXHAUSTED before tonic
-/// reserves its declared length, and a message that does not arrive within
-/// the body timeout ends it with DEADLINE_EXCEEDED: a unary call's whole body
-/// (tonic waits for its end, so a stream left open would hold a task and its
-/// message forever), a streaming call's each message. A stream holds the
-/// budget of the message it is reading, only.
+/// before a reader (tonic, or the direct ModelInfer path) takes them: a
+/// message over `--max-body-bytes` or past the in-flight budget ends the
+/// stream with RESOURCE_EXHAUSTED before its declared length is reserved, and
+/// a message that does not arrive within the body timeout ends it with
+/// DEADLINE_EXCEEDED: a unary call's whole body (its end is awaited, so a
+/// stream left open would hold a task and its message forever), a streaming
+/// call's each message. A stream holds the budget of the message it is
+/// reading, only.
 pub struct GrpcMetered<B> {
     inner: B,
     budget: Arc<Budget>,

@@ -3,6 +3,7 @@
 
 pub(crate) mod codec;
 mod service;
+mod unary;
 
 /// Messages and service generated from `proto/grpc_predict_v2.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::Request;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,6 +24,7 @@ use super::proto as pb;
 use super::proto::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
+use super::unary;
 use crate::core::error::{Error, Result};
 use crate::core::tasks::{Scope, Stopping};
 use crate::core::tensor::DataType;
@@ -81,7 +82,7 @@ impl InferenceService {
     }
 
     /// One inference through the pipeline; `headers` are the call's metadata.
-    async fn infer_one(
+    pub(super) async fn infer_one(
         pipeline: &Pipeline,
         msg: pb::ModelInferRequest,
         headers: &dyn Headers,
@@ -511,6 +512,7 @@ pub async fn serve_grpc(
     scope: Scope,
 ) {
     let max_message = bounds.limits.max_body_bytes;
+    let pipeline = Pipeline::new(models.clone(), admin.clone());
     let server = GrpcInferenceServiceServer::new(InferenceService::new(
         models,
         control,
@@ -526,27 +528,27 @@ pub async fn serve_grpc(
     crate::edge::server::serve(
         listener,
         move |peer| {
-            let (server, budget) = (server.clone(), budget.clone());
+            let (server, budget, pipeline) = (server.clone(), budget.clone(), pipeline.clone());
             hyper::service::service_fn(move |req: Request<Incoming>| {
+                let direct = unary::takes(&req);
                 // Length prefixes are checked against the budget as they
-                // pass, before tonic reserves what they declare.
+                // pass, before a message's declared length is reserved.
                 // Every method takes one message but the stream's.
                 let unary = !req.uri().path().ends_with("/ModelStreamInfer");
                 let mut req = req.map(|body| {
-                    tonic::body::Body::new(GrpcMetered::new(
-                        body,
-                        budget.clone(),
-                        max_message,
-                        timeout,
-                        unary,
-                    ))
+                    GrpcMetered::new(body, budget.clone(), max_message, timeout, unary)
                 });
                 req.extensions_mut().insert(Peer(peer));
-                let server = server.clone();
+                let (server, pipeline) = (server.clone(), pipeline.clone());
                 // A stream lives as long as its client keeps it: not one request.
                 let received = unary.then(crate::core::request::Received::enter);
                 async move {
-                    let answer = call(server, req).await;
+                    let answer = if direct {
+                        unary::model_infer(&pipeline, req).await.map(Either::Right)
+                    } else {
+                        let req = req.map(tonic::body::Body::new);
+                        call(server, req).await.map(Either::Left)
+                    };
                     drop(received);
                     Ok::<_, Infallible>(answer)
                 }
