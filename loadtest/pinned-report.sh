@@ -14,7 +14,9 @@
 #   SECONDS_PER_POINT=5 MODELS=mlp_small PROTOCOLS="http grpc" LATENCY_MODES="cpu balanced latency" \
 #     INLINE="50 0" POINTS="rate1000 c1" loadtest/pinned-report.sh OUT     (a part; appends to OUT/report.md)
 # INLINE: each model's inline_max_microseconds, one server per value (default:
-# the model's default, written as "default").
+# the model's default, written as "default"). BUILDS: "LABEL=BINARY ..." puts
+# builds side by side, one server each in turn (repeat them to alternate: "a=X
+# b=Y a=X b=Y"; default "HEAD=target/release/switchyard").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-results/pinned-$(date +%Y-%m-%d)}"
@@ -26,6 +28,7 @@ PROTOCOLS="${PROTOCOLS:-http http-binary grpc}"
 POINTS="${POINTS:-rate1000 rate5000 rate20000 c1 c64}"
 LATENCY_MODES="${LATENCY_MODES:-balanced}"
 INLINE="${INLINE:-default}"
+BUILDS="${BUILDS:-HEAD=target/release/switchyard}"
 PY="${PYTHON:-.venv-test/bin/python}"
 BENCH="${BENCH:-../shared/bench}"
 mkdir -p "$OUT"
@@ -41,8 +44,8 @@ tck=$(getconf CLK_TCK)
   echo
   echo "$(date -u +%FT%TZ), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD), ${SECS} s a point"
   echo
-  echo "| model | --latency-mode | inline µs | protocol | load | infer/s | p50 µs | p99 µs | server CPU µs/request | errors |"
-  echo "|---|---|---|---|---|---:|---:|---:|---:|---:|"
+  echo "| model | build | --latency-mode | inline µs | protocol | load | infer/s | p50 µs | p99 µs | server CPU µs/request | errors |"
+  echo "|---|---|---|---|---|---|---:|---:|---:|---:|---:|"
 } >> "$OUT/report.md"
 raw="$work/raw.csv"
 for model in $MODELS; do
@@ -50,11 +53,13 @@ for model in $MODELS; do
     --batches 1,8,32,64 --seconds 2 --csv "$raw" > /dev/null
   for mode in $LATENCY_MODES; do
   for inline in $INLINE; do
+  for build in $BUILDS; do
+    label=${build%%=*} bin=${build#*=}
     for m in "$work"/models/*/; do
       if [ "$inline" = default ]; then rm -f "$m/config.toml"
       else echo "inline_max_microseconds = $inline" > "$m/config.toml"; fi
     done
-    taskset -c "$SERVER_CPU" target/release/switchyard serve --models "$work/models" --latency-mode "$mode" \
+    taskset -c "$SERVER_CPU" "$bin" serve --models "$work/models" --latency-mode "$mode" \
       --http 127.0.0.1:18760 --grpc 127.0.0.1:18761 --admin off --no-metrics > "$work/server.log" 2>&1 &
     server=$!
     until curl -sf -o /dev/null http://127.0.0.1:18760/v2/health/ready; do sleep 0.1; done
@@ -76,18 +81,19 @@ for model in $MODELS; do
           --grpc-url http://127.0.0.1:18761 --model "$model" --protocol "$protocol" "${load[@]}" \
           --duration "$SECS" --warmup 0 --json > "$work/run.json"
         c1=$(awk '{print $14 + $15}' "/proc/$server/stat")
-        "$PY" - "$work/run.json" "$model" "$protocol" "$point" "$c0" "$c1" "$tck" "$mode" "$inline" <<'PY' >> "$OUT/report.md"
+        "$PY" - "$work/run.json" "$model" "$protocol" "$point" "$c0" "$c1" "$tck" "$mode" "$inline" "$label" <<'PY' >> "$OUT/report.md"
 import json, sys
 r = json.load(open(sys.argv[1]))
-model, protocol, point, c0, c1, tck, mode, inline = sys.argv[2:10]
+model, protocol, point, c0, c1, tck, mode, inline, label = sys.argv[2:11]
 n = r["ok"] + r["errors"]
 cpu = (float(c1) - float(c0)) / float(tck) * 1e6 / max(1, n)
 load = f"open {int(point[4:]):,}/s" if point.startswith("rate") else f"closed c={point[1:]}"
-print(f"| {model} | {mode} | {inline} | {protocol} | {load} | {r['infer_per_s']:,.0f} | {r['p50_us']:,} | {r['p99_us']:,} | {cpu:.1f} | {r['errors']} |")
+print(f"| {model} | {label} | {mode} | {inline} | {protocol} | {load} | {r['infer_per_s']:,.0f} | {r['p50_us']:,} | {r['p99_us']:,} | {cpu:.1f} | {r['errors']} |")
 PY
       done
     done
     kill "$server"; wait "$server" 2>/dev/null || true; server=""
+  done
   done
   done
 done
