@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use prost::Message;
@@ -91,11 +91,9 @@ async fn call(
         .authorize(headers)
         .map_err(|e| Failed::Call(e.into()))?;
     let msg = read_message(body).await?;
-    let msg = pb::ModelInferRequest::decode(msg).map_err(|e| {
-        Failed::Call(Status::invalid_argument(format!(
-            "failed to decode Protobuf message: {e}"
-        )))
-    })?;
+    // prost's message starts "failed to decode Protobuf message", as tonic's does.
+    let msg = pb::ModelInferRequest::decode(msg)
+        .map_err(|e| Failed::Call(Status::invalid_argument(e.to_string())))?;
     InferenceService::infer_one(pipeline, msg, headers)
         .await
         .map_err(|e| Failed::Call(e.into()))
@@ -159,6 +157,11 @@ async fn read_message(body: &mut GrpcMetered<Incoming>) -> Result<Bytes, Failed>
             None if joined.is_empty() => first = Some(data),
             None => joined.put(data),
             Some(b) => {
+                // The whole message's room at once, when its prefix is in.
+                if b.len() >= 5 {
+                    let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+                    joined.reserve(5 + len);
+                }
                 joined.put(b);
                 joined.put(data);
             }
@@ -224,7 +227,6 @@ impl Body for Answer {
         self.message.is_none() && !self.trailers
     }
 
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.message.as_ref().map_or(0, |m| m.len() as u64))
-    }
+    // No exact size_hint: hyper would send it as content-length, which no
+    // gRPC server sends (the trailers follow the data).
 }
