@@ -115,14 +115,7 @@ async fn read_message(body: &mut GrpcMetered<Incoming>) -> Result<Bytes, Failed>
     let mut joined = BytesMut::new();
     loop {
         let held = first.as_ref().map_or(joined.len(), Bytes::len);
-        if held >= 5 {
-            let (flag, len) = {
-                let head = first.as_deref().unwrap_or(&joined[..]);
-                (
-                    head[0],
-                    u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize,
-                )
-            };
+        if let Some((flag, len)) = prefix(first.as_deref().unwrap_or(&joined[..])) {
             if flag != 0 {
                 // `takes` sent every call that names a grpc-encoding to tonic.
                 return Err(Failed::Call(Status::invalid_argument(
@@ -158,8 +151,7 @@ async fn read_message(body: &mut GrpcMetered<Incoming>) -> Result<Bytes, Failed>
             None => joined.put(data),
             Some(b) => {
                 // The whole message's room at once, when its prefix is in.
-                if b.len() >= 5 {
-                    let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+                if let Some((_, len)) = prefix(&b) {
                     joined.reserve(5 + len);
                 }
                 joined.put(b);
@@ -167,6 +159,15 @@ async fn read_message(body: &mut GrpcMetered<Incoming>) -> Result<Bytes, Failed>
             }
         }
     }
+}
+
+/// The compressed flag and the length of the message that `head` starts
+/// with, once its 5-byte prefix is all there.
+fn prefix(head: &[u8]) -> Option<(u8, usize)> {
+    let [flag, a, b, c, d, ..] = *head else {
+        return None;
+    };
+    Some((flag, u32::from_be_bytes([a, b, c, d]) as usize))
 }
 
 /// A body error as the status to answer: the meter's own refusals carry
