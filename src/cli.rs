@@ -1,5 +1,7 @@
 //! The command line: `switchyard serve` and `switchyard profile`, their flags
-//! (each also an environment variable), and the model source the flags name.
+//! (each also an environment variable), and the model source the flags name;
+//! the operator's client verbs (`crate::ops`) and the shell completions and
+//! man page generated from it all.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +24,46 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Write a drift profile (baseline.json) of a model version from reference data.
     Profile(ProfileArgs),
+    /// List the models of a running server: versions, states, shares, queues, recent latency, drift.
+    Models(crate::ops::ModelsArgs),
+    /// Get or set a model's traffic split between versions.
+    Traffic(crate::ops::TrafficArgs),
+    /// Start, watch or abort a progressive rollout.
+    Rollout(crate::ops::RolloutArgs),
+    /// A model version's drift against its training data, worst feature first.
+    Drift(crate::ops::DriftArgs),
+    /// Load a model from the repository (Triton's repository API).
+    Load(crate::ops::LoadArgs),
+    /// Unload a model.
+    Unload(crate::ops::LoadArgs),
+    /// Send rows (CSV, .npy, .parquet) or a V2 JSON request to a model; print its answer.
+    Infer(crate::ops::InferArgs),
+    /// Print a shell completion script: `switchyard completions bash > /etc/bash_completion.d/switchyard`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `switchyard man > switchyard.1`.
+    Man,
+}
+
+/// Prints the completion script of `shell` for this command line.
+pub fn completions(shell: clap_complete::Shell) {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "switchyard", &mut std::io::stdout());
+}
+
+/// Prints the man page: the command's and each subcommand's, one after another.
+pub fn man() -> anyhow::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        // The page's title names the subcommand (clap wants a 'static name).
+        let name: &'static str = format!("switchyard-{}", sub.get_name()).leak();
+        clap_mangen::Man::new(sub.clone().name(name)).render(&mut out)?;
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -607,7 +649,7 @@ mod tests {
         all.extend_from_slice(args);
         match Cli::try_parse_from(all).unwrap().command {
             Command::Serve(a) => *a,
-            Command::Profile(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 
@@ -617,6 +659,12 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // clap's own checks: conflicting names, global flags, requirements.
+        <Cli as clap::CommandFactory>::command().debug_assert();
     }
 
     #[test]

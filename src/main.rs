@@ -2,6 +2,7 @@
 //! layers together. No logic of its own.
 
 mod cli;
+mod ops;
 
 use anyhow::Context;
 use clap::Parser;
@@ -20,7 +21,7 @@ use switchyard::serving::Models;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -29,9 +30,22 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    let done = Ok(std::process::ExitCode::SUCCESS);
     match cli.command {
-        Command::Serve(args) => serve(*args),
-        Command::Profile(args) => args.run(),
+        Command::Serve(args) => serve(*args).and(done),
+        Command::Profile(args) => args.run().and(done),
+        Command::Models(a) => Ok(ops::run(ops::Verb::Models(a))),
+        Command::Traffic(a) => Ok(ops::run(ops::Verb::Traffic(a))),
+        Command::Rollout(a) => Ok(ops::run(ops::Verb::Rollout(a))),
+        Command::Drift(a) => Ok(ops::run(ops::Verb::Drift(a))),
+        Command::Load(a) => Ok(ops::run(ops::Verb::Load(a, false))),
+        Command::Unload(a) => Ok(ops::run(ops::Verb::Load(a, true))),
+        Command::Infer(a) => Ok(ops::run(ops::Verb::Infer(a))),
+        Command::Completions { shell } => {
+            cli::completions(shell);
+            done
+        }
+        Command::Man => cli::man().and(done),
     }
 }
 

@@ -118,6 +118,7 @@ impl Control {
             rollouts: Rollouts::default(),
             tx: tx.clone(),
             scan_at: None,
+            sample_at: Instant::now(),
             listing: false,
             rescan: false,
             busy: Default::default(),
@@ -345,6 +346,8 @@ struct Plane {
     tx: mpsc::Sender<Command>,
     /// When the next scan is due (poll mode, or a change seen).
     scan_at: Option<Instant>,
+    /// When the versions' recent windows next close (`Stats::sample`).
+    sample_at: Instant,
     /// A listing thread runs.
     listing: bool,
     /// A scan skipped a model that was loading: scan again once it is published.
@@ -367,6 +370,10 @@ struct Starting {
     tx: oneshot::Sender<Result<()>>,
     pending: Option<std::collections::HashSet<String>>,
 }
+
+/// How long each of a version's recent windows is: the console's and
+/// `switchyard models`' resolution (5 minutes of them are kept).
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// `now + d`, or `None` past the end of time (an interval of centuries).
 fn after(d: Duration) -> Option<Instant> {
@@ -405,7 +412,10 @@ impl Plane {
         loop {
             // A scan that falls due while a listing runs waits for it.
             let scan_at = self.scan_at.filter(|_| !self.listing);
-            let due = sooner(scan_at, self.rollouts.next_due());
+            let due = sooner(
+                sooner(scan_at, self.rollouts.next_due()),
+                Some(self.sample_at),
+            );
             let command = match due {
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -428,6 +438,14 @@ impl Plane {
             self.guarded("a rollout step", |plane| {
                 plane.rollouts.tick(&mut plane.repo, now)
             });
+            if self.sample_at <= now {
+                self.sample_at = now + SAMPLE_EVERY;
+                for m in self.repo.models().snapshot().models.values() {
+                    for v in m.ready_versions() {
+                        v.stats.sample(now);
+                    }
+                }
+            }
         }
     }
 

@@ -81,6 +81,9 @@ pub struct Event {
     pub error_rate: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
+    /// The candidate's largest input PSI, when the rollout checks drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_psi: Option<f64>,
 }
 
 impl Event {
@@ -93,6 +96,7 @@ impl Event {
             requests: None,
             error_rate: None,
             p99_ms: None,
+            drift_psi: None,
         }
     }
 }
@@ -469,6 +473,7 @@ fn check(p: &mut dyn Policies, model: &str, r: &mut Run) {
             requests: Some(n),
             error_rate: Some(error_rate),
             p99_ms,
+            drift_psi: measured.psi,
         },
         matches!(step, Step::Wait { .. }),
     );

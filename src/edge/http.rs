@@ -279,6 +279,8 @@ enum Route<'a> {
     Rollout(&'a str),
     /// `GET /admin/fleet`: the policy store and the replicas it has seen.
     Fleet,
+    /// `GET /admin/models[/{m}]`: what an operator sees of each model (or one).
+    AdminModels(&'a str),
     /// Prometheus's scrape.
     Metrics,
     /// OpenAI's `POST /v1/embeddings`.
@@ -381,6 +383,8 @@ fn fixed_route(path: &str) -> Option<Route<'_>> {
         ["admin", "models", m, "traffic"] => Route::Traffic(m),
         ["admin", "models", m, "rollout"] => Route::Rollout(m),
         ["admin", "fleet"] => Route::Fleet,
+        ["admin", "models"] => Route::AdminModels(""),
+        ["admin", "models", m] => Route::AdminModels(m),
         _ => return None,
     })
 }
@@ -407,7 +411,7 @@ fn admin_caller(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Res
 /// A model's traffic policy, the share each version gets, the shadow's
 /// record, and where the policy is kept (etcd: its revision, for `If-Match`,
 /// and whether the store answers).
-fn encode_traffic(
+pub(crate) fn encode_traffic(
     model: &crate::serving::Model,
     store: Option<&crate::control::policy::PolicyStore>,
 ) -> Vec<u8> {
@@ -493,7 +497,8 @@ async fn route(
         | Route::RepositoryUnload(_)
         | Route::Traffic(_)
         | Route::Rollout(_)
-        | Route::Fleet => control(state, route, req, peer, hold).await,
+        | Route::Fleet
+        | Route::AdminModels(_) => control(state, route, req, peer, hold).await,
         // The platform's agent calls these on the port it owns, with no token.
         Route::MultiModelList | Route::MultiModel(_) => multi_model(state, route, req, hold).await,
         _ => {
@@ -644,6 +649,16 @@ async fn control(
                 StatusCode::OK,
                 encode_traffic(&*models.model(m)?, state.control.policy_store()),
             ))
+        }
+        Route::AdminModels(m) => {
+            admin_caller(state, &req, peer)?;
+            let only = (!m.is_empty()).then_some(m);
+            let views = super::overview::read(models, &state.control, only, only.is_some()).await?;
+            let body = match only {
+                Some(_) => serde_json::to_vec(&views[0]),
+                None => serde_json::to_vec(&serde_json::json!({ "models": views })),
+            };
+            Ok(json(StatusCode::OK, body.expect("plain data")))
         }
         Route::Fleet => {
             admin_caller(state, &req, peer)?;

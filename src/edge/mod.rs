@@ -13,6 +13,7 @@ pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod mlflow;
+pub mod overview;
 pub mod pipeline;
 pub mod platform;
 pub mod rows;

@@ -15,7 +15,7 @@ mod worker;
 pub use crate::core::config::TrafficSpec;
 pub use crate::core::metadata::{parse_version, ModelMetadata, TensorSpec};
 pub use observer::{Observation, RequestObserver};
-pub use stats::{Histogram, Stats, Tally};
+pub use stats::{Histogram, Stats, Tally, Window};
 pub use table::{IndexEntry, Model, ModelTable, Models, Publisher, Retiring, Routed, VersionState};
 pub use traffic::{ShadowStats, Traffic};
 pub use worker::{BatchPolicy, Job, Spin, Workers};

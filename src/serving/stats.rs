@@ -127,6 +127,33 @@ pub struct Stats {
     /// The same events as Prometheus metrics, once `reset` (after warm-up) arms them.
     pub metrics: crate::serving::metrics::VersionMetrics,
     metrics_on: std::sync::atomic::AtomicBool,
+    /// The last minutes in windows, for the console and `switchyard models`.
+    /// Locked by the control plane's sampler every few seconds and by a
+    /// reader; never on the request path.
+    recent: std::sync::Mutex<Recent>,
+}
+
+/// One window of a version's answered requests.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Window {
+    /// When it closed, in seconds since the Unix epoch.
+    pub at: f64,
+    pub seconds: f64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Latency quantiles of the answered requests; none without any.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// Windows kept: five minutes of the control plane's 5-second samples.
+pub const RECENT_WINDOWS: usize = 60;
+
+#[derive(Debug, Default)]
+struct Recent {
+    /// The counters when the newest window closed: time, answered, failed, latency buckets.
+    last: Option<(std::time::Instant, u64, u64, Vec<u64>)>,
+    windows: std::collections::VecDeque<Window>,
 }
 
 impl Stats {
@@ -158,6 +185,7 @@ impl Stats {
                 .collect(),
             metrics,
             metrics_on: std::sync::atomic::AtomicBool::new(false),
+            recent: Default::default(),
         }
     }
 
@@ -222,6 +250,42 @@ impl Stats {
             })
     }
 
+    /// Closes the window that started at the previous call (the first call
+    /// only starts one); the oldest beyond [`RECENT_WINDOWS`] is forgotten.
+    pub fn sample(&self, now: std::time::Instant) {
+        let (ok, failed, latency) = (
+            self.success.get().0,
+            self.fail.get().0,
+            self.latency.snapshot(),
+        );
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((then, ok0, failed0, latency0)) = &recent.last {
+            let ms = |q| Histogram::quantile(latency0, &latency, q).map(|d| d.as_secs_f64() * 1e3);
+            let window = Window {
+                at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                seconds: now.saturating_duration_since(*then).as_secs_f64(),
+                // A reset (warm-up's end) between two samples counts from zero.
+                requests: (ok + failed).saturating_sub(ok0 + failed0),
+                errors: failed.saturating_sub(*failed0),
+                p50_ms: ms(0.5),
+                p99_ms: ms(0.99),
+            };
+            if recent.windows.len() == RECENT_WINDOWS {
+                recent.windows.pop_front();
+            }
+            recent.windows.push_back(window);
+        }
+        recent.last = Some((now, ok, failed, latency));
+    }
+
+    /// The recent windows, oldest first.
+    pub fn windows(&self) -> Vec<Window> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.windows.iter().copied().collect()
+    }
+
     pub fn mark_last_inference(&self) {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -263,5 +327,35 @@ mod tests {
         for ns in [0, 1, 7, 8, 9, 1023, 1024, u64::MAX / 2] {
             assert!(Histogram::upper(Histogram::index(ns)) >= ns, "{ns}");
         }
+    }
+
+    #[test]
+    fn windows_count_what_happened_between_samples_and_keep_five_minutes() {
+        let stats = Stats::new(1);
+        let t0 = std::time::Instant::now();
+        stats.sample(t0);
+        assert!(
+            stats.windows().is_empty(),
+            "the first sample only opens a window"
+        );
+        for _ in 0..99 {
+            stats.success.record(Duration::from_micros(100));
+        }
+        stats.success.record(Duration::from_millis(10));
+        stats.fail.record(Duration::from_millis(1));
+        stats.sample(t0 + Duration::from_secs(5));
+        let w = stats.windows()[0];
+        assert_eq!((w.requests, w.errors, w.seconds), (101, 1, 5.0));
+        // Tally only counts; the latency histogram is what quantiles read.
+        assert_eq!(w.p50_ms, None);
+        stats.latency.record(Duration::from_micros(100));
+        stats.sample(t0 + Duration::from_secs(10));
+        let w = stats.windows()[1];
+        assert_eq!(w.requests, 0);
+        assert!(w.p50_ms.is_some_and(|p| (0.1..0.125).contains(&p)), "{w:?}");
+        for i in 0..RECENT_WINDOWS as u64 {
+            stats.sample(t0 + Duration::from_secs(15 + 5 * i));
+        }
+        assert_eq!(stats.windows().len(), RECENT_WINDOWS);
     }
 }

@@ -241,6 +241,8 @@ pub struct Report {
     pub rows: usize,
     pub seen: u64,
     pub window: usize,
+    /// Fewer rows than this in the window: no feature counts as drifted.
+    pub min_rows: usize,
     pub psi_threshold: f64,
     pub share: f64,
     /// Input features drifted over all input features.
@@ -381,6 +383,7 @@ impl Monitor {
             rows: w.len(),
             seen: w.seen,
             window: w.capacity,
+            min_rows: self.min_rows,
             psi_threshold: self.psi_threshold,
             share: self.share,
             drifted_share,

@@ -345,6 +345,7 @@ impl FleetRollouts {
                 requests: Some(measured.requests),
                 error_rate: Some(measured.error_rate),
                 p99_ms: measured.p99_ms,
+                drift_psi: measured.psi,
             },
             matches!(step, Step::Wait { .. }),
         );
