@@ -93,6 +93,11 @@ impl AdminAuth {
     }
 
     /// Checks an admin call's `Authorization` header (`Bearer <token>`) on `port`.
+    /// Whether admin calls need a token on every listener (`--admin-token`).
+    pub fn admin_token_set(&self) -> bool {
+        self.token.is_some()
+    }
+
     pub fn check(&self, authorization: Option<&str>, port: Port) -> Result<()> {
         match (&self.token, port) {
             (Some(token), _) => expect_bearer(authorization, token, "admin calls", "admin"),

@@ -281,6 +281,8 @@ enum Route<'a> {
     Fleet,
     /// `GET /admin/models[/{m}]`: what an operator sees of each model (or one).
     AdminModels(&'a str),
+    /// `GET /console…` on the admin listener: the path after `/console`.
+    Console(&'a str),
     /// Prometheus's scrape.
     Metrics,
     /// OpenAI's `POST /v1/embeddings`.
@@ -383,6 +385,7 @@ fn fixed_route(path: &str) -> Option<Route<'_>> {
         ["admin", "models", m, "traffic"] => Route::Traffic(m),
         ["admin", "models", m, "rollout"] => Route::Rollout(m),
         ["admin", "fleet"] => Route::Fleet,
+        ["console", ..] => Route::Console(&path["/console".len()..]),
         ["admin", "models"] => Route::AdminModels(""),
         ["admin", "models", m] => Route::AdminModels(m),
         _ => return None,
@@ -398,6 +401,7 @@ fn authorization(req: &Request<Incoming>) -> Option<&str> {
 
 /// Checks an admin call; says who made it, for the log.
 fn admin_caller(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Result<String> {
+    same_origin(req)?;
     let auth = authorization(req);
     state.pipeline.auth.check(auth, state.config.port)?;
     let how = if auth.is_some() {
@@ -406,6 +410,47 @@ fn admin_caller(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Res
         "admin listener"
     };
     Ok(format!("{peer} ({how})"))
+}
+
+/// Refuses an admin call a browser makes for another site's page: without
+/// a token the admin listener trusts whoever reaches it, and a page on any
+/// site could otherwise POST to `127.0.0.1:8003` from its visitor's
+/// browser (a form's POST needs no CORS preflight). Browsers name the page's
+/// origin in `Origin` and `Sec-Fetch-Site`; curl and the CLI send neither.
+fn same_origin(req: &Request<Incoming>) -> Result<()> {
+    let refused = |why: String| {
+        Err(Error::Forbidden(format!(
+            "admin call refused: {why}; admin calls from a browser come from the console on this listener"
+        )))
+    };
+    if let Some(site) = req.headers().get("sec-fetch-site") {
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return refused(format!(
+                "it came from a page of another site (Sec-Fetch-Site: {})",
+                String::from_utf8_lossy(site.as_bytes())
+            ));
+        }
+    }
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, h)| h);
+    match (origin_host, host) {
+        (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => Ok(()),
+        _ => refused(format!(
+            "its Origin ({}) is not this server",
+            String::from_utf8_lossy(origin.as_bytes())
+        )),
+    }
 }
 
 /// A model's traffic policy, the share each version gets, the shadow's
@@ -499,6 +544,17 @@ async fn route(
         | Route::Rollout(_)
         | Route::Fleet
         | Route::AdminModels(_) => control(state, route, req, peer, hold).await,
+        // Reading is open on the admin listener (it is not served elsewhere);
+        // the changes its forms make go through the admin routes above.
+        Route::Console(rest) => {
+            let cx = super::console::Context {
+                models: &state.models,
+                control: &state.control,
+                port: state.config.port,
+                token_needed: auth.admin_token_set(),
+            };
+            super::console::serve(cx, rest).await
+        }
         // The platform's agent calls these on the port it owns, with no token.
         Route::MultiModelList | Route::MultiModel(_) => multi_model(state, route, req, hold).await,
         _ => {

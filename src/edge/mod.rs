@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod compression;
+mod console;
 pub mod embeddings;
 pub mod grpc;
 pub mod http;
