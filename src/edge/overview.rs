@@ -67,7 +67,8 @@ pub struct Recent {
 
 impl Recent {
     fn of(windows: &[Window]) -> Recent {
-        let seconds: f64 = windows.iter().map(|w| w.seconds).sum();
+        // A fold, not sum(): an empty f64 sum is -0.0.
+        let seconds = windows.iter().map(|w| w.seconds).fold(0.0, |a, b| a + b);
         let requests: u64 = windows.iter().map(|w| w.requests).sum();
         let errors: u64 = windows.iter().map(|w| w.errors).sum();
         let worst = |f: fn(&Window) -> Option<f64>| windows.iter().filter_map(f).reduce(f64::max);

@@ -214,6 +214,12 @@ impl Stats {
         ] {
             a.store(0, Relaxed);
         }
+        // The first window counts from here, the version's first served request.
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        *recent = Recent {
+            last: Some((std::time::Instant::now(), 0, 0, vec![0; BUCKETS])),
+            windows: Default::default(),
+        };
     }
 
     /// Records one backend run of `rows` rows.
@@ -250,8 +256,9 @@ impl Stats {
             })
     }
 
-    /// Closes the window that started at the previous call (the first call
-    /// only starts one); the oldest beyond [`RECENT_WINDOWS`] is forgotten.
+    /// Closes the window that started at the previous call or at [`Stats::reset`]
+    /// (without either, the first call only opens one); the oldest beyond
+    /// [`RECENT_WINDOWS`] is forgotten.
     pub fn sample(&self, now: std::time::Instant) {
         let (ok, failed, latency) = (
             self.success.get().0,
@@ -338,19 +345,25 @@ mod tests {
             stats.windows().is_empty(),
             "the first sample only opens a window"
         );
+        stats.reset();
+        stats.sample(std::time::Instant::now());
+        assert_eq!(stats.windows().len(), 1, "a reset opens one");
+        stats.reset();
+        let t0 = std::time::Instant::now();
+        stats.sample(t0);
         for _ in 0..99 {
             stats.success.record(Duration::from_micros(100));
         }
         stats.success.record(Duration::from_millis(10));
         stats.fail.record(Duration::from_millis(1));
         stats.sample(t0 + Duration::from_secs(5));
-        let w = stats.windows()[0];
+        let w = stats.windows()[1];
         assert_eq!((w.requests, w.errors, w.seconds), (101, 1, 5.0));
         // Tally only counts; the latency histogram is what quantiles read.
         assert_eq!(w.p50_ms, None);
         stats.latency.record(Duration::from_micros(100));
         stats.sample(t0 + Duration::from_secs(10));
-        let w = stats.windows()[1];
+        let w = stats.windows()[2];
         assert_eq!(w.requests, 0);
         assert!(w.p50_ms.is_some_and(|p| (0.1..0.125).contains(&p)), "{w:?}");
         for i in 0..RECENT_WINDOWS as u64 {
