@@ -14,9 +14,10 @@ MLFLOW_VENV := .venv-mlflow
 KSERVE_VENV := .venv-kserve
 MODELS_VENV := .venv-models
 ENCODER_VENV := .venv-encoder
+CONSOLE_VENV := .venv-console
 MINILM      := models/minilm/1/model.safetensors
 
-.PHONY: all build build-cuda serve test ort minilm rust-test interop-test image image-test models lint fmt clean loadtest fuzz conformance
+.PHONY: all build build-cuda serve test ort minilm rust-test interop-test image image-test models lint fmt clean loadtest fuzz conformance screenshots
 
 all: build
 
@@ -93,9 +94,14 @@ $(KSERVE_VENV)/.done: tests/kserve/requirements.txt
 	$(KSERVE_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
+$(CONSOLE_VENV)/.done: tests/console/requirements.txt
+	$(PYTHON) -m venv $(CONSOLE_VENV)
+	$(CONSOLE_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
 ## Real clients from PyPI against the real server: tritonclient (http, grpc),
 ## perf_analyzer, KServe's SDK, and `mlflow models serve` for scoring parity.
-interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done $(KSERVE_VENV)/.done $(ENCODER_VENV)/.done rust-test
+interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done $(KSERVE_VENV)/.done $(ENCODER_VENV)/.done $(CONSOLE_VENV)/.done rust-test
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	PERF_ANALYZER=$(abspath $(PA_VENV))/bin/perf_analyzer_run \
 	$(TEST_VENV)/bin/python -m pytest -q tests/interop
@@ -108,6 +114,20 @@ interop-test: $(TEST_VENV)/.done $(PA_VENV)/.done $(MLFLOW_VENV)/.done $(KSERVE_
 	$(MLFLOW_VENV)/bin/python -m pytest -q tests/mlflow
 	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
 	$(ENCODER_VENV)/bin/python -m pytest -q tests/encoder
+	scripts/setup-chromium.sh
+	SWITCHYARD_BIN=$(abspath target/debug/switchyard) \
+	$(CONSOLE_VENV)/bin/python -m pytest -q tests/console
+
+## The README's pictures of the web console (docs/images): the console's browser
+## test run with CONSOLE_SCREENSHOTS, which it saves them into (without it, into
+## pytest's tmp_path), from the debug binary.
+screenshots: $(CONSOLE_VENV)/.done $(ORT_LIB)
+	$(CARGO) build --locked --bin switchyard
+	cp $(ORT_LIB) target/debug/libonnxruntime.so
+	scripts/setup-chromium.sh
+	mkdir -p docs/images
+	SWITCHYARD_BIN=$(abspath target/debug/switchyard) CONSOLE_SCREENSHOTS=$(abspath docs/images) \
+	$(CONSOLE_VENV)/bin/python -m pytest -q tests/console
 
 ## The container image, built without a registry: the Dockerfile's `prebuilt`
 ## stage on a Debian 12 base that scripts/image.sh makes with debootstrap (once,
@@ -166,4 +186,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf $(CACHE) $(TEST_VENV) $(MODELS_VENV) $(PA_VENV) $(MLFLOW_VENV) $(KSERVE_VENV) $(ENCODER_VENV) models/minilm/1
+	rm -rf $(CACHE) $(TEST_VENV) $(MODELS_VENV) $(PA_VENV) $(MLFLOW_VENV) $(KSERVE_VENV) $(ENCODER_VENV) $(CONSOLE_VENV) models/minilm/1

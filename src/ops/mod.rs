@@ -56,9 +56,13 @@ pub struct TrafficArgs {
 #[derive(Subcommand, Debug)]
 pub enum TrafficVerb {
     /// The policy, and each version's share.
-    Get { model: String },
+    Get {
+        /// The model.
+        model: String,
+    },
     /// Sets the split: `switchyard traffic set mlp 1=90 2=10`; shows it before and after.
     Set {
+        /// The model.
         model: String,
         /// VERSION=WEIGHT, non-negative integers, normalised.
         #[arg(value_name = "VERSION=WEIGHT")]
@@ -93,6 +97,7 @@ pub enum RolloutVerb {
     /// The rollout's steps, weight and gates. With --watch, redrawn until it
     /// ends: exit 0 when promoted, 1 when rolled back or aborted.
     Status {
+        /// The model.
         model: String,
         #[arg(long, short)]
         watch: bool,
@@ -101,7 +106,10 @@ pub enum RolloutVerb {
         every: Duration,
     },
     /// Stops the rollout: the stable version gets all the traffic back.
-    Abort { model: String },
+    Abort {
+        /// The model.
+        model: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -114,6 +122,7 @@ pub struct DriftArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct LoadArgs {
+    /// The model (a folder of the repository).
     pub model: String,
     #[command(flatten)]
     pub common: Common,

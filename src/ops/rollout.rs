@@ -9,6 +9,7 @@ use super::render::{self, bar, num, opt, percent, verdict, Format};
 /// `rollout start`'s flags, Flagger's vocabulary; unset ones take the server's defaults.
 #[derive(clap::Args, Debug)]
 pub struct StartArgs {
+    /// The model.
     pub model: String,
     /// The version rolled out.
     #[arg(long, value_name = "VERSION")]
