@@ -36,9 +36,6 @@ pub fn split(parts: &[(String, f64, usize)], label: &str) -> Markup {
                 rect x=(fmt(x)) y="0" width=(fmt(width)) height=(fmt(h)) fill=(colour(i)) {
                     title { "version " (version) ": " (pct(share)) }
                 }
-                @if width > 60.0 {
-                    text x=(fmt(x + 6.0)) y="19" class="on-bar" { "v" (version) " " (pct(share)) }
-                }
             }
         }
     }
@@ -137,11 +134,13 @@ pub struct Check {
 }
 
 /// A rollout's candidate weight over time, each check a dot (green
-/// healthy, red failed, grey waiting), the maximum weight dashed.
-pub fn timeline(checks: &[Check], max_weight: f64, label: &str) -> Markup {
+/// healthy, red failed, grey waiting), the maximum weight dashed; while it
+/// runs (`now`), the weight holds to the right edge.
+pub fn timeline(checks: &[Check], max_weight: f64, now: Option<f64>, label: &str) -> Markup {
     let (w, h, left, bottom) = (1100.0, 170.0, 40.0, 18.0);
     let t0 = checks.first().map_or(0.0, |c| c.at);
-    let t1 = checks.last().map_or(1.0, |c| c.at).max(t0 + 1.0);
+    let last = checks.last().map_or(1.0, |c| c.at);
+    let t1 = now.unwrap_or(last).max(last).max(t0 + 1.0);
     let x = |t: f64| left + (t - t0) / (t1 - t0) * (w - left - 10.0);
     let y = |p: f64| (h - bottom) - p / 100.0 * (h - bottom - 8.0);
     let mut path = String::new();
@@ -153,6 +152,9 @@ pub fn timeline(checks: &[Check], max_weight: f64, label: &str) -> Markup {
             path.push_str(&format!(" H{} V{}", fmt(x(c.at)), fmt(y(c.weight))));
         }
     }
+    if now.is_some() && !checks.is_empty() {
+        path.push_str(&format!(" H{}", fmt(x(t1))));
+    }
     html! {
         svg #rollout-timeline viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(label) {
             title { (label) }
@@ -160,6 +162,8 @@ pub fn timeline(checks: &[Check], max_weight: f64, label: &str) -> Markup {
                 line class="grid" x1=(fmt(left)) x2=(fmt(w)) y1=(fmt(y(p))) y2=(fmt(y(p))) {}
                 text class="tick end" x=(fmt(left - 4.0)) y=(fmt(y(p) + 4.0)) { (p) "%" }
             }
+            text class="tick" x=(fmt(left)) y=(fmt(h - 3.0)) { (clock(t0)) }
+            text class="tick end" x=(fmt(w - 10.0)) y=(fmt(h - 3.0)) { @if now.is_some() { "now " } (clock(t1)) }
             line class="max" x1=(fmt(left)) x2=(fmt(w)) y1=(fmt(y(max_weight))) y2=(fmt(y(max_weight))) {}
             path class="weight" d=(path) fill="none" {}
             @for c in checks {
@@ -170,6 +174,13 @@ pub fn timeline(checks: &[Check], max_weight: f64, label: &str) -> Markup {
             }
         }
     }
+}
+
+/// `HH:MM:SS` (UTC) of seconds since the Unix epoch.
+pub fn clock(at: f64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(at.max(0.0));
+    let stamp = humantime::format_rfc3339_seconds(t).to_string();
+    stamp.get(11..19).unwrap_or(&stamp).to_string()
 }
 
 /// Consecutive points that have values.

@@ -72,37 +72,38 @@
     return null;
   }
 
-  for (const form of document.querySelectorAll("form[data-api]")) {
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const headers = { accept: "application/json" };
-      if (token && token.value.trim() !== "") headers.authorization = "Bearer " + token.value.trim();
-      const payload = bodyOf(form);
-      if (payload !== null) headers["content-type"] = "application/json";
-      const button = form.querySelector("button[type=submit]");
-      if (button) button.disabled = true;
-      try {
-        const r = await fetch(form.dataset.api, {
-          method: form.dataset.method,
-          headers,
-          body: payload === null ? undefined : JSON.stringify(payload),
-        });
-        const text = await r.text();
-        if (r.ok) {
-          say(form.dataset.done + ".", true);
-          await refresh();
-        } else {
-          let why = text;
-          try { why = JSON.parse(text).error || text; } catch (_) { /* not JSON: as it came */ }
-          say("Not applied: " + why, false);
-        }
-      } catch (e) {
-        say("Not applied: the server did not answer (" + e.message + ").", false);
-      } finally {
-        if (button) button.disabled = false;
+  // Delegated: a form in a live part (the abort button) is replaced on refresh.
+  document.addEventListener("submit", async (event) => {
+    const form = event.target;
+    if (!(form instanceof HTMLFormElement) || !form.dataset.api) return;
+    event.preventDefault();
+    const headers = { accept: "application/json" };
+    if (token && token.value.trim() !== "") headers.authorization = "Bearer " + token.value.trim();
+    const payload = bodyOf(form);
+    if (payload !== null) headers["content-type"] = "application/json";
+    const button = form.querySelector("button[type=submit]");
+    if (button) button.disabled = true;
+    try {
+      const r = await fetch(form.dataset.api, {
+        method: form.dataset.method,
+        headers,
+        body: payload === null ? undefined : JSON.stringify(payload),
+      });
+      const text = await r.text();
+      if (r.ok) {
+        say(form.dataset.done + ".", true);
+        await refresh();
+      } else {
+        let why = text;
+        try { why = JSON.parse(text).error || text; } catch (_) { /* not JSON: as it came */ }
+        say("Not applied: " + why, false);
       }
-    });
-  }
+    } catch (e) {
+      say("Not applied: the server did not answer (" + e.message + ").", false);
+    } finally {
+      if (button) button.disabled = false;
+    }
+  });
 
   setInterval(refresh, every);
 })();

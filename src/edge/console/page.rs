@@ -4,7 +4,7 @@
 
 use maud::{html, Markup, DOCTYPE};
 
-use super::chart::{self, pct, Check};
+use super::chart::{self, clock, pct, Check};
 use crate::edge::overview::{ModelView, VersionView};
 
 /// How often the live parts refresh, in milliseconds (the script reads it).
@@ -98,7 +98,7 @@ pub fn index_live(views: &[ModelView]) -> Markup {
                                 td { (v.version) (default_mark(m, v)) }
                                 td class=(state_class(v)) { (v.state) }
                                 td { (pct(v.share)) }
-                                td { (num(v.last_minute.per_second)) }
+                                td { (rate(v.last_minute.per_second)) }
                                 td { (opt(v.last_minute.p99_ms)) }
                                 td { (drift_cell(v)) }
                                 td { (m.rollout.as_ref().filter(|r| r.spec.candidate == v.version).map(|r| phase_word(r.phase)).unwrap_or("")) }
@@ -121,6 +121,17 @@ pub fn model(view: &ModelView, token_needed: bool) -> Markup {
         .collect();
     let weights = view.traffic["weights"].as_object();
     let api = format!("/admin/models/{}", urlencode(name));
+    // The version a rollout would most likely roll out: not the stable one
+    // (the most traffic), the newest of the others.
+    let stable = ready
+        .iter()
+        .max_by(|a, b| a.share.total_cmp(&b.share))
+        .map(|v| v.version.clone());
+    let candidate = ready
+        .iter()
+        .rev()
+        .find(|v| Some(&v.version) != stable.as_ref())
+        .map(|v| v.version.clone());
     layout(
         name,
         &format!("{}/live", model_href(name)),
@@ -174,14 +185,18 @@ pub fn model(view: &ModelView, token_needed: bool) -> Markup {
                 section aria-labelledby="rollout-h" {
                     h2 #rollout-h { "Rollout" }
                     (rollout_part(view))
-                    div.forms {
+                    div {
                         form #rollout-form data-api=(format!("{api}/rollout")) data-method="POST" data-done="Rollout started" {
                             fieldset {
                                 legend { "Start a progressive rollout" }
                                 div.field {
                                     label for="candidate" { "Candidate version" }
                                     select #candidate name="candidate" required {
-                                        @for v in &ready { option value=(v.version) { (v.version) } }
+                                        @for v in &ready {
+                                            option value=(v.version) selected[candidate.as_ref() == Some(&v.version)] {
+                                                (v.version) @if stable.as_ref() == Some(&v.version) { " (stable now)" }
+                                            }
+                                        }
                                     }
                                 }
                                 (number("step", "step_weight", "Step (% of traffic)", "10", "1"))
@@ -196,10 +211,6 @@ pub fn model(view: &ModelView, token_needed: bool) -> Markup {
                                 (number("min-requests", "min_requests", "Requests a window needs for a verdict", "100", "1"))
                             }
                             button type="submit" { "Start rollout" }
-                        }
-                        form #abort-form data-api=(format!("{api}/rollout")) data-method="DELETE" data-done="Rollout aborted" {
-                            button #abort type="submit" { "Abort rollout" }
-                            p.hint { "The stable version gets all the traffic back." }
                         }
                     }
                 }
@@ -241,7 +252,7 @@ fn versions_part(view: &ModelView) -> Markup {
                             td class=(state_class(v)) { (v.state) }
                             td { (pct(v.share)) @if let Some(p) = v.shadow_percent { " + shadow " (num(p)) "%" } }
                             td { (v.queue_depth) }
-                            td { (num(v.last_minute.per_second)) }
+                            td { (rate(v.last_minute.per_second)) }
                             td { (pct(v.last_minute.error_rate)) }
                             td { (opt(v.last_minute.p50_ms)) }
                             td { (opt(v.last_minute.p99_ms)) }
@@ -319,8 +330,17 @@ fn rollout_part(view: &ModelView) -> Markup {
     let last = r.history.iter().rev().find(|e| e.requests.is_some());
     let spec = &r.spec;
     let phase = phase_word(r.phase);
+    let running = r.phase == crate::control::rollout::Phase::Progressing;
+    let api = format!("/admin/models/{}/rollout", urlencode(&view.name));
     html! {
         div #rollout data-live data-phase=(phase_attr(r.phase)) {
+            @if running {
+                // In the live part: the button shows only while there is a rollout to abort.
+                form #abort-form data-api=(api) data-method="DELETE" data-done="Rollout aborted" {
+                    button #abort type="submit" { "Abort rollout" }
+                    span.hint { " The stable version gets all the traffic back." }
+                }
+            }
             p.summary {
                 "Candidate " strong { (spec.candidate) } " against stable " strong { (r.stable) } ": "
                 span class=(match r.phase { crate::control::rollout::Phase::Promoted => "good", crate::control::rollout::Phase::Progressing => "", _ => "bad" }) { (phase) }
@@ -329,7 +349,7 @@ fn rollout_part(view: &ModelView) -> Markup {
                 @if let Some(l) = &r.leader { " Driven by replica " (l) "." }
             }
             figure {
-                (chart::timeline(&checks, spec.max_weight as f64, &format!("Candidate {}'s weight over the rollout, {} steps", spec.candidate, checks.len())))
+                (chart::timeline(&checks, spec.max_weight as f64, running.then(now), &format!("Candidate {}'s weight over the rollout, {} steps", spec.candidate, checks.len())))
                 figcaption { "Candidate weight per check: green healthy, red failed, grey waiting or a change of phase; dashed: the maximum before promotion." }
             }
             table.gates {
@@ -439,17 +459,24 @@ fn drift_part(view: &ModelView) -> Markup {
                             span.swatch.ref-swatch {} "reference (training data) "
                             span.swatch.live-swatch {} "live window"
                         }
+                        // The profile's order, the same for every version, so that
+                        // versions compare at a glance; drifted ones stand out in red.
                         div.multiples.small {
-                            @for f in worst_first(r) {
+                            @for f in &r.features {
                                 figure.feature data-feature=(f.feature) data-drifted=(f.drifted) {
-                                    (chart::histogram(&f.reference, &f.current, &format!("{}: reference against live, PSI {}", f.feature, num(f.psi))))
+                                    @if f.reference.len() < 2 {
+                                        p.hint { "One bin: constant in the training data." }
+                                    } @else {
+                                        (chart::histogram(&f.reference, &f.current, &format!("{}: reference against live, PSI {}", f.feature, num(f.psi))))
+                                    }
                                     figcaption {
-                                        strong { (f.feature) } " "
-                                        span class=(if f.drifted { "bad" } else { "" }) {
-                                            "PSI " (num(f.psi)) @if f.drifted { " ≥ " } @else { " vs " } (num(r.psi_threshold))
-                                            @if f.drifted { " drifted" }
-                                        }
+                                        strong { (f.feature) }
                                         @if matches!(f.side, crate::control::drift::profile::Side::Output) { " (output)" }
+                                        br;
+                                        span class=(if f.drifted { "bad" } else { "" }) {
+                                            "PSI " (num(f.psi))
+                                            @if f.drifted { " ≥ " (num(r.psi_threshold)) ": drifted" }
+                                        }
                                     }
                                 }
                             }
@@ -555,22 +582,18 @@ fn num(x: f64) -> String {
     }
 }
 
+/// Requests per second, to a tenth.
+fn rate(x: f64) -> String {
+    format!("{x:.1}")
+}
+
 fn opt(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), num)
 }
 
-/// `HH:MM:SS` of seconds since the Unix epoch, UTC.
-fn clock(at: f64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(at.max(0.0));
-    let stamp = humantime::format_rfc3339_seconds(t).to_string();
-    stamp.get(11..19).unwrap_or(&stamp).to_string()
-}
-
-/// A report's features, the largest PSI first.
-fn worst_first(
-    r: &crate::control::drift::Report,
-) -> Vec<&crate::control::drift::monitor::FeatureReport> {
-    let mut features: Vec<_> = r.features.iter().collect();
-    features.sort_by(|a, b| b.psi.total_cmp(&a.psi));
-    features
+/// Seconds since the Unix epoch.
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
