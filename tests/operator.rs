@@ -184,9 +184,16 @@ fn every_verb_against_a_real_server() {
     );
     assert!(err.contains("/nonexistent.csv"), "{err}");
 
-    // drift: the rows just sent are in version 1's window.
-    let report = json_of(a, &with(&["drift", "iris:1", "-o", "json"]));
-    assert_eq!(report["rows"], 150);
+    // drift: the rows just sent reach version 1's window (binned off the
+    // request path, so soon rather than at once).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while json_of(a, &with(&["drift", "iris:1", "-o", "json"]))["rows"] != 150 {
+        assert!(
+            Instant::now() < deadline,
+            "150 rows never reached the window"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (out, _) = expect(a, &with(&["drift", "iris:1"]), 0);
     assert!(
         out.contains("petal_length") && out.contains("reference │"),
@@ -266,13 +273,34 @@ fn every_verb_against_a_real_server() {
                 send(&s, 5);
             }
         });
-        let (out, _) = expect(
-            a,
-            &with(&["rollout", "status", "mlp", "--watch", "--every", "200ms"]),
-            0,
-        );
+        // Killed after a deadline rather than waited for: a rollout that
+        // never ends must fail the test, not hang it.
+        let mut watch = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(with(&[
+                "rollout", "status", "mlp", "--watch", "--every", "200ms",
+            ]))
+            .env("SWITCHYARD_URL", a)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = watch.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = watch.kill();
+                panic!("rollout status --watch still running after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(out.contains("promoted"), "{out}");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut watch.stdout.take().unwrap(), &mut out).unwrap();
+        assert!(
+            status.success() && out.contains("promoted"),
+            "{status}: {out}"
+        );
     });
 
     // load and unload act on whole models.
@@ -328,9 +356,21 @@ fn no_server_is_exit_3_and_usage_is_exit_2() {
     );
 }
 
-/// `GET path` on `base` with `headers`: status, headers, body.
+/// `GET path` on `base`: status, headers, body.
 fn get(base: &str, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
-    let r = client().get(format!("{base}{path}")).send().unwrap();
+    get_with(base, path, &[])
+}
+
+fn get_with(
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut r = client().get(format!("{base}{path}"));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().unwrap();
     (r.status().as_u16(), r.headers().clone(), r.text().unwrap())
 }
 
@@ -401,11 +441,42 @@ fn the_console_is_on_the_admin_listener_and_escapes_what_files_name() {
         assert!(headers["content-type"].to_str().unwrap().starts_with(kind));
     }
     assert_eq!(get(&admin, "/console/models/nope").0, 404);
-    assert_eq!(get(&admin, "/console/models/bad%zz").0, 400);
+    assert_eq!(get(&admin, "/console/models/bad%zz").0, 404);
     assert_eq!(get(&admin, "/console/nothing").0, 404);
     let (code, _, body) = get(&s.base, "/console");
     assert_eq!(code, 404);
     assert!(body.contains("admin listener"), "{body}");
+    // With a token, a cross-site page's call is refused all the same.
+    let r = client()
+        .put(format!("{admin}/admin/models/mlp/traffic"))
+        .bearer_auth(TOKEN)
+        .header("origin", "http://evil.example")
+        .json(&json!({"weights": {"1": 50, "2": 50}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+}
+
+#[test]
+fn reads_a_server_protects_need_the_api_token_and_close_the_console() {
+    let s = Server::start(
+        &repo("operator_protected"),
+        &["--api-token", "api-secret", "--protect-reads"],
+    );
+    let admin = s.admin.clone().unwrap();
+    let csv = iris_csv();
+    let csv = csv.to_str().unwrap();
+    let (_, err) = expect(&admin, &["infer", "iris", "--data", csv], 1);
+    assert!(err.contains("401"), "{err}");
+    let (out, _) = expect(
+        &admin,
+        &["infer", "iris", "--data", csv, "--api-token", "api-secret"],
+        0,
+    );
+    assert!(out.contains("iris version 2 answered"), "{out}");
+    let (code, _, body) = get(&admin, "/console");
+    assert_eq!(code, 403);
+    assert!(body.contains("--protect-reads"), "{body}");
 }
 
 #[test]
@@ -435,6 +506,24 @@ fn admin_calls_from_another_sites_page_are_refused() {
     ]);
     assert_eq!(code, 200, "the console's own call: {body}");
     assert_eq!(put(&[]).0, 200, "curl and the CLI send neither header");
+    // DNS rebinding: the attacker's name, resolved to this address, is
+    // same-origin to the browser; its Host names it.
+    let rebound = client()
+        .put(format!("{admin}/admin/models/mlp/traffic"))
+        .header("host", "evil.example:8003")
+        .header("origin", "http://evil.example:8003")
+        .header("sec-fetch-site", "same-origin")
+        .json(&json!({"weights": {"1": 50, "2": 50}}))
+        .send()
+        .unwrap();
+    assert_eq!(rebound.status().as_u16(), 403);
+    assert!(rebound.text().unwrap().contains("evil.example"));
+    let (code, _, _) = get_with(&admin, "/console", &[("host", "evil.example:8003")]);
+    assert_eq!(code, 403, "the console's reads too");
+    for host in ["localhost:1", "[::1]:8003", "127.0.0.1"] {
+        let (code, _, body) = get_with(&admin, "/admin/models", &[("host", host)]);
+        assert_eq!(code, 200, "{host}: {body}");
+    }
     let text_plain = client()
         .post(format!("{admin}/v2/repository/models/mlp/unload"))
         .header("origin", "http://evil.example")

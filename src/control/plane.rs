@@ -440,6 +440,8 @@ impl Plane {
             });
             if self.sample_at <= now {
                 self.sample_at = now + SAMPLE_EVERY;
+                // Read now: a scan or a rollout step above may have taken a while.
+                let now = Instant::now();
                 for m in self.repo.models().snapshot().models.values() {
                     for v in m.ready_versions() {
                         v.stats.sample(now);

@@ -84,6 +84,10 @@ pub struct Event {
     /// The candidate's largest input PSI, when the rollout checks drift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift_psi: Option<f64>,
+    /// A check's verdict: healthy or not; none for a change of phase or a
+    /// window with too few requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
 }
 
 impl Event {
@@ -97,6 +101,7 @@ impl Event {
             error_rate: None,
             p99_ms: None,
             drift_psi: None,
+            healthy: None,
         }
     }
 }
@@ -474,6 +479,7 @@ fn check(p: &mut dyn Policies, model: &str, r: &mut Run) {
             error_rate: Some(error_rate),
             p99_ms,
             drift_psi: measured.psi,
+            healthy: step.healthy(),
         },
         matches!(step, Step::Wait { .. }),
     );
@@ -536,6 +542,17 @@ pub(crate) enum Step {
         problems: String,
         roll_back: bool,
     },
+}
+
+impl Step {
+    /// The verdict an event records: none while waiting for requests.
+    pub(crate) fn healthy(&self) -> Option<bool> {
+        match self {
+            Step::Wait { .. } => None,
+            Step::Advance { .. } | Step::Promote => Some(true),
+            Step::Fail { .. } => Some(false),
+        }
+    }
 }
 
 impl std::fmt::Display for Step {

@@ -92,12 +92,18 @@ impl AdminAuth {
         expect_bearer(authorization, token, "/metrics", "metrics")
     }
 
-    /// Checks an admin call's `Authorization` header (`Bearer <token>`) on `port`.
     /// Whether admin calls need a token on every listener (`--admin-token`).
     pub fn admin_token_set(&self) -> bool {
         self.token.is_some()
     }
 
+    /// Whether reads of metadata, statistics and drift need the API token
+    /// (`--protect-reads` with `--api-token`).
+    pub fn reads_protected(&self) -> bool {
+        self.api_token.is_some() && self.protect_reads
+    }
+
+    /// Checks an admin call's `Authorization` header (`Bearer <token>`) on `port`.
     pub fn check(&self, authorization: Option<&str>, port: Port) -> Result<()> {
         match (&self.token, port) {
             (Some(token), _) => expect_bearer(authorization, token, "admin calls", "admin"),

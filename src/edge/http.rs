@@ -401,7 +401,7 @@ fn authorization(req: &Request<Incoming>) -> Option<&str> {
 
 /// Checks an admin call; says who made it, for the log.
 fn admin_caller(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Result<String> {
-    same_origin(req)?;
+    same_origin(req, state.pipeline.auth.admin_token_set())?;
     let auth = authorization(req);
     state.pipeline.auth.check(auth, state.config.port)?;
     let how = if auth.is_some() {
@@ -417,12 +417,28 @@ fn admin_caller(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Res
 /// site could otherwise POST to `127.0.0.1:8003` from its visitor's
 /// browser (a form's POST needs no CORS preflight). Browsers name the page's
 /// origin in `Origin` and `Sec-Fetch-Site`; curl and the CLI send neither.
-fn same_origin(req: &Request<Incoming>) -> Result<()> {
+/// Without a token, the `Host` must also be an address or `localhost`: a
+/// page whose own name an attacker rebinds to this address is same-origin
+/// to the browser, but names itself in `Host`.
+fn same_origin(req: &Request<Incoming>, token_set: bool) -> Result<()> {
     let refused = |why: String| {
         Err(Error::Forbidden(format!(
             "admin call refused: {why}; admin calls from a browser come from the console on this listener"
         )))
     };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    if !token_set && !host.is_none_or(address_or_localhost) {
+        return Err(Error::Forbidden(format!(
+            "admin call refused: without --admin-token the admin listener takes them only for an \
+             IP address or localhost, not '{}' (a web page can rebind its own name to this \
+             address); call it by address, or set --admin-token",
+            host.unwrap_or_default()
+        )));
+    }
     if let Some(site) = req.headers().get("sec-fetch-site") {
         if !matches!(site.as_bytes(), b"same-origin" | b"none") {
             return refused(format!(
@@ -434,11 +450,6 @@ fn same_origin(req: &Request<Incoming>) -> Result<()> {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Ok(());
     };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
     let origin_host = origin
         .to_str()
         .ok()
@@ -453,13 +464,23 @@ fn same_origin(req: &Request<Incoming>) -> Result<()> {
     }
 }
 
+/// A `Host` that names an IP address or `localhost`, with or without a port.
+fn address_or_localhost(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// A model's traffic policy, the share each version gets, the shadow's
 /// record, and where the policy is kept (etcd: its revision, for `If-Match`,
 /// and whether the store answers).
-pub(crate) fn encode_traffic(
+pub(crate) fn traffic_json(
     model: &crate::serving::Model,
     store: Option<&crate::control::policy::PolicyStore>,
-) -> Vec<u8> {
+) -> serde_json::Value {
     let t = &model.traffic;
     let total: u64 = t.spec.weights.values().sum();
     let shares: serde_json::Map<String, serde_json::Value> = if total == 0 {
@@ -496,7 +517,7 @@ pub(crate) fn encode_traffic(
         health["policy_revision"] = s.revision(&model.name).unwrap_or(0).into();
         body["store"] = health;
     }
-    serde_json::to_vec(&body).expect("plain data")
+    body
 }
 
 async fn route(
@@ -547,11 +568,14 @@ async fn route(
         // Reading is open on the admin listener (it is not served elsewhere);
         // the changes its forms make go through the admin routes above.
         Route::Console(rest) => {
+            // Its pages show what admin reads show: the same browser checks.
+            same_origin(&req, auth.admin_token_set())?;
             let cx = super::console::Context {
                 models: &state.models,
                 control: &state.control,
                 port: state.config.port,
                 token_needed: auth.admin_token_set(),
+                reads_protected: auth.reads_protected(),
             };
             super::console::serve(cx, rest).await
         }
@@ -703,7 +727,11 @@ async fn control(
             }
             Ok(json(
                 StatusCode::OK,
-                encode_traffic(&*models.model(m)?, state.control.policy_store()),
+                serde_json::to_vec(&traffic_json(
+                    &*models.model(m)?,
+                    state.control.policy_store(),
+                ))
+                .expect("plain data"),
             ))
         }
         Route::AdminModels(m) => {
@@ -711,7 +739,12 @@ async fn control(
             let only = (!m.is_empty()).then_some(m);
             let views = super::overview::read(models, &state.control, only, only.is_some()).await?;
             let body = match only {
-                Some(_) => serde_json::to_vec(&views[0]),
+                Some(m) => serde_json::to_vec(
+                    &views
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| Error::not_found(format!("unknown model '{m}'")))?,
+                ),
                 None => serde_json::to_vec(&serde_json::json!({ "models": views })),
             };
             Ok(json(StatusCode::OK, body.expect("plain data")))

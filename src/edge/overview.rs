@@ -122,8 +122,10 @@ pub fn gather(
 ) -> Result<Vec<ModelView>> {
     let table = models.snapshot();
     if let Some(m) = only.filter(|m| !table.models.contains_key(*m)) {
-        // Its 404, in the words every other route uses.
-        models.model(m)?;
+        // The words every other route uses.
+        return Err(crate::core::error::Error::not_found(format!(
+            "unknown model '{m}'"
+        )));
     }
     let mut names: Vec<&String> = table
         .models
@@ -224,8 +226,7 @@ fn view(
         error: m.error.clone(),
         default_version: default.map(|v| v.to_string()),
         versions,
-        traffic: serde_json::from_slice(&super::http::encode_traffic(m, store))
-            .expect("plain data"),
+        traffic: super::http::traffic_json(m, store),
         rollout,
     }
 }

@@ -55,6 +55,16 @@ pub struct Connection {
         global = true
     )]
     pub token: Option<String>,
+    /// The API token (`--api-token` of the server) for predict calls and,
+    /// with `--protect-reads`, reads of metadata and drift.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SWITCHYARD_API_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub api_token: Option<String>,
     /// The CA that signed the server's certificate (PEM), for https:// URLs.
     #[arg(long, value_name = "FILE", env = "SWITCHYARD_CACERT", global = true)]
     pub cacert: Option<PathBuf>,
@@ -86,6 +96,7 @@ pub struct Client {
     agent: ureq::Agent,
     base: String,
     token: Option<String>,
+    api_token: Option<String>,
 }
 
 impl Client {
@@ -98,15 +109,7 @@ impl Client {
         }
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(ca) = &c.cacert {
-            let pem = read(ca)?;
-            let certs = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(Ok(cert)),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Failure::Usage(format!("--cacert {}: {e}", ca.display())))?;
+            let certs = certificates(ca, "--cacert")?;
             if certs.is_empty() {
                 return Err(Failure::Usage(format!(
                     "--cacert {}: no certificate in it",
@@ -116,12 +119,7 @@ impl Client {
             tls = tls.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)));
         }
         if let (Some(cert), Some(key)) = (&c.cert, &c.key) {
-            let chain = ureq::tls::parse_pem(&read(cert)?)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
-                    _ => None,
-                })
-                .collect::<Vec<_>>();
+            let chain = certificates(cert, "--cert")?;
             let key = ureq::tls::PrivateKey::from_pem(&read(key)?)
                 .map_err(|e| Failure::Usage(format!("--key {}: {e}", key.display())))?;
             tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
@@ -138,6 +136,7 @@ impl Client {
             agent,
             base,
             token: c.token.clone(),
+            api_token: c.api_token.clone(),
         })
     }
 
@@ -157,7 +156,15 @@ impl Client {
             .method(method)
             .uri(&url)
             .header("accept", "application/json");
-        if let Some(t) = &self.token {
+        // Admin calls carry the admin token; the V2 API's predict and read
+        // calls the API token when one is given (the server has one per kind).
+        let admin = path.starts_with("/admin/") || path.starts_with("/v2/repository/");
+        let token = if admin {
+            self.token.as_ref()
+        } else {
+            self.api_token.as_ref().or(self.token.as_ref())
+        };
+        if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let body = body.map(|b| serde_json::to_vec(b).expect("plain data"));
@@ -200,6 +207,21 @@ impl Client {
             message: format!("{status}: {message}"),
         })
     }
+}
+
+/// The certificates of a PEM file (its other items skipped).
+fn certificates(
+    path: &std::path::Path,
+    flag: &str,
+) -> Outcome<Vec<ureq::tls::Certificate<'static>>> {
+    ureq::tls::parse_pem(&read(path)?)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(Ok(cert)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Usage(format!("{flag} {}: {e}", path.display())))
 }
 
 fn read(path: &std::path::Path) -> Outcome<Vec<u8>> {

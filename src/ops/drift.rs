@@ -17,7 +17,7 @@ pub fn drift(client: &Client, model: &str, format: Format) -> Outcome {
     };
     let report = client.get(&path)?;
     if !render::structured(format, &report) {
-        print!("{}", draw(&report));
+        render::emit(&draw(&report));
     }
     Ok(())
 }
@@ -39,10 +39,10 @@ fn draw(r: &Value) -> String {
         r["window"],
         r["seen"],
         alert("alert"),
-        render::percent(r["drifted_share"].as_f64().unwrap_or(0.0)),
-        render::percent(r["share"].as_f64().unwrap_or(0.0)),
+        render::pct(r["drifted_share"].as_f64().unwrap_or(0.0)),
+        render::pct(r["share"].as_f64().unwrap_or(0.0)),
         alert("prediction_alert"),
-        render::percent(r["prediction_drifted_share"].as_f64().unwrap_or(0.0)),
+        render::pct(r["prediction_drifted_share"].as_f64().unwrap_or(0.0)),
     );
     if r["dropped"].as_u64().unwrap_or(0) > 0 {
         out.push_str(&format!(

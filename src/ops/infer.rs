@@ -54,7 +54,7 @@ pub fn infer(client: &Client, model: &str, data: &Path, format: Format) -> Outco
         answer.unwrap_or_default()
     };
     if !render::structured(format, &answer) {
-        print!("{}", table(&answer));
+        render::emit(&table(&answer));
     }
     Ok(())
 }

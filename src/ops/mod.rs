@@ -38,8 +38,8 @@ pub struct ModelsArgs {
     /// Redraw every --every until interrupted.
     #[arg(long, short)]
     pub watch: bool,
-    /// How often --watch redraws.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    /// How often --watch redraws (100ms at least).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = interval)]
     pub every: Duration,
     #[command(flatten)]
     pub common: Common,
@@ -70,8 +70,9 @@ pub enum TrafficVerb {
         /// A request header whose value pins a caller to a version.
         #[arg(long, value_name = "HEADER")]
         sticky_header: Option<String>,
-        /// A version that gets a copy of PERCENT of the requests, e.g. 3:5%.
-        #[arg(long, value_name = "VERSION:PERCENT")]
+        /// A version that gets a copy of PERCENT of the requests (all without
+        /// one), e.g. 3:5%.
+        #[arg(long, value_name = "VERSION[:PERCENT]")]
         shadow: Option<String>,
         /// Remove the policy: the default version takes everything.
         #[arg(long)]
@@ -99,10 +100,11 @@ pub enum RolloutVerb {
     Status {
         /// The model.
         model: String,
+        /// Redraw until the rollout ends.
         #[arg(long, short)]
         watch: bool,
-        /// How often --watch redraws.
-        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+        /// How often --watch redraws (100ms at least).
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = interval)]
         every: Duration,
     },
     /// Stops the rollout: the stable version gets all the traffic back.
@@ -139,6 +141,15 @@ pub struct InferArgs {
     pub common: Common,
 }
 
+/// `--every`: a duration, not so short that redrawing becomes a busy loop.
+fn interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s} is shorter than 100ms"));
+    }
+    Ok(d)
+}
+
 /// A client verb, parsed.
 pub enum Verb {
     Models(ModelsArgs),
@@ -172,15 +183,15 @@ fn act(verb: Verb) -> Outcome {
     let (client, format) = (Client::new(&common.connection)?, common.output);
     match verb {
         Verb::Models(a) => loop {
-            if a.watch && format == Format::Table && render::colour() {
-                print!("\x1b[H\x1b[2J");
+            if a.watch && format == Format::Table && render::terminal() {
+                render::emit("\x1b[H\x1b[2J");
             }
             models::models(&client, a.model.as_deref(), format)?;
             if !a.watch {
                 return Ok(());
             }
-            if !render::colour() {
-                println!();
+            if !render::terminal() {
+                render::emit("\n");
             }
             std::thread::sleep(a.every);
         },

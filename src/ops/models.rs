@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::api::{model_version, segment, Client, Failure, Outcome};
-use super::render::{self, num, opt, percent, verdict, Format};
+use super::render::{self, num, opt, pct, verdict, Format};
 
 /// `switchyard models [MODEL] [--watch]`.
 pub fn models(client: &Client, model: Option<&str>, format: Format) -> Outcome {
@@ -20,7 +20,7 @@ pub fn models(client: &Client, model: Option<&str>, format: Format) -> Outcome {
         Some(_) => vec![answer],
         None => answer["models"].as_array().cloned().unwrap_or_default(),
     };
-    print!("{}", models_table(&list));
+    render::emit(&models_table(&list));
     Ok(())
 }
 
@@ -55,7 +55,7 @@ fn models_table(models: &[Value]) -> String {
                 version.push_str(" (default)");
             }
             let ready = v["state"] == "READY";
-            let mut share = percent(v["share"].as_f64().unwrap_or(0.0));
+            let mut share = pct(v["share"].as_f64().unwrap_or(0.0));
             if let Some(p) = v["shadow_percent"].as_f64() {
                 share.push_str(&format!(" +shadow {}%", num(p)));
             }
@@ -85,7 +85,7 @@ fn models_table(models: &[Value]) -> String {
                 share.into(),
                 v["queue_depth"].to_string().into(),
                 num(recent["per_second"].as_f64().unwrap_or(0.0)).into(),
-                percent(recent["error_rate"].as_f64().unwrap_or(0.0)).into(),
+                pct(recent["error_rate"].as_f64().unwrap_or(0.0)).into(),
                 opt(recent["p50_ms"].as_f64()).into(),
                 opt(recent["p99_ms"].as_f64()).into(),
                 drift,

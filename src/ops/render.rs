@@ -14,10 +14,24 @@ pub enum Format {
     Yaml,
 }
 
-/// Whether to colour: stdout is a terminal and `NO_COLOR` is not set.
-pub fn colour() -> bool {
+/// Whether stdout is a terminal: tables fit its width, `--watch` redraws in place.
+pub fn terminal() -> bool {
     use std::io::IsTerminal;
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    std::io::stdout().is_terminal()
+}
+
+/// Whether to colour: on a terminal, unless `NO_COLOR` is set.
+pub fn colour() -> bool {
+    terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `cell` in `colour` where colour is wanted.
+fn paint(cell: Cell, colour: Color) -> Cell {
+    if self::colour() {
+        cell.fg(colour)
+    } else {
+        cell
+    }
 }
 
 /// A table with the project's look: no frame, a header, wrapped to the terminal.
@@ -25,16 +39,30 @@ pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Dynamic);
-    if !colour() {
-        t.force_no_tty();
-    }
-    t.set_header(header.iter().map(|h| Cell::new(h).fg(Color::Cyan)));
+    t.set_header(header.iter().map(|h| paint(Cell::new(h), Color::Cyan)));
     t
 }
 
 /// A word that says good or bad, green or red on a terminal.
 pub fn verdict(text: impl Into<String>, good: bool) -> Cell {
-    Cell::new(text.into()).fg(if good { Color::Green } else { Color::Red })
+    paint(
+        Cell::new(text.into()),
+        if good { Color::Green } else { Color::Red },
+    )
+}
+
+/// Writes `text` to stdout; a reader that went away (`| head`) ends the
+/// verb quietly, as it ends `cat`, rather than in a panic.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("switchyard: cannot write the answer: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// Prints `value` as JSON or YAML; `false` for `-o table` (the verb draws it).
@@ -42,14 +70,14 @@ pub fn structured(format: Format, value: &Value) -> bool {
     match format {
         Format::Table => false,
         Format::Json => {
-            println!(
-                "{}",
+            emit(&format!(
+                "{}\n",
                 serde_json::to_string_pretty(value).expect("plain data")
-            );
+            ));
             true
         }
         Format::Yaml => {
-            print!("{}", yaml(value));
+            emit(&yaml(value));
             true
         }
     }
@@ -114,33 +142,7 @@ pub fn histogram(props: &[f64], top: f64) -> String {
         .collect()
 }
 
-/// A number for a table: four significant digits, no exponent for everyday sizes.
-pub fn num(x: f64) -> String {
-    if x == 0.0 || !x.is_finite() {
-        return format!("{x}");
-    }
-    let magnitude = x.abs().log10().floor() as i32;
-    if !(-4..=6).contains(&magnitude) {
-        return format!("{x:.3e}");
-    }
-    let decimals = (3 - magnitude).max(0) as usize;
-    let s = format!("{x:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
-}
-
-/// An optional number, `-` when absent.
-pub fn opt(x: Option<f64>) -> String {
-    x.map_or_else(|| "-".into(), num)
-}
-
-/// A percentage of a share (0 to 1).
-pub fn percent(share: f64) -> String {
-    format!("{}%", num(share * 100.0))
-}
+pub use switchyard::core::human::{num, opt, pct};
 
 #[cfg(test)]
 mod tests {
@@ -159,15 +161,6 @@ mod tests {
     fn histograms_scale_to_the_top_and_show_every_filled_bin() {
         assert_eq!(histogram(&[0.0, 0.001, 0.5, 1.0], 1.0), " ▁▄█");
         assert_eq!(histogram(&[0.2, 0.2], 0.0), "  ");
-    }
-
-    #[test]
-    fn numbers_keep_four_significant_digits() {
-        assert_eq!(num(0.123456), "0.1235");
-        assert_eq!(num(1234.5678), "1235");
-        assert_eq!(num(90.0), "90");
-        assert_eq!(num(1e-7), "1.000e-7");
-        assert_eq!(percent(0.1), "10%");
     }
 
     #[test]

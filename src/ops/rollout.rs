@@ -4,7 +4,9 @@
 use serde_json::{Map, Value};
 
 use super::api::{segment, Client, Failure, Outcome};
-use super::render::{self, bar, num, opt, percent, verdict, Format};
+use switchyard::core::human::clock;
+
+use super::render::{self, bar, num, opt, pct, verdict, Format};
 
 /// `rollout start`'s flags, Flagger's vocabulary; unset ones take the server's defaults.
 #[derive(clap::Args, Debug)]
@@ -80,7 +82,7 @@ pub fn start(client: &Client, a: &StartArgs, format: Format) -> Outcome {
     let body = spec(a)?;
     let status = client.call("POST", &path(&a.model)?, Some(&body))?;
     if !render::structured(format, &status) {
-        print!("{}", draw(&status));
+        render::emit(&draw(&status));
     }
     Ok(())
 }
@@ -88,7 +90,7 @@ pub fn start(client: &Client, a: &StartArgs, format: Format) -> Outcome {
 pub fn abort(client: &Client, model: &str, format: Format) -> Outcome {
     let status = client.call("DELETE", &path(model)?, None)?;
     if !render::structured(format, &status) {
-        print!("{}", draw(&status));
+        render::emit(&draw(&status));
     }
     Ok(())
 }
@@ -104,12 +106,12 @@ pub fn status(
     loop {
         let status = client.get(&path(model)?)?;
         let phase = status["phase"].as_str().unwrap_or("?").to_string();
-        if watch.is_some() && format == Format::Table && render::colour() {
+        if watch.is_some() && format == Format::Table && render::terminal() {
             // Home and clear: the picture redraws in place.
-            print!("\x1b[H\x1b[2J");
+            render::emit("\x1b[H\x1b[2J");
         }
         if !render::structured(format, &status) {
-            print!("{}", draw(&status));
+            render::emit(&draw(&status));
         }
         let Some(every) = watch else { return Ok(()) };
         if phase != "progressing" {
@@ -121,8 +123,8 @@ pub fn status(
                 }),
             };
         }
-        if format == Format::Table && !render::colour() {
-            println!();
+        if format == Format::Table && !render::terminal() {
+            render::emit("\n");
         }
         std::thread::sleep(every);
     }
@@ -151,9 +153,9 @@ pub fn draw(s: &Value) -> String {
     out.push_str(&format!(
         "  stable    {stable:>4} {} {}\n  candidate {candidate:>4} {} {}\n\n",
         bar(1.0 - share, 30),
-        percent(1.0 - share),
+        pct(1.0 - share),
         bar(share, 30),
-        percent(share),
+        pct(share),
     ));
     let history = s["history"].as_array().cloned().unwrap_or_default();
     let last = history.iter().rev().find(|e| e.get("requests").is_some());
@@ -179,9 +181,9 @@ pub fn draw(s: &Value) -> String {
     let err = measured("error_rate");
     gate(
         "error rate",
-        format!("≤ {}", percent(max_err)),
+        format!("≤ {}", pct(max_err)),
         err,
-        err.map_or("-".into(), percent),
+        err.map_or("-".into(), pct),
         err.is_some_and(|e| e <= max_err),
     );
     if let Some(max) = spec["max_p99_latency_ms"].as_f64() {
@@ -218,7 +220,7 @@ pub fn draw(s: &Value) -> String {
             format!("{w}%"),
             bar(w as f64 / 100.0, 10),
             e["requests"].as_u64().map_or("".into(), |n| n.to_string()),
-            e["error_rate"].as_f64().map_or("".into(), percent),
+            e["error_rate"].as_f64().map_or("".into(), pct),
             e["p99_ms"].as_f64().map_or("".into(), num),
             e["drift_psi"].as_f64().map_or("".into(), num),
             e["what"].as_str().unwrap_or("").into(),
@@ -226,13 +228,6 @@ pub fn draw(s: &Value) -> String {
     }
     out.push_str(&format!("{steps}\n"));
     out
-}
-
-/// `HH:MM:SS` (UTC) of seconds since the Unix epoch.
-fn clock(at: f64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(at.max(0.0));
-    let stamp = humantime::format_rfc3339_seconds(t).to_string();
-    stamp.get(11..19).unwrap_or(&stamp).to_string()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use serde_json::Value;
 use switchyard::core::config::{ShadowSpec, TrafficSpec};
 
 use super::api::{segment, Client, Failure, Outcome};
-use super::render::{self, bar, num, percent, Format};
+use super::render::{self, bar, num, pct, Format};
 
 /// What `traffic set` was given.
 pub struct Change<'a> {
@@ -21,7 +21,7 @@ pub struct Change<'a> {
 pub fn get(client: &Client, model: &str, format: Format) -> Outcome {
     let now = client.get(&path(model)?)?;
     if !render::structured(format, &now) {
-        print!("{}", describe(&now));
+        render::emit(&describe(&now));
     }
     Ok(())
 }
@@ -31,12 +31,12 @@ pub fn set(client: &Client, model: &str, change: Change<'_>, format: Format) -> 
     let body = serde_json::to_value(&spec).expect("plain data");
     if change.dry_run {
         if !render::structured(format, &body) {
-            println!(
-                "would send to PUT {}{}:\n{}",
+            render::emit(&format!(
+                "would send to PUT {}{}:\n{}\n",
                 client.base(),
                 path(model)?,
                 serde_json::to_string_pretty(&body).expect("plain data")
-            );
+            ));
         }
         return Ok(());
     }
@@ -45,7 +45,7 @@ pub fn set(client: &Client, model: &str, change: Change<'_>, format: Format) -> 
     if render::structured(format, &after) {
         return Ok(());
     }
-    print!("{}", before_after(&before, &after));
+    render::emit(&before_after(&before, &after));
     Ok(())
 }
 
@@ -122,7 +122,7 @@ pub fn describe(p: &Value) -> String {
         let weight = p["weights"][&v]
             .as_u64()
             .map_or("-".into(), |w| w.to_string());
-        t.add_row(vec![v, weight, percent(share), bar(share, 20)]);
+        t.add_row(vec![v, weight, pct(share), bar(share, 20)]);
     }
     let mut out = format!("{t}\n");
     if let Some(h) = p["sticky_header"].as_str() {
@@ -171,7 +171,7 @@ fn before_after(before: &Value, after: &Value) -> String {
     let mut t = render::table(&["VERSION", "BEFORE", "AFTER", ""]);
     for v in versions {
         let (x, y) = (of(&b, &v), of(&a, &v));
-        t.add_row(vec![v, percent(x), percent(y), bar(y, 20)]);
+        t.add_row(vec![v, pct(x), pct(y), bar(y, 20)]);
     }
     let mut out = format!(
         "{}: traffic policy set\n{t}\n",

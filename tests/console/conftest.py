@@ -17,7 +17,6 @@ import pytest
 import requests
 from selenium import webdriver
 from selenium.common.exceptions import (
-    NoAlertPresentException,
     StaleElementReferenceException,
     TimeoutException,
     WebDriverException,
@@ -188,13 +187,6 @@ class Console:
         """Clicks the form's submit button, as a person would (a script's
         form.submit() would skip the page's own handler)."""
         self.element(f"{form} [type=submit], {form} button:not([type])").click()
-
-    def accept_confirmation(self):
-        """Accepts a confirm() the page may ask before a destructive change."""
-        try:
-            self.driver.switch_to.alert.accept()
-        except NoAlertPresentException:
-            pass
 
     def message(self):
         return self.text("#message") or ""

@@ -193,10 +193,11 @@ def test_a_rollout_starts_and_aborts(console):
     # The rollout's section: its heading, the live state, the forms.
     console.capture("console-rollout.png", "#rollout", closest="section")
 
-    console.element("button#abort").click()
+    # Found and clicked in one script: the button lives in a part the page
+    # replaces when it changes, so a handle held across calls can go stale.
+    console.js("document.querySelector('button#abort').click();")
 
     def aborted():
-        console.accept_confirmation()
         return console.attribute("#rollout", "data-phase") == "aborted"
 
     console.wait(aborted, '#rollout[data-phase="aborted"]', "#rollout")

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from conftest import BIN  # the binary under test, as the fixture runs it
 import tritonclient.http as httpclient
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -249,3 +250,21 @@ def test_certificate_rotation_while_a_client_keeps_calling(switchyard, pki, tmp_
         t.join()
     assert errors == [], errors[:3]
     assert calls[0] > 5
+
+
+def test_the_operator_cli_over_mutual_tls(switchyard, pki):
+    """`switchyard models` with --cacert, --cert and --key against a public
+    port with mutual TLS and the admin token; without the CA or the client
+    certificate no server answers it (exit 3), as curl sees it."""
+    s = switchyard(*tls_flags(pki, mutual=True), "--admin-token", "cli-secret")
+    url = f"https://127.0.0.1:{s.http.rsplit(':', 1)[1]}"
+    base = [BIN, "models", "iris", "-o", "json", "--server", url, "--token", "cli-secret"]
+    tls = ["--cacert", str(pki["ca"]), "--cert", str(pki["client"]), "--key", str(pki["client_key"])]
+    ok = subprocess.run(base + tls, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert '"name": "iris"' in ok.stdout
+    no_client_cert = subprocess.run(base + tls[:2], capture_output=True, text=True, timeout=60)
+    assert no_client_cert.returncode == 3, no_client_cert.stderr
+    no_ca = subprocess.run(base + tls[2:], capture_output=True, text=True, timeout=60)
+    assert no_ca.returncode == 3, no_ca.stderr
+    assert "cannot reach the server" in no_ca.stderr

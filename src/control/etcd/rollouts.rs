@@ -346,6 +346,7 @@ impl FleetRollouts {
                 error_rate: Some(measured.error_rate),
                 p99_ms: measured.p99_ms,
                 drift_psi: measured.psi,
+                healthy: step.healthy(),
             },
             matches!(step, Step::Wait { .. }),
         );

@@ -4,6 +4,8 @@
 
 use maud::{html, Markup};
 
+use crate::core::human::{clock, pct};
+
 /// Okabe and Ito's palette: told apart with every common colour blindness,
 /// and each dark enough on white for its text and lines.
 pub const PALETTE: [&str; 6] = [
@@ -135,25 +137,27 @@ pub struct Check {
 
 /// A rollout's candidate weight over time, each check a dot (green
 /// healthy, red failed, grey waiting), the maximum weight dashed; while it
-/// runs (`now`), the weight holds to the right edge.
-pub fn timeline(checks: &[Check], max_weight: f64, now: Option<f64>, label: &str) -> Markup {
+/// runs (`now`: the time and the weight in force), that weight holds to the
+/// right edge.
+pub fn timeline(checks: &[Check], max_weight: f64, now: Option<(f64, f64)>, label: &str) -> Markup {
     let (w, h, left, bottom) = (1100.0, 170.0, 40.0, 18.0);
     let t0 = checks.first().map_or(0.0, |c| c.at);
     let last = checks.last().map_or(1.0, |c| c.at);
-    let t1 = now.unwrap_or(last).max(last).max(t0 + 1.0);
+    let t1 = now.map_or(last, |n| n.0).max(last).max(t0 + 1.0);
     let x = |t: f64| left + (t - t0) / (t1 - t0) * (w - left - 10.0);
     let y = |p: f64| (h - bottom) - p / 100.0 * (h - bottom - 8.0);
     let mut path = String::new();
+    // A check records the weight its window had: that weight held from the
+    // check before it up to it.
     for (k, c) in checks.iter().enumerate() {
         if k == 0 {
             path.push_str(&format!("M{},{}", fmt(x(c.at)), fmt(y(c.weight))));
         } else {
-            // Steps: the weight holds until the check that changes it.
-            path.push_str(&format!(" H{} V{}", fmt(x(c.at)), fmt(y(c.weight))));
+            path.push_str(&format!(" V{} H{}", fmt(y(c.weight)), fmt(x(c.at))));
         }
     }
-    if now.is_some() && !checks.is_empty() {
-        path.push_str(&format!(" H{}", fmt(x(t1))));
+    if let Some((_, weight)) = now.filter(|_| !checks.is_empty()) {
+        path.push_str(&format!(" V{} H{}", fmt(y(weight)), fmt(x(t1))));
     }
     html! {
         svg #rollout-timeline viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(label) {
@@ -174,13 +178,6 @@ pub fn timeline(checks: &[Check], max_weight: f64, now: Option<f64>, label: &str
             }
         }
     }
-}
-
-/// `HH:MM:SS` (UTC) of seconds since the Unix epoch.
-pub fn clock(at: f64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(at.max(0.0));
-    let stamp = humantime::format_rfc3339_seconds(t).to_string();
-    stamp.get(11..19).unwrap_or(&stamp).to_string()
 }
 
 /// Consecutive points that have values.
@@ -220,16 +217,6 @@ fn short(v: f64) -> String {
         format!("{v:.0}")
     } else {
         format!("{}", (v * 100.0).round() / 100.0)
-    }
-}
-
-/// A share as a percentage.
-pub fn pct(share: f64) -> String {
-    let p = share * 100.0;
-    if (p - p.round()).abs() < 0.05 {
-        format!("{p:.0}%")
-    } else {
-        format!("{p:.1}%")
     }
 }
 

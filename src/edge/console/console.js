@@ -25,23 +25,38 @@
     message.className = ok ? "good" : "bad";
   }
 
+  // One refresh at a time, each after the last has ended (a slow server
+  // must not pile them up), and an answer older than the newest request is
+  // dropped: a change's own refresh must not be overwritten by a stale one.
+  let asked = 0;
   async function refresh() {
+    const mine = ++asked;
     let html;
     try {
       const r = await fetch(source, { cache: "no-store" });
       if (!r.ok) throw new Error("the server answered " + r.status);
       html = await r.text();
     } catch (e) {
-      if (updated) updated.textContent = "Not refreshed: " + e.message + ".";
+      if (updated && mine === asked) updated.textContent = "Not refreshed: " + e.message + ".";
       return;
     }
+    if (mine !== asked) return;
     const fresh = document.createElement("template");
     fresh.innerHTML = html;
     for (const part of fresh.content.querySelectorAll("[data-live][id]")) {
       const old = document.getElementById(part.id);
-      if (old) old.replaceWith(part);
+      // A part that holds the keyboard's focus waits (replacing it would
+      // drop the focus), and an unchanged one stays (its alerts would be
+      // announced again).
+      if (!old || old.contains(document.activeElement) || old.isEqualNode(part)) continue;
+      old.replaceWith(part);
     }
     if (updated) updated.textContent = "Updated " + new Date().toLocaleTimeString() + ".";
+  }
+
+  async function tick() {
+    await refresh();
+    setTimeout(tick, every);
   }
 
   // A form's fields as the admin API's JSON body.
@@ -105,5 +120,5 @@
     }
   });
 
-  setInterval(refresh, every);
+  setTimeout(tick, every);
 })();

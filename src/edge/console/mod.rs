@@ -30,6 +30,9 @@ pub(crate) struct Context<'a> {
     pub port: Port,
     /// Whether changes need the admin token (the page says so).
     pub token_needed: bool,
+    /// `--protect-reads`: the pages would show without a token what the API
+    /// shows only with one, so they are off.
+    pub reads_protected: bool,
 }
 
 /// Answers `GET /console…`; `rest` is the path after `/console`.
@@ -37,6 +40,13 @@ pub(crate) async fn serve(cx: Context<'_>, rest: &str) -> Result<Response<Full<B
     if cx.port != Port::Admin {
         return Err(Error::not_found(
             "the console is served on the admin listener (--admin, default 127.0.0.1:8003)",
+        ));
+    }
+    if cx.reads_protected {
+        return Err(Error::Forbidden(
+            "the console shows models without a token, and this server protects reads \
+             (--protect-reads): use `switchyard models --api-token ...` instead"
+                .into(),
         ));
     }
     let segs: Vec<&str> = rest.trim_matches('/').split('/').collect();
@@ -50,8 +60,9 @@ pub(crate) async fn serve(cx: Context<'_>, rest: &str) -> Result<Response<Full<B
             Ok(html(page::index_live(&views).into_string()))
         }
         ["models", m] | ["models", m, "live"] => {
-            let m = decode(m)?;
-            let views = crate::edge::overview::read(cx.models, cx.control, Some(&m), true).await?;
+            // Model names are letters, digits, `_`, `-` and `.` (the repository
+            // refuses others): no escapes to decode.
+            let views = crate::edge::overview::read(cx.models, cx.control, Some(m), true).await?;
             let view = views
                 .first()
                 .ok_or_else(|| Error::not_found(format!("no model named '{m}'")))?;
@@ -65,28 +76,6 @@ pub(crate) async fn serve(cx: Context<'_>, rest: &str) -> Result<Response<Full<B
         ["assets", "console.js"] => Ok(asset(JS, "text/javascript; charset=utf-8")),
         _ => Err(Error::not_found(format!("no console page /console{rest}"))),
     }
-}
-
-/// A path segment's percent-escapes decoded (a model name may hold any
-/// character a folder name does); malformed ones are a 400.
-fn decode(seg: &str) -> Result<String> {
-    let bytes = seg.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = seg
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| Error::invalid(format!("'{seg}' has a malformed %-escape")))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| Error::invalid(format!("'{seg}' is not UTF-8")))
 }
 
 fn secured(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
@@ -126,18 +115,4 @@ fn asset(text: &'static str, kind: &'static str) -> Response<Full<Bytes>> {
     // The binary's own copy: a new binary may bring another.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     secured(resp)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_decode_and_bad_ones_are_refused() {
-        assert_eq!(decode("my%20model").unwrap(), "my model");
-        assert_eq!(decode("plain").unwrap(), "plain");
-        assert!(decode("bad%2").is_err());
-        assert!(decode("bad%zz").is_err());
-        assert!(decode("%ff").is_err());
-    }
 }

@@ -4,7 +4,8 @@
 
 use maud::{html, Markup, DOCTYPE};
 
-use super::chart::{self, clock, pct, Check};
+use super::chart::{self, Check};
+use crate::core::human::{clock, num, opt, pct};
 use crate::edge::overview::{ModelView, VersionView};
 
 /// How often the live parts refresh, in milliseconds (the script reads it).
@@ -120,7 +121,7 @@ pub fn model(view: &ModelView, token_needed: bool) -> Markup {
         .filter(|v| v.state == "READY")
         .collect();
     let weights = view.traffic["weights"].as_object();
-    let api = format!("/admin/models/{}", urlencode(name));
+    let api = format!("/admin/models/{}", name);
     // The version a rollout would most likely roll out: not the stable one
     // (the most traffic), the newest of the others.
     let stable = ready
@@ -320,10 +321,7 @@ fn rollout_part(view: &ModelView) -> Markup {
         .map(|e| Check {
             at: e.at,
             weight: e.weight as f64,
-            healthy: e
-                .requests
-                .map(|_| !(e.what.starts_with("unhealthy") || e.what.contains("failed")))
-                .filter(|_| !e.what.starts_with("waiting")),
+            healthy: e.healthy,
             what: e.what.clone(),
         })
         .collect();
@@ -331,7 +329,7 @@ fn rollout_part(view: &ModelView) -> Markup {
     let spec = &r.spec;
     let phase = phase_word(r.phase);
     let running = r.phase == crate::control::rollout::Phase::Progressing;
-    let api = format!("/admin/models/{}/rollout", urlencode(&view.name));
+    let api = format!("/admin/models/{}/rollout", view.name);
     html! {
         div #rollout data-live data-phase=(phase_attr(r.phase)) {
             @if running {
@@ -349,7 +347,7 @@ fn rollout_part(view: &ModelView) -> Markup {
                 @if let Some(l) = &r.leader { " Driven by replica " (l) "." }
             }
             figure {
-                (chart::timeline(&checks, spec.max_weight as f64, running.then(now), &format!("Candidate {}'s weight over the rollout, {} steps", spec.candidate, checks.len())))
+                (chart::timeline(&checks, spec.max_weight as f64, running.then(|| (now(), r.weight as f64)), &format!("Candidate {}'s weight over the rollout, {} steps", spec.candidate, checks.len())))
                 figcaption { "Candidate weight per check: green healthy, red failed, grey waiting or a change of phase; dashed: the maximum before promotion." }
             }
             table.gates {
@@ -489,20 +487,7 @@ fn drift_part(view: &ModelView) -> Markup {
 }
 
 fn model_href(name: &str) -> String {
-    format!("/console/models/{}", urlencode(name))
-}
-
-/// A model name as one path segment.
-fn urlencode(name: &str) -> String {
-    let mut out = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    format!("/console/models/{}", name)
 }
 
 fn default_mark(view: &ModelView, v: &VersionView) -> Markup {
@@ -561,34 +546,15 @@ fn number(id: &str, name: &str, label: &str, value: &str, step: &str) -> Markup 
     }
 }
 
-/// A share as the `data-share` attribute: a short decimal ("0.7").
-fn share_attr(s: f64) -> String {
-    let r = (s * 10000.0).round() / 10000.0;
-    format!("{r}")
-}
-
-fn num(x: f64) -> String {
-    if x == 0.0 {
-        "0".into()
-    } else if x.abs() >= 100.0 {
-        format!("{x:.0}")
-    } else if x.abs() >= 1.0 {
-        format!("{:.3}", x)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-    } else {
-        format!("{x:.3}")
-    }
-}
-
 /// Requests per second, to a tenth.
 fn rate(x: f64) -> String {
     format!("{x:.1}")
 }
 
-fn opt(x: Option<f64>) -> String {
-    x.map_or_else(|| "-".into(), num)
+/// A share as the `data-share` attribute: a short decimal ("0.7").
+fn share_attr(s: f64) -> String {
+    let r = (s * 10000.0).round() / 10000.0;
+    format!("{r}")
 }
 
 /// Seconds since the Unix epoch.
