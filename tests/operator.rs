@@ -62,6 +62,11 @@ fn expect(server: &str, args: &[&str], code: i32) -> (String, String) {
     (out, err)
 }
 
+/// The words of a command line, as `with` takes them.
+fn words(line: &str) -> Vec<&str> {
+    line.split(' ').collect()
+}
+
 fn json_of(server: &str, args: &[&str]) -> Value {
     let (out, _) = expect(server, args, 0);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
@@ -104,7 +109,7 @@ fn every_verb_against_a_real_server() {
     }
 
     // models: both models, each version, the default marked.
-    let listed = json_of(a, &with(&["models", "-o", "json"]));
+    let listed = json_of(a, &with(&words("models -o json")));
     let names: Vec<&str> = listed["models"]
         .as_array()
         .unwrap()
@@ -118,43 +123,36 @@ fn every_verb_against_a_real_server() {
         table.contains("2 (default)") && table.contains("READY"),
         "{table}"
     );
-    expect(a, &with(&["models", "nope"]), 1);
+    expect(a, &with(&words("models nope")), 1);
 
     // traffic: refused without the token (the server's words), bad weights
     // refused here before anything is sent, then set and honoured.
     let (_, err) = expect(a, &["traffic", "set", "mlp", "1=90", "2=10"], 1);
     assert!(err.contains("401") && err.contains("Bearer"), "{err}");
-    let (_, err) = expect(a, &with(&["traffic", "set", "mlp", "1=-5", "2=10"]), 2);
+    let (_, err) = expect(a, &with(&words("traffic set mlp 1=-5 2=10")), 2);
     assert!(err.contains("non-negative integer"), "{err}");
-    let (out, _) = expect(
-        a,
-        &with(&["traffic", "set", "mlp", "1=70", "2=30", "--dry-run"]),
-        0,
-    );
+    let (out, _) = expect(a, &with(&words("traffic set mlp 1=70 2=30 --dry-run")), 0);
     assert!(out.contains("\"1\": 70"), "{out}");
-    let before = json_of(a, &with(&["traffic", "get", "mlp", "-o", "json"]));
+    let before = json_of(a, &with(&words("traffic get mlp -o json")));
     assert_eq!(before["shares"], json!({"2": 1.0}), "dry run sent nothing");
-    let set = json_of(
-        a,
-        &with(&["traffic", "set", "mlp", "1=70", "2=30", "-o", "json"]),
-    );
+    let set = json_of(a, &with(&words("traffic set mlp 1=70 2=30 -o json")));
     assert_eq!(set["weights"], json!({"1": 70, "2": 30}));
     let split = send(&s, 400);
     let one = split.get("1").copied().unwrap_or(0) as f64 / 400.0;
     // 400 draws at 0.7: a standard deviation is 2.3 points; 0.6..0.8 is ±4.
     assert!((0.6..0.8).contains(&one), "{split:?}");
-    let (out, _) = expect(a, &with(&["traffic", "get", "mlp", "-o", "yaml"]), 0);
+    let (out, _) = expect(a, &with(&words("traffic get mlp -o yaml")), 0);
     assert!(
         out.contains("weights:") && out.contains("\"1\": 70"),
         "{out}"
     );
     let (out, _) = expect(
         a,
-        &with(&["traffic", "set", "mlp", "1=90", "2=10", "--shadow", "2:5%"]),
+        &with(&words("traffic set mlp 1=90 2=10 --shadow 2:5%")),
         2,
     );
     assert!(out.is_empty());
-    let (out, _) = expect(a, &with(&["traffic", "set", "mlp", "1=90", "2=10"]), 0);
+    let (out, _) = expect(a, &with(&words("traffic set mlp 1=90 2=10")), 0);
     assert!(
         out.contains("70%") && out.contains("90%"),
         "before and after: {out}"
@@ -177,92 +175,56 @@ fn every_verb_against_a_real_server() {
         out.contains("iris version 2 answered") && out.contains("probabilities"),
         "{out}"
     );
-    let (_, err) = expect(
-        a,
-        &with(&["infer", "iris", "--data", "/nonexistent.csv"]),
-        2,
-    );
+    let (_, err) = expect(a, &with(&words("infer iris --data /nonexistent.csv")), 2);
     assert!(err.contains("/nonexistent.csv"), "{err}");
 
     // drift: the rows just sent reach version 1's window (binned off the
     // request path, so soon rather than at once).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while json_of(a, &with(&["drift", "iris:1", "-o", "json"]))["rows"] != 150 {
+    while json_of(a, &with(&words("drift iris:1 -o json")))["rows"] != 150 {
         assert!(
             Instant::now() < deadline,
             "150 rows never reached the window"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (out, _) = expect(a, &with(&["drift", "iris:1"]), 0);
+    let (out, _) = expect(a, &with(&words("drift iris:1")), 0);
     assert!(
         out.contains("petal_length") && out.contains("reference │"),
         "{out}"
     );
-    expect(a, &with(&["drift", "mlp"]), 1);
-    expect(a, &with(&["drift", "iris:zero"]), 2);
+    expect(a, &with(&words("drift mlp")), 1);
+    expect(a, &with(&words("drift iris:zero")), 2);
 
     // rollout: start, status, abort; --watch ends with the verdict's code.
     let started = json_of(
         a,
-        &with(&[
-            "rollout",
-            "start",
-            "mlp",
-            "--candidate",
-            "2",
-            "--step",
-            "20",
-            "--interval",
-            "1h",
-            "--max-p99",
-            "50",
-            "-o",
-            "json",
-        ]),
+        &with(&words(
+            "rollout start mlp --candidate 2 --step 20 --interval 1h --max-p99 50 -o json",
+        )),
     );
     assert_eq!(started["phase"], "progressing");
     assert_eq!(started["weight"], 20);
-    let (out, _) = expect(a, &with(&["rollout", "status", "mlp"]), 0);
+    let (out, _) = expect(a, &with(&words("rollout status mlp")), 0);
     assert!(
         out.contains("candidate 2 against stable 1 · progressing · weight 20%"),
         "{out}"
     );
     expect(
         a,
-        &with(&[
-            "rollout",
-            "start",
-            "mlp",
-            "--candidate",
-            "2",
-            "--interval",
-            "soon",
-        ]),
+        &with(&words("rollout start mlp --candidate 2 --interval soon")),
         2,
     );
-    let aborted = json_of(a, &with(&["rollout", "abort", "mlp", "-o", "json"]));
+    let aborted = json_of(a, &with(&words("rollout abort mlp -o json")));
     assert_eq!(aborted["phase"], "aborted");
-    let (_, err) = expect(a, &with(&["rollout", "status", "mlp", "--watch"]), 1);
+    let (_, err) = expect(a, &with(&words("rollout status mlp --watch")), 1);
     assert!(err.contains("ended aborted"), "{err}");
     // A healthy candidate promoted while --watch follows it: exit 0.
     expect(
         a,
-        &with(&[
-            "rollout",
-            "start",
-            "mlp",
-            "--candidate",
-            "2",
-            "--step",
-            "50",
-            "--max",
-            "50",
-            "--interval",
-            "300ms",
-            "--min-requests",
-            "1",
-        ]),
+        &with(&words(
+            "rollout start mlp --candidate 2 --step 50 --max 50 --interval 300ms --min-requests 1",
+        )),
         0,
     );
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -276,9 +238,7 @@ fn every_verb_against_a_real_server() {
         // Killed after a deadline rather than waited for: a rollout that
         // never ends must fail the test, not hang it.
         let mut watch = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(with(&[
-                "rollout", "status", "mlp", "--watch", "--every", "200ms",
-            ]))
+            .args(with(&words("rollout status mlp --watch --every 200ms")))
             .env("SWITCHYARD_URL", a)
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -304,18 +264,18 @@ fn every_verb_against_a_real_server() {
     });
 
     // load and unload act on whole models.
-    expect(a, &with(&["unload", "iris"]), 0);
-    let iris = json_of(a, &with(&["models", "iris", "-o", "json"]));
+    expect(a, &with(&words("unload iris")), 0);
+    let iris = json_of(a, &with(&words("models iris -o json")));
     assert_eq!(iris["versions"], json!([]), "{iris}");
     assert_eq!(iris["error"], "unloaded by request");
-    expect(a, &with(&["load", "iris"]), 0);
-    let (_, err) = expect(a, &with(&["load", "iris:1"]), 2);
+    expect(a, &with(&words("load iris")), 0);
+    let (_, err) = expect(a, &with(&words("load iris:1")), 2);
     assert!(err.contains("whole model"), "{err}");
 
     // The windows the console draws: the control plane closes one every 5 s.
     let deadline = Instant::now() + Duration::from_secs(12);
     loop {
-        let mlp = json_of(a, &with(&["models", "mlp", "-o", "json"]));
+        let mlp = json_of(a, &with(&words("models mlp -o json")));
         let windows = mlp["versions"][1]["windows"].as_array().unwrap().clone();
         if windows.iter().any(|w| w["requests"].as_u64() > Some(0)) {
             assert!(windows.iter().all(|w| w["seconds"].as_f64().unwrap() > 0.0));
