@@ -8,6 +8,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod human;
+pub mod json;
 pub mod metadata;
 pub mod request;
 pub mod sys;
