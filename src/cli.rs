@@ -174,6 +174,23 @@ pub struct ServeArgs {
     /// every request). A model's `latency_mode` in config.toml overrides it.
     #[arg(long, value_name = "cpu|balanced|latency", default_value = "balanced", value_parser = switchyard::core::config::LatencyMode::parse, env = "SWITCHYARD_LATENCY_MODE")]
     pub latency_mode: switchyard::core::config::LatencyMode,
+    /// Capture a sample of every model's requests and answers into rotating
+    /// gzip JSON Lines files under DIR/<model>/<version>/ (a model's
+    /// config.toml [capture] overrides any key). They hold inputs: see the
+    /// README, Data capture, before turning it on.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "SWITCHYARD_CAPTURE_DIR",
+        conflicts_with = "capture_sink"
+    )]
+    pub capture_dir: Option<PathBuf>,
+    /// Or send them to this HTTP sink as CloudEvents, as KServe's logger does.
+    #[arg(long, value_name = "URL", env = "SWITCHYARD_CAPTURE_SINK")]
+    pub capture_sink: Option<String>,
+    /// The share of requests captured (default 1).
+    #[arg(long, value_name = "RATE", env = "SWITCHYARD_CAPTURE_SAMPLE_RATE")]
+    pub capture_sample_rate: Option<f64>,
     /// This replica's name in the fleet (GET /admin/fleet). Default: the
     /// host name (a pod's name) and the HTTP port.
     #[arg(long, value_name = "NAME", env = "SWITCHYARD_REPLICA_ID")]

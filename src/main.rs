@@ -55,6 +55,18 @@ fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     // Fail at start, with the fix, rather than on the first model.
     runtime::onnx::init()?;
     switchyard::core::config::set_server_latency_mode(args.latency_mode);
+    if let Some(r) = args
+        .capture_sample_rate
+        .filter(|r| !(0.0..=1.0).contains(r))
+    {
+        anyhow::bail!("--capture-sample-rate {r}: a share, 0 to 1");
+    }
+    switchyard::core::config::set_server_capture(switchyard::core::config::CaptureConfig {
+        dir: args.capture_dir.clone(),
+        sink: args.capture_sink.clone(),
+        sample_rate: args.capture_sample_rate,
+        ..Default::default()
+    });
     let cores = switchyard::core::config::available_cores();
     if args.latency_mode.on(cores) != args.latency_mode {
         tracing::info!(

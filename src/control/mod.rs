@@ -5,6 +5,7 @@
 //!
 //! Imports: `core`, `runtime`, `serving`.
 
+pub mod capture;
 pub mod drift;
 pub mod etcd;
 pub mod plane;

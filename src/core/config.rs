@@ -123,6 +123,9 @@ pub struct ModelConfig {
     /// Live drift against each version's `baseline.json`.
     #[serde(default)]
     pub drift: DriftConfig,
+    /// Inference data capture: a sample of requests and answers kept.
+    #[serde(default)]
+    pub capture: CaptureConfig,
     /// `onnx` or `safetensors`; unset: from the file in the version folder.
     pub backend: Option<String>,
     /// For safetensors: the architecture the weights fit (`mlp`).
@@ -453,6 +456,81 @@ pub struct TrafficSpec {
 pub struct ShadowSpec {
     pub version: String,
     pub percent: f64,
+}
+
+/// `config.toml` `[capture]`, over the server's `--capture-*` flags: each
+/// key unset here takes the server's.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Off even when the server captures.
+    pub enabled: Option<bool>,
+    /// Share of requests recorded (default 1).
+    pub sample_rate: Option<f64>,
+    /// `request`, `response` or `both` (default).
+    pub record: Option<CaptureRecord>,
+    /// Rotating JSON Lines files (gzip) under `DIR/<model>/<version>/`.
+    pub dir: Option<std::path::PathBuf>,
+    /// Or an HTTP sink that receives CloudEvents 1.0 as KServe's logger sends them.
+    pub sink: Option<String>,
+    /// A file is closed and a new one begun past this many bytes of records
+    /// (before compression; default 64 MiB) ...
+    pub max_file_bytes: Option<u64>,
+    /// ... or this many seconds after it was begun (default 3600).
+    pub max_file_seconds: Option<u64>,
+    /// Records waiting for the writer at most (default 4096); past it, dropped and counted.
+    pub queue: Option<usize>,
+    /// Inputs never written (personal data).
+    #[serde(default)]
+    pub drop_inputs: Vec<String>,
+    /// BYTES inputs written as the SHA-256 of each element.
+    #[serde(default)]
+    pub hash_inputs: Vec<String>,
+}
+
+/// What a capture record holds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureRecord {
+    Request,
+    Response,
+    #[default]
+    Both,
+}
+
+static SERVER_CAPTURE: std::sync::OnceLock<CaptureConfig> = std::sync::OnceLock::new();
+
+/// Sets the capture of the models whose `config.toml` leaves keys unset (once, at start).
+pub fn set_server_capture(c: CaptureConfig) {
+    let _ = SERVER_CAPTURE.set(c);
+}
+
+impl CaptureConfig {
+    /// This model's keys over the server's; `None` when nothing is captured.
+    pub fn effective(&self) -> Option<CaptureConfig> {
+        let server = SERVER_CAPTURE.get().cloned().unwrap_or_default();
+        let pick = |drop: &Vec<String>, server: Vec<String>| {
+            if drop.is_empty() {
+                server
+            } else {
+                drop.clone()
+            }
+        };
+        let c = CaptureConfig {
+            enabled: self.enabled.or(server.enabled),
+            sample_rate: self.sample_rate.or(server.sample_rate),
+            record: self.record.or(server.record),
+            dir: self.dir.clone().or(server.dir),
+            sink: self.sink.clone().or(server.sink),
+            max_file_bytes: self.max_file_bytes.or(server.max_file_bytes),
+            max_file_seconds: self.max_file_seconds.or(server.max_file_seconds),
+            queue: self.queue.or(server.queue),
+            drop_inputs: pick(&self.drop_inputs, server.drop_inputs),
+            hash_inputs: pick(&self.hash_inputs, server.hash_inputs),
+        };
+        let somewhere = c.dir.is_some() || c.sink.is_some();
+        (somewhere && c.enabled != Some(false) && c.sample_rate != Some(0.0)).then_some(c)
+    }
 }
 
 /// `config.toml` `[drift]`.

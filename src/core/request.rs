@@ -24,6 +24,36 @@ pub struct InferRequest {
     pub deadline: Option<std::time::Instant>,
     /// The front end it came through, for the metrics.
     pub protocol: Protocol,
+    /// How the model's traffic policy sent it to its version (the router sets it).
+    pub routing: Routing,
+}
+
+/// How a request reached the version that answers it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Routing {
+    /// No policy splits the model: its default version.
+    #[default]
+    Default,
+    /// The client named the version.
+    Named,
+    /// A weighted draw of the traffic policy (a canary split).
+    Weighted,
+    /// A sticky key hashed to the version.
+    Sticky,
+    /// A shadow copy: measured, its answer dropped.
+    Shadow,
+}
+
+impl Routing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Default => "default",
+            Routing::Named => "named",
+            Routing::Weighted => "weighted",
+            Routing::Sticky => "sticky",
+            Routing::Shadow => "shadow",
+        }
+    }
 }
 
 /// The front end a request came through.

@@ -14,7 +14,7 @@ mod worker;
 
 pub use crate::core::config::TrafficSpec;
 pub use crate::core::metadata::{parse_version, ModelMetadata, TensorSpec};
-pub use observer::{Observation, RequestObserver};
+pub use observer::{Answer, Observation, RequestObserver};
 pub use stats::{Histogram, Stats, Tally, Window};
 pub use table::{IndexEntry, Model, ModelTable, Models, Publisher, Retiring, Routed, VersionState};
 pub use traffic::{ShadowStats, Traffic};
@@ -234,7 +234,7 @@ impl ModelVersion {
             .observers
             .iter()
             .enumerate()
-            .filter_map(|(i, o)| Some((i, o.on_request(&req.inputs)?)))
+            .filter_map(|(i, o)| Some((i, o.on_request(&req)?)))
             .collect();
         let (reply, rx) = tokio::sync::oneshot::channel();
         let level = self.priority(&req)?;
@@ -268,10 +268,14 @@ impl ModelVersion {
             }
             Err(_) => self.stats.fail.record(took),
         }
-        let outputs = result?;
         for (i, kept) in observed {
-            self.observers[i].on_response(kept, &outputs);
+            let answer = Answer {
+                outputs: result.as_deref(),
+                latency: took,
+            };
+            self.observers[i].on_response(kept, answer);
         }
+        let outputs = result?;
         Ok(InferResponse {
             id: req.id,
             model: self.model.clone(),

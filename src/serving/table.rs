@@ -1,6 +1,7 @@
 //! The model table: every model the server knows, published through `arc_swap` so
 //! requests read it without a lock while loads and unloads replace it whole.
 
+use crate::core::request::Routing;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -97,11 +98,14 @@ impl Model {
             return Ok(Routed {
                 primary,
                 shadow: None,
+                routing: Routing::Named,
             });
         }
-        let primary = match self.traffic.pick(key, |v| self.is_ready(v)).and_then(ready) {
-            Some(mv) => mv,
-            None => self.resolve(None)?,
+        let (primary, routing) = match self.traffic.pick(key, |v| self.is_ready(v)).and_then(ready)
+        {
+            Some(mv) if key.is_some() => (mv, Routing::Sticky),
+            Some(mv) => (mv, Routing::Weighted),
+            None => (self.resolve(None)?, Routing::Default),
         };
         let shadow = self
             .traffic
@@ -109,7 +113,11 @@ impl Model {
             .and_then(ready)
             .filter(|mv| mv.version != primary.version)
             .map(|mv| (mv, self.shadow_stats.clone()));
-        Ok(Routed { primary, shadow })
+        Ok(Routed {
+            primary,
+            shadow,
+            routing,
+        })
     }
 
     /// Whether version `v` is ready.
@@ -179,6 +187,7 @@ pub struct ModelTable {
 pub struct Routed {
     pub primary: Arc<ModelVersion>,
     pub shadow: Option<(Arc<ModelVersion>, Arc<ShadowStats>)>,
+    pub routing: Routing,
 }
 
 impl Routed {
@@ -186,12 +195,14 @@ impl Routed {
     /// afterwards on its own task, measured and dropped, and can never fail it.
     pub async fn infer(
         self,
-        request: crate::core::request::InferRequest,
+        mut request: crate::core::request::InferRequest,
     ) -> Result<crate::core::request::InferResponse> {
+        request.routing = self.routing;
         let Some((shadow, stats)) = self.shadow else {
             return self.primary.infer(request).await;
         };
-        let copy = request.clone();
+        let mut copy = request.clone();
+        copy.routing = Routing::Shadow;
         let response = self.primary.infer(request).await;
         if let Ok(r) = &response {
             let primary = r.outputs.clone();

@@ -34,7 +34,26 @@ impl Server {
     }
 
     pub fn start_with(models: &Path, extra: &[&str], env: impl FnOnce(&mut Command)) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        Self::start_in(&[], models, extra, env)
+    }
+
+    /// Starts the server as the last arguments of `wrapper` (a command that
+    /// execs its arguments, such as `unshare`), which may be empty.
+    pub fn start_in(
+        wrapper: &[&str],
+        models: &Path,
+        extra: &[&str],
+        env: impl FnOnce(&mut Command),
+    ) -> Server {
+        let bin = env!("CARGO_BIN_EXE_switchyard");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(["serve", "--models"])
             .arg(models)
             .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])

@@ -476,12 +476,16 @@ fn bin_rows(
 /// A monitor watches its version's requests: a sample of their inputs, then
 /// the outputs they were answered with.
 impl crate::serving::RequestObserver for Monitor {
-    fn on_request(&self, inputs: &[Tensor]) -> Option<crate::serving::Observation> {
-        Some(Box::new(self.capture(inputs)?))
+    fn on_request(
+        &self,
+        request: &crate::core::request::InferRequest,
+    ) -> Option<crate::serving::Observation> {
+        Some(Box::new(self.capture(&request.inputs)?))
     }
 
-    fn on_response(&self, kept: crate::serving::Observation, outputs: &[Tensor]) {
-        if let Ok(obs) = kept.downcast::<Observation>() {
+    fn on_response(&self, kept: crate::serving::Observation, answer: crate::serving::Answer<'_>) {
+        // A failed request has no outputs to compare; its sampled inputs go.
+        if let (Ok(obs), Ok(outputs)) = (kept.downcast::<Observation>(), answer.outputs) {
             self.observe(*obs, outputs);
         }
     }

@@ -295,8 +295,13 @@ fn numeric_kind(col: &[f64], bins: usize) -> Kind {
 pub type Data = (Option<Vec<String>>, Vec<Vec<f64>>);
 
 /// Reference rows read from a CSV file (a header row names the columns), a
-/// 2-D `.npy` array, or a Parquet file (its numeric columns, named).
+/// 2-D `.npy` array, a Parquet file (its numeric columns, named), or a
+/// capture folder (the first input of each answered request).
 pub fn read_data(path: &std::path::Path) -> Result<Data> {
+    if path.is_dir() {
+        // A capture folder: the live rows of another day become a baseline.
+        return Ok((None, crate::control::capture::read_dir(path)?));
+    }
     let bad = |e: &dyn std::fmt::Display| Error::invalid(format!("{}: {e}", path.display()));
     if path
         .extension()

@@ -179,6 +179,11 @@ pub fn load_version(
             )?);
         }
     }
+    if let Some(capture) = config.capture.effective() {
+        let c =
+            crate::control::capture::Capture::start(&capture, name, v, &version.metadata, scope)?;
+        version = version.with_observer(c);
+    }
     Ok(version
         .with_default_timeout(config.default_timeout())
         .with_priorities(config.priorities().0, config.priorities().1))

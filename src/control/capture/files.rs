@@ -1,0 +1,162 @@
+//! Capture records into rotating gzip JSON Lines files, on a thread of their
+//! own: a file is written under a `.partial` name and renamed when it is
+//! closed (past its size or its age), so a reader only ever sees whole files.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use flate2::write::GzEncoder;
+
+use super::{Counts, Record};
+use crate::core::config::CaptureConfig;
+use crate::core::error::{Error, Result};
+
+/// Bytes of records a file takes before it is closed, by default.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Seconds a file stays open, by default.
+const MAX_FILE_SECONDS: u64 = 3600;
+
+pub struct Files {
+    dir: PathBuf,
+    max_bytes: u64,
+    max_age: Duration,
+    counts: Arc<Counts>,
+    /// Files begun by this writer: part of every name, with the process id,
+    /// so replicas sharing a folder never write the same file.
+    begun: u64,
+}
+
+/// The file being written.
+struct Open {
+    partial: PathBuf,
+    done: PathBuf,
+    out: GzEncoder<BufWriter<File>>,
+    bytes: u64,
+    records: u64,
+    since: Instant,
+}
+
+impl Files {
+    pub fn new(dir: PathBuf, config: &CaptureConfig, counts: Arc<Counts>) -> Result<Files> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::load(format!("[capture] dir {}: {e}", dir.display())))?;
+        Ok(Files {
+            dir,
+            max_bytes: config.max_file_bytes.unwrap_or(MAX_FILE_BYTES).max(1),
+            max_age: Duration::from_secs(
+                config.max_file_seconds.unwrap_or(MAX_FILE_SECONDS).max(1),
+            ),
+            counts,
+            begun: 0,
+        })
+    }
+
+    /// Writes what arrives until the version (the sender) goes, then closes
+    /// the last file.
+    pub fn run(mut self, rx: &Receiver<Record>) {
+        let mut open: Option<Open> = None;
+        loop {
+            // An open file is closed at its age even when nothing arrives.
+            let wait = open.as_ref().map_or(Duration::from_secs(3600), |o| {
+                self.max_age.saturating_sub(o.since.elapsed())
+            });
+            match rx.recv_timeout(wait) {
+                Ok(record) => {
+                    let line = record.to_json().to_string();
+                    open = self.write(open, line.as_bytes());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    if let Some(o) = open.take() {
+                        self.close(o);
+                    }
+                    return;
+                }
+            }
+            if let Some(o) = open.take() {
+                if o.bytes >= self.max_bytes || o.since.elapsed() >= self.max_age {
+                    self.close(o);
+                } else {
+                    open = Some(o);
+                }
+            }
+        }
+    }
+
+    /// Appends one line, beginning a file if none is open; a failed write
+    /// (a full disk) gives up that file and counts its records as dropped.
+    fn write(&mut self, open: Option<Open>, line: &[u8]) -> Option<Open> {
+        let mut o = match open {
+            Some(o) => o,
+            None => match self.begin() {
+                Ok(o) => o,
+                Err(e) => {
+                    self.counts.dropped_write.increment(1);
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "capture: cannot begin a file; the record is dropped");
+                    return None;
+                }
+            },
+        };
+        match o.out.write_all(line).and_then(|()| o.out.write_all(b"\n")) {
+            Ok(()) => {
+                o.bytes += line.len() as u64 + 1;
+                o.records += 1;
+                Some(o)
+            }
+            Err(e) => {
+                self.abandon(o, 1, &e);
+                None
+            }
+        }
+    }
+
+    fn begin(&mut self) -> std::io::Result<Open> {
+        let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+            .to_string()
+            .replace([':', '-'], "");
+        let name = format!("{stamp}-{}-{}.jsonl.gz", std::process::id(), self.begun);
+        self.begun += 1;
+        let done = self.dir.join(&name);
+        let partial = self.dir.join(format!(".{name}.partial"));
+        let file = File::create(&partial)?;
+        Ok(Open {
+            partial,
+            done,
+            out: GzEncoder::new(BufWriter::new(file), flate2::Compression::fast()),
+            bytes: 0,
+            records: 0,
+            since: Instant::now(),
+        })
+    }
+
+    /// Finishes the gzip stream and gives the file its final name.
+    fn close(&mut self, o: Open) {
+        let (partial, done, records) = (o.partial.clone(), o.done.clone(), o.records);
+        let finished = o
+            .out
+            .finish()
+            .and_then(|mut w| w.flush().map(|()| w))
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(&partial, &done));
+        match finished {
+            Ok(()) => self.counts.written.increment(records),
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                self.counts.dropped_write.increment(records);
+                tracing::warn!(file = %done.display(), error = %e, records, "capture: a file could not be finished; its records are dropped");
+            }
+        }
+    }
+
+    /// Drops a file a write failed in (it would not read back whole).
+    fn abandon(&mut self, o: Open, more: u64, e: &std::io::Error) {
+        let _ = std::fs::remove_file(&o.partial);
+        self.counts.dropped_write.increment(o.records + more);
+        tracing::warn!(file = %o.done.display(), error = %e, records = o.records + more, "capture: a write failed; the file's records are dropped");
+    }
+}

@@ -1,0 +1,223 @@
+//! Inference data capture: a sample of a version's requests and answers,
+//! kept as records and written off the request path, to rotating gzip JSON
+//! Lines files or to an HTTP sink as CloudEvents (as KServe's logger sends
+//! them). A request never waits for it: a full queue drops and counts.
+
+mod files;
+mod record;
+mod sink;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::core::config::{CaptureConfig, CaptureRecord};
+use crate::core::error::{Error, Result};
+use crate::core::metadata::ModelMetadata;
+use crate::core::request::InferRequest;
+use crate::core::tensor::{DataType, Tensor};
+use crate::serving::{Answer, Observation, RequestObserver};
+
+pub use record::{read_dir, Record};
+
+/// Records waiting for the writer, by default.
+const QUEUE: usize = 4096;
+
+/// One version's capture: what to keep of a request, and the queue to the writer.
+pub struct Capture {
+    rate: f64,
+    record: CaptureRecord,
+    drop: Vec<String>,
+    hash: Vec<String>,
+    model: Arc<str>,
+    version: u64,
+    tx: Sender<Record>,
+    counts: Arc<Counts>,
+}
+
+/// What a capture has done since its version was loaded.
+#[derive(Debug)]
+pub struct Counts {
+    /// Records in files closed, or events the sink took.
+    pub written: metrics::Counter,
+    pub dropped_queue: metrics::Counter,
+    pub dropped_write: metrics::Counter,
+}
+
+impl Counts {
+    fn new(model: &str, version: u64) -> Counts {
+        let labels = |reason: &'static str| {
+            metrics::counter!(
+                "switchyard_capture_dropped_total",
+                "model" => model.to_string(),
+                "version" => version.to_string(),
+                "reason" => reason
+            )
+        };
+        Counts {
+            written: metrics::counter!(
+                "switchyard_capture_records_total",
+                "model" => model.to_string(),
+                "version" => version.to_string()
+            ),
+            dropped_queue: labels("queue_full"),
+            dropped_write: labels("write_failed"),
+        }
+    }
+}
+
+/// What `on_request` keeps of a sampled request until its answer.
+struct Kept {
+    at: SystemTime,
+    id: String,
+    request: Facts,
+    inputs: Option<Vec<Tensor>>,
+}
+
+/// The request's facts a record carries besides its tensors.
+#[derive(Clone, Copy)]
+struct Facts {
+    routing: crate::core::request::Routing,
+    protocol: crate::core::request::Protocol,
+}
+
+impl Capture {
+    /// Starts the writer of `name` version `v` for `config` (an effective
+    /// one: a directory or a sink), checking the redaction against the
+    /// model's inputs.
+    pub fn start(
+        config: &CaptureConfig,
+        name: &Arc<str>,
+        v: u64,
+        metadata: &ModelMetadata,
+        scope: &crate::core::tasks::Scope,
+    ) -> Result<Arc<Capture>> {
+        let input = |n: &String| metadata.inputs.iter().find(|i| &i.name == n);
+        for n in config.drop_inputs.iter().chain(&config.hash_inputs) {
+            if input(n).is_none() {
+                return Err(Error::load(format!(
+                    "[capture] names input '{n}', which model '{name}' version {v} does not have"
+                )));
+            }
+        }
+        if let Some(n) = config
+            .hash_inputs
+            .iter()
+            .find(|n| input(n).is_some_and(|i| i.dtype != DataType::Bytes))
+        {
+            return Err(Error::load(format!(
+                "[capture] hash_inputs names '{n}', which is not a BYTES input: drop it instead"
+            )));
+        }
+        let rate = config.sample_rate.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(Error::load(format!(
+                "[capture] sample_rate is {rate}: a share, 0 to 1"
+            )));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(config.queue.unwrap_or(QUEUE).max(1));
+        let counts = Arc::new(Counts::new(name, v));
+        let label = format!("capture-{name}/{v}");
+        let started = match (&config.dir, &config.sink) {
+            (Some(dir), _) => {
+                let dir = dir.join(&**name).join(v.to_string());
+                let files = files::Files::new(dir, config, counts.clone())?;
+                scope.spawn_thread(label, move || files.run(&rx))
+            }
+            (None, Some(url)) => {
+                let sink = sink::Sink::new(url, counts.clone())?;
+                scope.spawn_thread(label, move || sink.run(&rx))
+            }
+            (None, None) => return Err(Error::load("[capture] needs a dir or a sink".to_string())),
+        };
+        started.map_err(|e| Error::load(format!("cannot start the capture writer: {e}")))?;
+        Ok(Arc::new(Capture {
+            rate,
+            record: config.record.unwrap_or_default(),
+            drop: config.drop_inputs.clone(),
+            hash: config.hash_inputs.clone(),
+            model: name.clone(),
+            version: v,
+            tx,
+            counts,
+        }))
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// The inputs as a record keeps them: dropped ones gone, hashed ones hashed.
+    fn redact(&self, inputs: &[Tensor]) -> Vec<Tensor> {
+        inputs
+            .iter()
+            .filter(|t| !self.drop.contains(&t.name))
+            .map(|t| {
+                if self.hash.contains(&t.name) {
+                    record::hashed(t)
+                } else {
+                    // A reference to the request's bytes, not a copy.
+                    t.clone()
+                }
+            })
+            .collect()
+    }
+}
+
+impl RequestObserver for Capture {
+    fn on_request(&self, request: &InferRequest) -> Option<Observation> {
+        if self.rate < 1.0 && fastrand::f64() >= self.rate {
+            return None;
+        }
+        let inputs = (self.record != CaptureRecord::Response).then(|| self.redact(&request.inputs));
+        Some(Box::new(Kept {
+            at: SystemTime::now(),
+            // KServe's logger names a request without an id by a fresh one too.
+            id: request
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("{:032x}", fastrand::u128(..))),
+            request: Facts {
+                routing: request.routing,
+                protocol: request.protocol,
+            },
+            inputs,
+        }))
+    }
+
+    fn on_response(&self, kept: Observation, answer: Answer<'_>) {
+        let Ok(kept) = kept.downcast::<Kept>() else {
+            return;
+        };
+        let (outputs, error) = match answer.outputs {
+            Ok(o) => (
+                (self.record != CaptureRecord::Request).then(|| o.to_vec()),
+                None,
+            ),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let record = Record {
+            at: kept.at,
+            id: kept.id,
+            model: self.model.clone(),
+            version: self.version,
+            routing: kept.request.routing,
+            protocol: kept.request.protocol,
+            latency: answer.latency,
+            error,
+            inputs: kept.inputs,
+            outputs,
+        };
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counts.dropped_queue.increment(1)
+            }
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

@@ -1,0 +1,177 @@
+//! One captured request: what a JSON Lines file holds per line and what a
+//! CloudEvent carries, and the reading back of a capture folder as rows.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+
+use crate::core::error::{Error, Result};
+use crate::core::json::flat_values;
+use crate::core::request::{Protocol, Routing};
+use crate::core::tensor::{encode_bytes_elements, BytesIter, DataType, Tensor};
+
+/// A request and its answer, as captured.
+#[derive(Debug)]
+pub struct Record {
+    pub at: SystemTime,
+    pub id: String,
+    pub model: Arc<str>,
+    pub version: u64,
+    pub routing: Routing,
+    pub protocol: Protocol,
+    pub latency: Duration,
+    /// Why it failed after it was queued; `None` when it was answered.
+    pub error: Option<String>,
+    /// `None` when the capture records answers only.
+    pub inputs: Option<Vec<Tensor>>,
+    /// `None` when it records requests only, or the request failed.
+    pub outputs: Option<Vec<Tensor>>,
+}
+
+/// A tensor as V2 JSON: name, datatype, shape, flat data.
+pub fn tensor(t: &Tensor) -> Value {
+    json!({
+        "name": t.name,
+        "datatype": t.dtype.as_str(),
+        "shape": t.shape,
+        // Floats as briefly as their type prints them (0.1, not 0.10000000149).
+        "data": flat_values(t),
+    })
+}
+
+impl Record {
+    /// Its line in a capture file.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "timestamp": humantime::format_rfc3339_micros(self.at).to_string(),
+            "id": self.id,
+            "model": &*self.model,
+            "version": self.version.to_string(),
+            "role": if self.routing == Routing::Shadow { "shadow" } else { "primary" },
+            "routing": self.routing.as_str(),
+            "protocol": match self.protocol { Protocol::Http => "http", Protocol::Grpc => "grpc" },
+            "latency_ms": self.latency.as_secs_f64() * 1e3,
+            "status": if self.error.is_some() { "error" } else { "ok" },
+        });
+        if let Some(e) = &self.error {
+            v["error"] = e.as_str().into();
+        }
+        if let Some(i) = &self.inputs {
+            v["inputs"] = i.iter().map(tensor).collect();
+        }
+        if let Some(o) = &self.outputs {
+            v["outputs"] = o.iter().map(tensor).collect();
+        }
+        v
+    }
+}
+
+/// A BYTES tensor with each element replaced by its SHA-256, in hex: equal
+/// values stay equal (joins and counts still work), the value is not kept.
+pub fn hashed(t: &Tensor) -> Tensor {
+    let digests: Vec<String> = BytesIter::new(&t.data)
+        .map(|e| {
+            let d = ring::digest::digest(&ring::digest::SHA256, e.unwrap_or_default());
+            d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        })
+        .collect();
+    Tensor {
+        name: t.name.clone(),
+        dtype: DataType::Bytes,
+        shape: t.shape.clone(),
+        data: encode_bytes_elements(digests.iter().map(|s| s.as_bytes())),
+    }
+}
+
+/// The rows of every record's first input in a capture folder (its
+/// `*.jsonl.gz` and `*.jsonl` files, sub-folders included, oldest first):
+/// what `switchyard profile --data DIR` makes a baseline from. Failed
+/// requests and records without inputs are skipped.
+pub fn read_dir(dir: &std::path::Path) -> Result<Vec<Vec<f64>>> {
+    let bad = |e: &dyn std::fmt::Display| Error::invalid(format!("{}: {e}", dir.display()));
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(|e| bad(&e))? {
+            let p = e.map_err(|e| bad(&e))?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".jsonl.gz") || name.ends_with(".jsonl") {
+                files.push(p);
+            }
+        }
+    }
+    // Names begin with the time they were begun.
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    let mut rows = Vec::new();
+    for f in &files {
+        let file = std::fs::File::open(f).map_err(|e| bad(&e))?;
+        let reader: Box<dyn std::io::Read> = if f.to_string_lossy().ends_with(".gz") {
+            Box::new(flate2::read::MultiGzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        for (n, line) in std::io::BufRead::lines(std::io::BufReader::new(reader)).enumerate() {
+            let line = line.map_err(|e| bad(&format!("{}: {e}", f.display())))?;
+            let v: Value = serde_json::from_str(&line)
+                .map_err(|e| Error::invalid(format!("{} line {}: {e}", f.display(), n + 1)))?;
+            if v["status"] != "ok" {
+                continue;
+            }
+            let Some(input) = v["inputs"].get(0) else {
+                continue;
+            };
+            let shape: Vec<u64> = input["shape"]
+                .as_array()
+                .map(|s| s.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            let data: Vec<f64> = input["data"]
+                .as_array()
+                .map(|d| d.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default();
+            let Some((&n_rows, _)) = shape.split_first() else {
+                continue;
+            };
+            let per_row = data.len() / (n_rows.max(1) as usize);
+            if per_row == 0 || data.len() != per_row * n_rows as usize {
+                continue;
+            }
+            rows.extend(data.chunks(per_row).map(<[f64]>::to_vec));
+        }
+    }
+    if rows.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no captured rows (numeric first inputs of answered requests) in {} files",
+            dir.display(),
+            files.len()
+        )));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_keeps_equal_values_equal_and_the_value_out() {
+        let t = Tensor {
+            name: "email".into(),
+            dtype: DataType::Bytes,
+            shape: vec![3],
+            data: encode_bytes_elements([&b"a@b.c"[..], b"x", b"a@b.c"]),
+        };
+        let h = hashed(&t);
+        let e: Vec<&[u8]> = BytesIter::new(&h.data).map(|e| e.unwrap()).collect();
+        assert_eq!(e[0], e[2]);
+        assert_ne!(e[0], e[1]);
+        // sha256("x")
+        assert_eq!(
+            e[1],
+            b"2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+        );
+        assert!(!h.data.windows(5).any(|w| w == b"a@b.c"));
+    }
+}
