@@ -469,8 +469,11 @@ pub struct CaptureConfig {
     pub sample_rate: Option<f64>,
     /// `request`, `response` or `both` (default).
     pub record: Option<CaptureRecord>,
-    /// Rotating JSON Lines files (gzip) under `DIR/<model>/<version>/`.
+    /// Rotating files under `DIR/<model>/<version>/`.
     pub dir: Option<std::path::PathBuf>,
+    /// Their format: `jsonl` (gzip JSON Lines, default) or `parquet`
+    /// (tabular models: a typed column per feature).
+    pub format: Option<CaptureFormat>,
     /// Or an HTTP sink that receives CloudEvents 1.0 as KServe's logger sends them.
     pub sink: Option<String>,
     /// A file is closed and a new one begun past this many bytes of records
@@ -486,6 +489,15 @@ pub struct CaptureConfig {
     /// BYTES inputs written as the SHA-256 of each element.
     #[serde(default)]
     pub hash_inputs: Vec<String>,
+}
+
+/// How capture files are written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureFormat {
+    #[default]
+    Jsonl,
+    Parquet,
 }
 
 /// What a capture record holds.
@@ -521,6 +533,7 @@ impl CaptureConfig {
             sample_rate: self.sample_rate.or(server.sample_rate),
             record: self.record.or(server.record),
             dir: self.dir.clone().or(server.dir),
+            format: self.format.or(server.format),
             sink: self.sink.clone().or(server.sink),
             max_file_bytes: self.max_file_bytes.or(server.max_file_bytes),
             max_file_seconds: self.max_file_seconds.or(server.max_file_seconds),

@@ -1,6 +1,7 @@
-//! Capture records into rotating gzip JSON Lines files, on a thread of their
-//! own: a file is written under a `.partial` name and renamed when it is
-//! closed (past its size or its age), so a reader only ever sees whole files.
+//! Capture records into rotating files (gzip JSON Lines, or Parquet), on a
+//! thread of their own: a file is written under a `.partial` name and renamed
+//! when it is closed (past its size or its age), so a reader only ever sees
+//! whole files.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use flate2::write::GzEncoder;
 
+use super::parquet::{Layout, Table};
 use super::{Counts, Record};
 use crate::core::config::CaptureConfig;
 use crate::core::error::{Error, Result};
@@ -28,20 +30,33 @@ pub struct Files {
     /// Files begun by this writer: part of every name, with the process id,
     /// so replicas sharing a folder never write the same file.
     begun: u64,
+    /// Parquet's columns; JSON Lines without.
+    parquet: Option<Arc<Layout>>,
+}
+
+/// What an open file is written through.
+enum Body {
+    Jsonl(GzEncoder<BufWriter<File>>),
+    Parquet(Box<Table>),
 }
 
 /// The file being written.
 struct Open {
     partial: PathBuf,
     done: PathBuf,
-    out: GzEncoder<BufWriter<File>>,
+    out: Body,
     bytes: u64,
     records: u64,
     since: Instant,
 }
 
 impl Files {
-    pub fn new(dir: PathBuf, config: &CaptureConfig, counts: Arc<Counts>) -> Result<Files> {
+    pub fn new(
+        dir: PathBuf,
+        config: &CaptureConfig,
+        counts: Arc<Counts>,
+        parquet: Option<Arc<Layout>>,
+    ) -> Result<Files> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::load(format!("[capture] dir {}: {e}", dir.display())))?;
         Ok(Files {
@@ -52,6 +67,7 @@ impl Files {
             ),
             counts,
             begun: 0,
+            parquet,
         })
     }
 
@@ -65,10 +81,7 @@ impl Files {
                 self.max_age.saturating_sub(o.since.elapsed())
             });
             match rx.recv_timeout(wait) {
-                Ok(record) => {
-                    let line = record.to_json().to_string();
-                    open = self.write(open, line.as_bytes());
-                }
+                Ok(record) => open = self.write(open, &record),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     if let Some(o) = open.take() {
@@ -87,9 +100,9 @@ impl Files {
         }
     }
 
-    /// Appends one line, beginning a file if none is open; a failed write
+    /// Appends one record, beginning a file if none is open; a failed write
     /// (a full disk) gives up that file and counts its records as dropped.
-    fn write(&mut self, open: Option<Open>, line: &[u8]) -> Option<Open> {
+    fn write(&mut self, open: Option<Open>, record: &Record) -> Option<Open> {
         let mut o = match open {
             Some(o) => o,
             None => match self.begin() {
@@ -101,9 +114,18 @@ impl Files {
                 }
             },
         };
-        match o.out.write_all(line).and_then(|()| o.out.write_all(b"\n")) {
-            Ok(()) => {
-                o.bytes += line.len() as u64 + 1;
+        let written = match &mut o.out {
+            Body::Jsonl(out) => {
+                let line = record.to_json().to_string();
+                out.write_all(line.as_bytes())
+                    .and_then(|()| out.write_all(b"\n"))
+                    .map(|()| line.len() as u64 + 1)
+            }
+            Body::Parquet(table) => table.push(record),
+        };
+        match written {
+            Ok(bytes) => {
+                o.bytes += bytes;
                 o.records += 1;
                 Some(o)
             }
@@ -118,15 +140,27 @@ impl Files {
         let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
             .to_string()
             .replace([':', '-'], "");
-        let name = format!("{stamp}-{}-{}.jsonl.gz", std::process::id(), self.begun);
+        let ext = if self.parquet.is_some() {
+            "parquet"
+        } else {
+            "jsonl.gz"
+        };
+        let name = format!("{stamp}-{}-{}.{ext}", std::process::id(), self.begun);
         self.begun += 1;
         let done = self.dir.join(&name);
         let partial = self.dir.join(format!(".{name}.partial"));
         let file = File::create(&partial)?;
+        let out = match &self.parquet {
+            Some(layout) => Body::Parquet(Box::new(Table::create(file, layout.clone())?)),
+            None => Body::Jsonl(GzEncoder::new(
+                BufWriter::new(file),
+                flate2::Compression::fast(),
+            )),
+        };
         Ok(Open {
             partial,
             done,
-            out: GzEncoder::new(BufWriter::new(file), flate2::Compression::fast()),
+            out,
             bytes: 0,
             records: 0,
             since: Instant::now(),
@@ -136,11 +170,14 @@ impl Files {
     /// Finishes the gzip stream and gives the file its final name.
     fn close(&mut self, o: Open) {
         let (partial, done, records) = (o.partial.clone(), o.done.clone(), o.records);
-        let finished = o
-            .out
-            .finish()
-            .and_then(|mut w| w.flush().map(|()| w))
-            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+        let file = match o.out {
+            Body::Jsonl(gz) => gz
+                .finish()
+                .and_then(|mut w| w.flush().map(|()| w))
+                .and_then(|w| w.into_inner().map_err(|e| e.into_error())),
+            Body::Parquet(table) => table.finish(),
+        };
+        let finished = file
             .and_then(|f| f.sync_all())
             .and_then(|()| std::fs::rename(&partial, &done));
         match finished {

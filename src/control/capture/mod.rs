@@ -4,6 +4,7 @@
 //! them). A request never waits for it: a full queue drops and counts.
 
 mod files;
+mod parquet;
 mod record;
 mod sink;
 
@@ -122,7 +123,17 @@ impl Capture {
         let started = match (&config.dir, &config.sink) {
             (Some(dir), _) => {
                 let dir = dir.join(&**name).join(v.to_string());
-                let files = files::Files::new(dir, config, counts.clone())?;
+                let layout = match config.format.unwrap_or_default() {
+                    crate::core::config::CaptureFormat::Jsonl => None,
+                    crate::core::config::CaptureFormat::Parquet => {
+                        Some(Arc::new(parquet::Layout::of(
+                            metadata,
+                            &config.drop_inputs,
+                            config.record.unwrap_or_default(),
+                        )?))
+                    }
+                };
+                let files = files::Files::new(dir, config, counts.clone(), layout)?;
                 scope.spawn_thread(label, move || files.run(&rx))
             }
             (None, Some(url)) => {

@@ -90,7 +90,7 @@ pub fn hashed(t: &Tensor) -> Tensor {
 /// requests and records without inputs are skipped.
 pub fn read_dir(dir: &std::path::Path) -> Result<Vec<Vec<f64>>> {
     let bad = |e: &dyn std::fmt::Display| Error::invalid(format!("{}: {e}", dir.display()));
-    let mut files = Vec::new();
+    let (mut files, mut parquet) = (Vec::new(), 0);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).map_err(|e| bad(&e))? {
@@ -100,6 +100,8 @@ pub fn read_dir(dir: &std::path::Path) -> Result<Vec<Vec<f64>>> {
                 stack.push(p);
             } else if name.ends_with(".jsonl.gz") || name.ends_with(".jsonl") {
                 files.push(p);
+            } else if name.ends_with(".parquet") {
+                parquet += 1;
             }
         }
     }
@@ -140,6 +142,13 @@ pub fn read_dir(dir: &std::path::Path) -> Result<Vec<Vec<f64>>> {
             }
             rows.extend(data.chunks(per_row).map(<[f64]>::to_vec));
         }
+    }
+    if rows.is_empty() && parquet > 0 {
+        return Err(Error::invalid(format!(
+            "{}: {parquet} Parquet capture files and no JSON Lines ones: a baseline is made from \
+             JSON Lines captures (format = \"jsonl\"); Parquet ones are for pandas and Spark",
+            dir.display()
+        )));
     }
     if rows.is_empty() {
         return Err(Error::invalid(format!(
