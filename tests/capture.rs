@@ -102,6 +102,14 @@ fn every_request_of_a_canary_split_is_recorded_with_its_answer() {
 
     let (records, files) = records(&dir);
     assert_eq!(records.len(), 300, "one record a request");
+    // They hold what clients sent: the server's user's only.
+    use std::os::unix::fs::PermissionsExt;
+    for f in &files {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f:?}");
+    }
+    let folder = std::fs::metadata(files[0].parent().unwrap()).unwrap();
+    assert_eq!(folder.permissions().mode() & 0o777, 0o700);
     for v in ["1", "2"] {
         let n = files
             .iter()
@@ -315,9 +323,17 @@ fn cloudevents_reach_an_http_sink_with_kserves_headers() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    std::thread::sleep(Duration::from_millis(300));
     let events = got.lock().unwrap().clone();
+    assert_eq!(events.len(), 20, "a request and a response event each");
     for (h, body) in &events {
         assert_eq!(h["ce-specversion"], "1.0");
+        assert_eq!(h["ce-component"], "predictor");
+        assert_eq!(
+            h["ce-source"],
+            format!("/switchyard/mlp/{}", h["ce-endpoint"])
+        );
+        assert!(h["ce-time"].ends_with('Z'), "{h:?}");
         assert_eq!(h["ce-inferenceservicename"], "mlp");
         assert_eq!(h["content-type"], "application/json");
         let id = &h["ce-id"];

@@ -483,6 +483,8 @@ pub struct CaptureConfig {
     pub max_file_seconds: Option<u64>,
     /// Records waiting for the writer at most (default 4096); past it, dropped and counted.
     pub queue: Option<usize>,
+    /// Bytes of tensors those records may hold (default 64 MiB); past it, dropped and counted.
+    pub queue_bytes: Option<u64>,
     /// Inputs never written (personal data).
     #[serde(default)]
     pub drop_inputs: Vec<String>,
@@ -519,30 +521,44 @@ pub fn set_server_capture(c: CaptureConfig) {
 
 impl CaptureConfig {
     /// This model's keys over the server's; `None` when nothing is captured.
-    pub fn effective(&self) -> Option<CaptureConfig> {
+    /// The destination is one key: a model that names a dir or a sink takes
+    /// its own, whatever the server's.
+    pub fn effective(&self) -> crate::core::error::Result<Option<CaptureConfig>> {
+        if self.dir.is_some() && self.sink.is_some() {
+            return Err(crate::core::error::Error::load(
+                "[capture] names both a dir and a sink: one destination a model".to_string(),
+            ));
+        }
         let server = SERVER_CAPTURE.get().cloned().unwrap_or_default();
-        let pick = |drop: &Vec<String>, server: Vec<String>| {
-            if drop.is_empty() {
-                server
-            } else {
-                drop.clone()
-            }
+        let own =
+            |v: &Vec<String>, server: Vec<String>| if v.is_empty() { server } else { v.clone() };
+        let (dir, sink) = if self.dir.is_some() || self.sink.is_some() {
+            (self.dir.clone(), self.sink.clone())
+        } else {
+            (server.dir, server.sink)
         };
         let c = CaptureConfig {
             enabled: self.enabled.or(server.enabled),
             sample_rate: self.sample_rate.or(server.sample_rate),
             record: self.record.or(server.record),
-            dir: self.dir.clone().or(server.dir),
+            dir,
             format: self.format.or(server.format),
-            sink: self.sink.clone().or(server.sink),
+            sink,
             max_file_bytes: self.max_file_bytes.or(server.max_file_bytes),
             max_file_seconds: self.max_file_seconds.or(server.max_file_seconds),
             queue: self.queue.or(server.queue),
-            drop_inputs: pick(&self.drop_inputs, server.drop_inputs),
-            hash_inputs: pick(&self.hash_inputs, server.hash_inputs),
+            queue_bytes: self.queue_bytes.or(server.queue_bytes),
+            drop_inputs: own(&self.drop_inputs, server.drop_inputs),
+            hash_inputs: own(&self.hash_inputs, server.hash_inputs),
         };
         let somewhere = c.dir.is_some() || c.sink.is_some();
-        (somewhere && c.enabled != Some(false) && c.sample_rate != Some(0.0)).then_some(c)
+        if c.enabled == Some(true) && !somewhere {
+            return Err(crate::core::error::Error::load(
+                "[capture] enabled = true names no dir or sink (nor does --capture-dir or --capture-sink)"
+                    .to_string(),
+            ));
+        }
+        Ok((somewhere && c.enabled != Some(false) && c.sample_rate != Some(0.0)).then_some(c))
     }
 }
 
@@ -646,5 +662,36 @@ mod tests {
         let e = toml::from_str::<ModelConfig>("max_batch = 8").unwrap_err();
         assert!(e.message().contains("max_batch"), "{}", e.message());
         assert!(Device::parse("tpu").is_err());
+    }
+}
+
+#[cfg(test)]
+mod capture_tests {
+    use super::*;
+
+    #[test]
+    fn capture_keys_merge_and_the_destination_is_one_key() {
+        // No server capture is set in this process: a model's own only.
+        let dir = CaptureConfig {
+            dir: Some("/d".into()),
+            ..Default::default()
+        };
+        assert_eq!(dir.effective().unwrap().unwrap().dir, Some("/d".into()));
+        let both = CaptureConfig {
+            sink: Some("http://x".into()),
+            ..dir.clone()
+        };
+        assert!(both.effective().is_err());
+        let off = CaptureConfig {
+            sample_rate: Some(0.0),
+            ..dir.clone()
+        };
+        assert!(off.effective().unwrap().is_none());
+        let nowhere = CaptureConfig {
+            enabled: Some(true),
+            ..Default::default()
+        };
+        assert!(nowhere.effective().is_err());
+        assert!(CaptureConfig::default().effective().unwrap().is_none());
     }
 }

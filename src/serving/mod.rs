@@ -230,6 +230,8 @@ impl ModelVersion {
         };
         let start = std::time::Instant::now();
         let _in_flight = InFlight::enter(&self.in_flight);
+        // Refused requests are no observed ones: the priority is checked first.
+        let level = self.priority(&req)?;
         let observed: smallvec::SmallVec<[(usize, Observation); 1]> = self
             .observers
             .iter()
@@ -237,7 +239,6 @@ impl ModelVersion {
             .filter_map(|(i, o)| Some((i, o.on_request(&req)?)))
             .collect();
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let level = self.priority(&req)?;
         let job = Job {
             inputs: req.inputs,
             outputs,

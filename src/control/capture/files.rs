@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,11 +28,15 @@ pub struct Files {
     max_bytes: u64,
     max_age: Duration,
     counts: Arc<Counts>,
-    /// Files begun by this writer: part of every name, with the process id,
-    /// so replicas sharing a folder never write the same file.
+    /// Files begun by this writer, and a random tag of it: both in every
+    /// name, so writers sharing a folder (replicas whose process ids are all
+    /// 1 in their containers, a version reloaded) never pick the same one.
     begun: u64,
+    tag: u64,
     /// Parquet's columns; JSON Lines without.
     parquet: Option<Arc<Layout>>,
+    /// BYTES inputs written as hashes.
+    hash: Arc<[String]>,
 }
 
 /// What an open file is written through.
@@ -56,8 +61,9 @@ impl Files {
         config: &CaptureConfig,
         counts: Arc<Counts>,
         parquet: Option<Arc<Layout>>,
+        hash: Arc<[String]>,
     ) -> Result<Files> {
-        std::fs::create_dir_all(&dir)
+        private_dir(&dir)
             .map_err(|e| Error::load(format!("[capture] dir {}: {e}", dir.display())))?;
         Ok(Files {
             dir,
@@ -67,7 +73,9 @@ impl Files {
             ),
             counts,
             begun: 0,
+            tag: fastrand::u64(..),
             parquet,
+            hash,
         })
     }
 
@@ -81,7 +89,10 @@ impl Files {
                 self.max_age.saturating_sub(o.since.elapsed())
             });
             match rx.recv_timeout(wait) {
-                Ok(record) => open = self.write(open, &record),
+                Ok(mut record) => {
+                    record.hash(&self.hash);
+                    open = self.write(open, &record);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     if let Some(o) = open.take() {
@@ -145,11 +156,19 @@ impl Files {
         } else {
             "jsonl.gz"
         };
-        let name = format!("{stamp}-{}-{}.{ext}", std::process::id(), self.begun);
+        let name = format!("{stamp}-{:016x}-{}.{ext}", self.tag, self.begun);
         self.begun += 1;
+        // Again here: a retention job may have removed the folder.
+        private_dir(&self.dir)?;
         let done = self.dir.join(&name);
         let partial = self.dir.join(format!(".{name}.partial"));
-        let file = File::create(&partial)?;
+        // Records hold what clients sent: readable by the server's user only,
+        // and never a file that exists already.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)?;
         let out = match &self.parquet {
             Some(layout) => Body::Parquet(Box::new(Table::create(file, layout.clone())?)),
             None => Body::Jsonl(GzEncoder::new(
@@ -195,5 +214,29 @@ impl Files {
         let _ = std::fs::remove_file(&o.partial);
         self.counts.dropped_write.increment(o.records + more);
         tracing::warn!(file = %o.done.display(), error = %e, records = o.records + more, "capture: a write failed; the file's records are dropped");
+    }
+}
+
+/// Creates `dir` and its parents, new ones readable by the server's user only.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn folders_are_made_private() {
+        let root = std::env::temp_dir().join(format!("sy-private-{}", fastrand::u64(..)));
+        super::private_dir(&root.join("a/b")).unwrap();
+        for d in [root.join("a"), root.join("a/b")] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{d:?}");
+        }
+        std::fs::remove_dir_all(root).unwrap();
     }
 }

@@ -24,17 +24,24 @@ pub use record::{read_dir, Record};
 
 /// Records waiting for the writer, by default.
 const QUEUE: usize = 4096;
+/// Bytes of tensors they may hold, by default: a record holds a request's
+/// inputs and outputs, up to --max-body-bytes each.
+const QUEUE_BYTES: u64 = 64 << 20;
+/// The longest request id a record keeps (a client chooses it).
+const MAX_ID: usize = 256;
 
 /// One version's capture: what to keep of a request, and the queue to the writer.
 pub struct Capture {
     rate: f64,
     record: CaptureRecord,
     drop: Vec<String>,
-    hash: Vec<String>,
     model: Arc<str>,
     version: u64,
     tx: Sender<Record>,
     counts: Arc<Counts>,
+    /// Bytes of the records queued now, and the most they may be.
+    queued: Arc<std::sync::atomic::AtomicU64>,
+    budget: u64,
 }
 
 /// What a capture has done since its version was loaded.
@@ -119,6 +126,7 @@ impl Capture {
         }
         let (tx, rx) = crossbeam_channel::bounded(config.queue.unwrap_or(QUEUE).max(1));
         let counts = Arc::new(Counts::new(name, v));
+        let hash: Arc<[String]> = config.hash_inputs.clone().into();
         let label = format!("capture-{name}/{v}");
         let started = match (&config.dir, &config.sink) {
             (Some(dir), _) => {
@@ -133,11 +141,11 @@ impl Capture {
                         )?))
                     }
                 };
-                let files = files::Files::new(dir, config, counts.clone(), layout)?;
+                let files = files::Files::new(dir, config, counts.clone(), layout, hash)?;
                 scope.spawn_thread(label, move || files.run(&rx))
             }
             (None, Some(url)) => {
-                let sink = sink::Sink::new(url, counts.clone())?;
+                let sink = sink::Sink::new(url, counts.clone(), hash, scope.token().clone())?;
                 scope.spawn_thread(label, move || sink.run(&rx))
             }
             (None, None) => return Err(Error::load("[capture] needs a dir or a sink".to_string())),
@@ -147,11 +155,12 @@ impl Capture {
             rate,
             record: config.record.unwrap_or_default(),
             drop: config.drop_inputs.clone(),
-            hash: config.hash_inputs.clone(),
             model: name.clone(),
             version: v,
             tx,
             counts,
+            queued: Default::default(),
+            budget: config.queue_bytes.unwrap_or(QUEUE_BYTES),
         }))
     }
 
@@ -159,19 +168,14 @@ impl Capture {
         &self.counts
     }
 
-    /// The inputs as a record keeps them: dropped ones gone, hashed ones hashed.
+    /// The inputs as a record keeps them: dropped ones gone (hashed ones are
+    /// hashed by the writer, off the request path).
     fn redact(&self, inputs: &[Tensor]) -> Vec<Tensor> {
         inputs
             .iter()
             .filter(|t| !self.drop.contains(&t.name))
-            .map(|t| {
-                if self.hash.contains(&t.name) {
-                    record::hashed(t)
-                } else {
-                    // A reference to the request's bytes, not a copy.
-                    t.clone()
-                }
-            })
+            // A reference to the request's bytes, not a copy.
+            .cloned()
             .collect()
     }
 }
@@ -185,10 +189,18 @@ impl RequestObserver for Capture {
         Some(Box::new(Kept {
             at: SystemTime::now(),
             // KServe's logger names a request without an id by a fresh one too.
-            id: request
-                .id
-                .clone()
-                .unwrap_or_else(|| format!("{:032x}", fastrand::u128(..))),
+            id: match &request.id {
+                Some(id) if id.len() <= MAX_ID => id.clone(),
+                Some(id) => {
+                    // Cut on a character boundary (MSRV 1.85 has no floor_char_boundary).
+                    let end = (0..=MAX_ID)
+                        .rev()
+                        .find(|i| id.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    id[..end].to_string()
+                }
+                None => format!("{:032x}", fastrand::u128(..)),
+            },
             request: Facts {
                 routing: request.routing,
                 protocol: request.protocol,
@@ -208,6 +220,27 @@ impl RequestObserver for Capture {
             ),
             Err(e) => (None, Some(e.to_string())),
         };
+        let bytes = kept
+            .inputs
+            .iter()
+            .chain(&outputs)
+            .flatten()
+            .map(|t| t.data.len() as u64)
+            .sum::<u64>()
+            + kept.id.len() as u64;
+        let held_total = self
+            .queued
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
+            + bytes;
+        let held = record::Held {
+            queued: self.queued.clone(),
+            bytes,
+        };
+        if held_total > self.budget {
+            // Dropping `held` gives its bytes back.
+            self.counts.dropped_queue.increment(1);
+            return;
+        }
         let record = Record {
             at: kept.at,
             id: kept.id,
@@ -219,12 +252,13 @@ impl RequestObserver for Capture {
             error,
             inputs: kept.inputs,
             outputs,
+            held,
         };
         match self.tx.try_send(record) {
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counts.dropped_queue.increment(1)
-            }
+            Err(TrySendError::Full(_)) => self.counts.dropped_queue.increment(1),
+            // The writer is gone (it failed to start a thread's work).
+            Err(TrySendError::Disconnected(_)) => self.counts.dropped_write.increment(1),
         }
     }
 

@@ -27,6 +27,22 @@ pub struct Record {
     pub inputs: Option<Vec<Tensor>>,
     /// `None` when it records requests only, or the request failed.
     pub outputs: Option<Vec<Tensor>>,
+    /// Its bytes in the queue's budget, given back when it is written or dropped.
+    pub held: Held,
+}
+
+/// Bytes a queued record counts against its capture's budget.
+#[derive(Debug)]
+pub struct Held {
+    pub queued: Arc<std::sync::atomic::AtomicU64>,
+    pub bytes: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.queued
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A tensor as V2 JSON: name, datatype, shape, flat data.
@@ -41,6 +57,15 @@ pub fn tensor(t: &Tensor) -> Value {
 }
 
 impl Record {
+    /// Replaces the named BYTES inputs by their hashes (on the writer's thread).
+    pub fn hash(&mut self, names: &[String]) {
+        if let Some(inputs) = &mut self.inputs {
+            for t in inputs.iter_mut().filter(|t| names.contains(&t.name)) {
+                *t = hashed(t);
+            }
+        }
+    }
+
     /// Its line in a capture file.
     pub fn to_json(&self) -> Value {
         let mut v = json!({
@@ -94,9 +119,11 @@ pub fn read_dir(dir: &std::path::Path) -> Result<Vec<Vec<f64>>> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).map_err(|e| bad(&e))? {
-            let p = e.map_err(|e| bad(&e))?.path();
+            let e = e.map_err(|e| bad(&e))?;
+            let p = e.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if p.is_dir() {
+            // Links are not followed: a loop of them would never end.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(p);
             } else if name.ends_with(".jsonl.gz") || name.ends_with(".jsonl") {
                 files.push(p);
@@ -129,9 +156,11 @@ pub fn read_dir(dir: &std::path::Path) -> Result<Vec<Vec<f64>>> {
                 .as_array()
                 .map(|s| s.iter().filter_map(Value::as_u64).collect())
                 .unwrap_or_default();
+            // NaN and infinities are written as null: read back as NaN, as
+            // the CSV and Parquet readers give an empty cell.
             let data: Vec<f64> = input["data"]
                 .as_array()
-                .map(|d| d.iter().filter_map(Value::as_f64).collect())
+                .map(|d| d.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect())
                 .unwrap_or_default();
             let Some((&n_rows, _)) = shape.split_first() else {
                 continue;
@@ -182,5 +211,30 @@ mod tests {
             b"2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
         );
         assert!(!h.data.windows(5).any(|w| w == b"a@b.c"));
+        let mut r = Record {
+            at: SystemTime::now(),
+            id: "r".into(),
+            model: "m".into(),
+            version: 1,
+            routing: Routing::Named,
+            protocol: Protocol::Http,
+            latency: Duration::ZERO,
+            error: None,
+            inputs: Some(vec![t.clone()]),
+            outputs: None,
+            held: Held {
+                queued: Arc::new(std::sync::atomic::AtomicU64::new(5)),
+                bytes: 5,
+            },
+        };
+        r.hash(&["email".to_string()]);
+        assert_eq!(r.inputs.as_ref().unwrap()[0], h);
+        let queued = r.held.queued.clone();
+        drop(r);
+        assert_eq!(
+            queued.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "given back"
+        );
     }
 }

@@ -20,14 +20,24 @@ pub struct Sink {
     url: String,
     agent: ureq::Agent,
     counts: Arc<Counts>,
+    hash: Arc<[String]>,
+    /// The server's stop: records still queued then are counted as dropped
+    /// rather than sent one slow call at a time while the stop waits.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Sink {
-    pub fn new(url: &str, counts: Arc<Counts>) -> Result<Sink> {
+    pub fn new(
+        url: &str,
+        counts: Arc<Counts>,
+        hash: Arc<[String]>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<Sink> {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(Error::load(format!(
-                "[capture] sink '{url}': give an http:// or https:// URL"
-            )));
+            // Not echoed: a URL may carry credentials.
+            return Err(Error::load(
+                "[capture] sink: give an http:// or https:// URL".to_string(),
+            ));
         }
         // A slow sink holds this thread, never a request: its queue fills and drops.
         let agent = ureq::Agent::config_builder()
@@ -41,12 +51,19 @@ impl Sink {
             url: url.to_string(),
             agent,
             counts,
+            hash,
+            stop,
         })
     }
 
     pub fn run(self, rx: &Receiver<Record>) {
-        for record in rx {
-            let mut sent = true;
+        for mut record in rx {
+            if self.stop.is_cancelled() {
+                self.counts.dropped_write.increment(1 + rx.len() as u64);
+                return;
+            }
+            record.hash(&self.hash);
+            let mut sent = record.inputs.is_some() || record.outputs.is_some();
             if let Some(inputs) = &record.inputs {
                 let body = json!({"id": record.id, "inputs": inputs.iter().map(tensor).collect::<Vec<_>>()});
                 sent &= self.send(&record, REQUEST_TYPE, &body);
@@ -69,10 +86,17 @@ impl Sink {
     }
 
     fn send(&self, r: &Record, kind: &str, body: &serde_json::Value) -> bool {
+        // A client's id that no header can carry still names the event: the
+        // body keeps it, `ce-id` gets a fresh one.
+        let id = if http::HeaderValue::from_str(&r.id).is_ok() {
+            r.id.clone()
+        } else {
+            format!("{:032x}", fastrand::u128(..))
+        };
         let req = ureq::http::Request::post(&self.url)
             .header("content-type", "application/json")
             .header("ce-specversion", "1.0")
-            .header("ce-id", &r.id)
+            .header("ce-id", id)
             .header("ce-type", kind)
             .header(
                 "ce-source",
@@ -87,11 +111,14 @@ impl Sink {
             .header("ce-endpoint", r.version.to_string())
             .body(serde_json::to_vec(body).expect("plain data"));
         let Ok(req) = req else {
-            // An id no header can carry (the client chose it).
             return false;
         };
         match self.agent.run(req) {
-            Ok(resp) if resp.status().is_success() => true,
+            Ok(mut resp) if resp.status().is_success() => {
+                // Read, so that the connection is kept for the next event.
+                let _ = resp.body_mut().with_config().limit(64 << 10).read_to_vec();
+                true
+            }
             Ok(resp) => {
                 tracing::debug!(status = %resp.status(), "capture sink refused an event");
                 false

@@ -424,7 +424,9 @@ fn read_parquet(path: &std::path::Path) -> std::result::Result<Data, String> {
 /// 2-D numeric input (each column) and its outputs.
 pub fn build(dir: &std::path::Path, data: &std::path::Path, bins: usize) -> Result<Profile> {
     let model_dir = dir.parent().unwrap_or(dir);
-    let config = crate::core::config::ModelConfig::load(model_dir)?;
+    let mut config = crate::core::config::ModelConfig::load(model_dir)?;
+    // Profiling runs the reference data, which is no served request to keep.
+    config.capture.enabled = Some(false);
     let name: std::sync::Arc<str> = model_dir
         .file_name()
         .map_or_else(|| "model".into(), |n| n.to_string_lossy().into());

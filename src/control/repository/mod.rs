@@ -179,7 +179,7 @@ pub fn load_version(
             )?);
         }
     }
-    if let Some(capture) = config.capture.effective() {
+    if let Some(capture) = config.capture.effective()? {
         let c =
             crate::control::capture::Capture::start(&capture, name, v, &version.metadata, scope)?;
         version = version.with_observer(c);
