@@ -38,16 +38,23 @@ fn request(n: usize) -> Value {
     json!({"id": format!("r-{n}"), "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": row(n)}]})
 }
 
+/// The trace id request `n` carries in its `traceparent`: even ones only.
+fn trace_of(n: usize) -> Option<String> {
+    (n % 2 == 0).then(|| format!("{:032x}", n + 1))
+}
+
 /// Sends requests `0..n` unversioned; each answer by id.
 fn send(s: &Server, n: usize) -> BTreeMap<String, Value> {
     let c = client();
     (0..n)
         .map(|i| {
-            let r = c
+            let mut r = c
                 .post(s.public_url("/v2/models/mlp/infer"))
-                .json(&request(i))
-                .send()
-                .unwrap();
+                .json(&request(i));
+            if let Some(t) = trace_of(i) {
+                r = r.header("traceparent", format!("00-{t}-00f067aa0ba902b7-01"));
+            }
+            let r = r.send().unwrap();
             assert_eq!(r.status(), 200);
             let v: Value = r.json().unwrap();
             (v["id"].as_str().unwrap().to_string(), v)
@@ -146,6 +153,7 @@ fn every_request_of_a_canary_split_is_recorded_with_its_answer() {
             "{id}"
         );
         assert_eq!(r["outputs"], answer["outputs"], "{id}");
+        assert_eq!(r["trace_id"].as_str(), trace_of(n).as_deref(), "{id}");
     }
     let by_version = records.iter().filter(|r| r["version"] == "1").count();
     assert!(

@@ -26,6 +26,33 @@ pub struct InferRequest {
     pub protocol: Protocol,
     /// How the model's traffic policy sent it to its version (the router sets it).
     pub routing: Routing,
+    /// The W3C trace id of the caller's `traceparent` (32 lowercase hex digits).
+    pub trace_id: Option<String>,
+}
+
+/// The trace id of a W3C `traceparent` value (`00-<trace id>-<parent id>-<flags>`);
+/// `None` for one that is malformed, which the spec says to ignore.
+pub fn trace_id(traceparent: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(traceparent).ok()?.trim();
+    let mut parts = s.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |p: &str| p.bytes().all(|b| b == b'0');
+    // Version 00 has exactly four fields; a later one may add more.
+    let ok = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(trace, 32)
+        && !zero(trace)
+        && hex(parent, 16)
+        && !zero(parent)
+        && hex(flags, 2);
+    ok.then(|| trace.to_string())
 }
 
 /// How a request reached the version that answers it.
@@ -125,4 +152,31 @@ impl Drop for Received {
 /// Whether requests besides the caller's are received and not yet answered.
 pub fn others_received() -> bool {
     RECEIVED.load(Relaxed) > 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_read_as_w3c_trace_context_says() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            trace_id(format!("00-{id}-00f067aa0ba902b7-01").as_bytes()).as_deref(),
+            Some(id)
+        );
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "",
+        ] {
+            assert_eq!(trace_id(bad.as_bytes()), None, "{bad}");
+        }
+        // A later version may carry more fields.
+        assert!(trace_id(format!("01-{id}-00f067aa0ba902b7-01-what").as_bytes()).is_some());
+    }
 }

@@ -188,6 +188,11 @@ impl Pipeline {
                 }
             }
         };
+        let mut request = request;
+        request.trace_id = call
+            .headers
+            .header("traceparent")
+            .and_then(crate::core::request::trace_id);
         let response = run::<C>(routed, request, deadline).await?;
         codec.encode(response, shape)
     }

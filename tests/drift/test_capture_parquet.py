@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def call(url, body):
+def call(url, body, headers=()):
     req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **dict(headers)})
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -35,9 +35,11 @@ def test_parquet_capture_reads_back_typed_per_feature(switchyard, tmp_path):
     for i in range(60):
         rows = rng.random((2, 16), dtype=np.float32)
         rid = f"p-{i}"
+        trace = f"{i + 1:032x}" if i % 2 == 0 else None
+        headers = {"traceparent": f"00-{trace}-00f067aa0ba902b7-01"} if trace else {}
         a = call(f"http://{s.http}/v2/models/mlp/infer",
                  {"id": rid, "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 16],
-                                         "data": rows.ravel().tolist()}]})
+                                         "data": rows.ravel().tolist()}]}, headers.items())
         sent[rid], answers[rid] = rows, a
     s.stop()
 
@@ -63,3 +65,5 @@ def test_parquet_capture_reads_back_typed_per_feature(switchyard, tmp_path):
         assert t["version"][j] == answers[rid]["model_version"]
         assert (t["status"][j], t["routing"][j], t["role"][j]) == ("ok", "default", "primary")
         assert t["error"][j] is None
+        i = int(rid[2:])
+        assert t["trace_id"][j] == (f"{i + 1:032x}" if i % 2 == 0 else None), rid

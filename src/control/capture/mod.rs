@@ -79,6 +79,7 @@ impl Counts {
 struct Kept {
     at: SystemTime,
     id: String,
+    trace_id: Option<String>,
     request: Facts,
     inputs: Option<Vec<Tensor>>,
 }
@@ -201,6 +202,7 @@ impl RequestObserver for Capture {
                 }
                 None => format!("{:032x}", fastrand::u128(..)),
             },
+            trace_id: request.trace_id.clone(),
             request: Facts {
                 routing: request.routing,
                 protocol: request.protocol,
@@ -244,6 +246,7 @@ impl RequestObserver for Capture {
         let record = Record {
             at: kept.at,
             id: kept.id,
+            trace_id: kept.trace_id,
             model: self.model.clone(),
             version: self.version,
             routing: kept.request.routing,

@@ -146,6 +146,7 @@ impl Layout {
   REQUIRED DOUBLE latency_ms;
   REQUIRED BYTE_ARRAY status (UTF8);
   OPTIONAL BYTE_ARRAY error (UTF8);
+  OPTIONAL BYTE_ARRAY trace_id (UTF8);
 ",
         );
         for (i, f) in self.features.iter().enumerate() {
@@ -174,6 +175,7 @@ pub struct Table {
     at: Vec<i64>,
     text: [Vec<ByteArray>; 7],
     error: (Vec<ByteArray>, Vec<i16>),
+    trace: (Vec<ByteArray>, Vec<i16>),
     row: Vec<i32>,
     latency: Vec<f64>,
     values: Vec<(Column, Vec<i16>)>,
@@ -223,6 +225,7 @@ impl Table {
             at: Vec::new(),
             text: Default::default(),
             error: Default::default(),
+            trace: Default::default(),
             row: Vec::new(),
             latency: Vec::new(),
             values,
@@ -268,6 +271,13 @@ impl Table {
                     self.error.1.push(1);
                 }
                 None => self.error.1.push(0),
+            }
+            match &r.trace_id {
+                Some(t) => {
+                    self.trace.0.push(ByteArray::from(t.as_str()));
+                    self.trace.1.push(1);
+                }
+                None => self.trace.1.push(0),
             }
             self.row.push(row as i32);
             self.latency.push(r.latency.as_secs_f64() * 1e3);
@@ -328,13 +338,14 @@ impl Table {
                         .write_batch(&self.text[6], None, None)
                         .map_err(io)?;
                 }
-                10 => {
+                10 | 11 => {
+                    let (values, defs) = if n == 10 { &self.error } else { &self.trace };
                     c.typed::<ByteArrayType>()
-                        .write_batch(&self.error.0, Some(&self.error.1), None)
+                        .write_batch(values, Some(defs), None)
                         .map_err(io)?;
                 }
                 _ => {
-                    let (col, defs) = &self.values[n - 11];
+                    let (col, defs) = &self.values[n - 12];
                     match col {
                         Column::F32(v) => c.typed::<FloatType>().write_batch(v, Some(defs), None),
                         Column::F64(v) => c.typed::<DoubleType>().write_batch(v, Some(defs), None),
@@ -353,6 +364,8 @@ impl Table {
         self.text.iter_mut().for_each(Vec::clear);
         self.error.0.clear();
         self.error.1.clear();
+        self.trace.0.clear();
+        self.trace.1.clear();
         self.row.clear();
         self.latency.clear();
         for (col, defs) in &mut self.values {

@@ -16,6 +16,8 @@ use crate::core::tensor::{encode_bytes_elements, BytesIter, DataType, Tensor};
 pub struct Record {
     pub at: SystemTime,
     pub id: String,
+    /// The caller's W3C trace id, when its request carried a `traceparent`.
+    pub trace_id: Option<String>,
     pub model: Arc<str>,
     pub version: u64,
     pub routing: Routing,
@@ -81,6 +83,9 @@ impl Record {
         });
         if let Some(e) = &self.error {
             v["error"] = e.as_str().into();
+        }
+        if let Some(t) = &self.trace_id {
+            v["trace_id"] = t.as_str().into();
         }
         if let Some(i) = &self.inputs {
             v["inputs"] = i.iter().map(tensor).collect();
@@ -214,6 +219,7 @@ mod tests {
         let mut r = Record {
             at: SystemTime::now(),
             id: "r".into(),
+            trace_id: None,
             model: "m".into(),
             version: 1,
             routing: Routing::Named,
