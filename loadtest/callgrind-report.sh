@@ -13,6 +13,7 @@
 # Needs valgrind (apt-get install valgrind), `make .venv-test/.done`, and
 # v2load (../shared/bench/setup_tools.sh builds it; V2LOAD= to point at it).
 # Compare builds by running it once for each, one after the other.
+# CONFIG=TOML appends to every model's config.toml (a [capture] table, say).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { sed -n 2,16p "$0"; exit 2; }
@@ -24,7 +25,7 @@ work=$(mktemp -d)
 server=""
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 .venv-test/bin/python ../shared/bench/make_models.py "$work/models" > /dev/null
-for m in "$work"/models/*/; do echo "inline_max_microseconds = 0" > "$m/config.toml"; done
+for m in "$work"/models/*/; do printf 'inline_max_microseconds = 0\n%s\n' "${CONFIG:-}" > "$m/config.toml"; done
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$BIN" serve --models "$work/models" \
   --http 127.0.0.1:18790 --grpc 127.0.0.1:18791 --admin off --no-metrics > "$work/server.log" 2>&1 &
 server=$!

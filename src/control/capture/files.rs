@@ -37,6 +37,8 @@ pub struct Files {
     parquet: Option<Arc<Layout>>,
     /// BYTES inputs written as hashes.
     hash: Arc<[String]>,
+    /// The line being written, its room kept from one record to the next.
+    line: Vec<u8>,
 }
 
 /// What an open file is written through.
@@ -76,6 +78,7 @@ impl Files {
             tag: fastrand::u64(..),
             parquet,
             hash,
+            line: Vec::new(),
         })
     }
 
@@ -127,10 +130,17 @@ impl Files {
         };
         let written = match &mut o.out {
             Body::Jsonl(out) => {
-                let line = record.to_json().to_string();
-                out.write_all(line.as_bytes())
-                    .and_then(|()| out.write_all(b"\n"))
-                    .map(|()| line.len() as u64 + 1)
+                let mut line = std::mem::take(&mut self.line);
+                line.clear();
+                let written = serde_json::to_writer(&mut line, record)
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| {
+                        line.push(b'\n');
+                        out.write_all(&line)
+                    })
+                    .map(|()| line.len() as u64);
+                self.line = line;
+                written
             }
             Body::Parquet(table) => table.push(record),
         };

@@ -250,15 +250,15 @@ impl Table {
         let at =
             r.at.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64);
-        let json = r.to_json();
+        let version = r.version.to_string();
         let texts = [
             r.id.as_str(),
             &r.model,
-            json["version"].as_str().unwrap_or(""),
-            json["role"].as_str().unwrap_or(""),
-            json["routing"].as_str().unwrap_or(""),
-            json["protocol"].as_str().unwrap_or(""),
-            json["status"].as_str().unwrap_or(""),
+            &version,
+            r.role(),
+            r.routing.as_str(),
+            r.protocol(),
+            r.status(),
         ];
         for row in 0..rows {
             self.at.push(at);

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::{json, Value};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::core::error::{Error, Result};
-use crate::core::json::flat_values;
+use crate::core::json::DataJson;
 use crate::core::request::{Protocol, Routing};
 use crate::core::tensor::{encode_bytes_elements, BytesIter, DataType, Tensor};
 
@@ -47,15 +49,29 @@ impl Drop for Held {
     }
 }
 
-/// A tensor as V2 JSON: name, datatype, shape, flat data.
-pub fn tensor(t: &Tensor) -> Value {
-    json!({
-        "name": t.name,
-        "datatype": t.dtype.as_str(),
-        "shape": t.shape,
-        // Floats as briefly as their type prints them (0.1, not 0.10000000149).
-        "data": flat_values(t),
-    })
+/// A tensor as V2 JSON: name, datatype, shape, flat data, serialised
+/// straight to the writer (floats as briefly as their type prints them:
+/// 0.1, not 0.10000000149).
+pub struct TensorJson<'a>(pub &'a Tensor);
+
+impl Serialize for TensorJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("name", &self.0.name)?;
+        m.serialize_entry("datatype", self.0.dtype.as_str())?;
+        m.serialize_entry("shape", &self.0.shape)?;
+        m.serialize_entry("data", &DataJson(self.0))?;
+        m.end()
+    }
+}
+
+/// Tensors as a JSON list.
+pub struct TensorsJson<'a>(pub &'a [Tensor]);
+
+impl Serialize for TensorsJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(TensorJson))
+    }
 }
 
 impl Record {
@@ -68,32 +84,60 @@ impl Record {
         }
     }
 
-    /// Its line in a capture file.
-    pub fn to_json(&self) -> Value {
-        let mut v = json!({
-            "timestamp": humantime::format_rfc3339_micros(self.at).to_string(),
-            "id": self.id,
-            "model": &*self.model,
-            "version": self.version.to_string(),
-            "role": if self.routing == Routing::Shadow { "shadow" } else { "primary" },
-            "routing": self.routing.as_str(),
-            "protocol": match self.protocol { Protocol::Http => "http", Protocol::Grpc => "grpc" },
-            "latency_ms": self.latency.as_secs_f64() * 1e3,
-            "status": if self.error.is_some() { "error" } else { "ok" },
-        });
-        if let Some(e) = &self.error {
-            v["error"] = e.as_str().into();
+    pub fn role(&self) -> &'static str {
+        if self.routing == Routing::Shadow {
+            "shadow"
+        } else {
+            "primary"
         }
+    }
+
+    pub fn protocol(&self) -> &'static str {
+        match self.protocol {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+
+    pub fn status(&self) -> &'static str {
+        if self.error.is_some() {
+            "error"
+        } else {
+            "ok"
+        }
+    }
+}
+
+/// Its line in a capture file, written without building a JSON tree: a
+/// record's tensors can be large, and this runs for every captured request.
+impl Serialize for Record {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry(
+            "timestamp",
+            &humantime::format_rfc3339_micros(self.at).to_string(),
+        )?;
+        m.serialize_entry("id", &self.id)?;
         if let Some(t) = &self.trace_id {
-            v["trace_id"] = t.as_str().into();
+            m.serialize_entry("trace_id", t)?;
+        }
+        m.serialize_entry("model", &*self.model)?;
+        m.serialize_entry("version", &self.version.to_string())?;
+        m.serialize_entry("role", self.role())?;
+        m.serialize_entry("routing", self.routing.as_str())?;
+        m.serialize_entry("protocol", self.protocol())?;
+        m.serialize_entry("latency_ms", &(self.latency.as_secs_f64() * 1e3))?;
+        m.serialize_entry("status", self.status())?;
+        if let Some(e) = &self.error {
+            m.serialize_entry("error", e)?;
         }
         if let Some(i) = &self.inputs {
-            v["inputs"] = i.iter().map(tensor).collect();
+            m.serialize_entry("inputs", &TensorsJson(i))?;
         }
         if let Some(o) = &self.outputs {
-            v["outputs"] = o.iter().map(tensor).collect();
+            m.serialize_entry("outputs", &TensorsJson(o))?;
         }
-        v
+        m.end()
     }
 }
 

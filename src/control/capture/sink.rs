@@ -7,14 +7,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use serde_json::json;
 
-use super::record::tensor;
+use super::record::TensorsJson;
 use super::{Counts, Record};
 use crate::core::error::{Error, Result};
 
 pub const REQUEST_TYPE: &str = "org.kubeflow.serving.inference.request";
 pub const RESPONSE_TYPE: &str = "org.kubeflow.serving.inference.response";
+
+/// The V2 request an `inference.request` event carries (floats written as
+/// briefly as their type prints them: the body is serialised directly).
+#[derive(serde::Serialize)]
+struct RequestBody<'a> {
+    id: &'a str,
+    inputs: TensorsJson<'a>,
+}
+
+/// The V2 response an `inference.response` event carries.
+#[derive(serde::Serialize)]
+struct ResponseBody<'a> {
+    id: &'a str,
+    model_name: &'a str,
+    model_version: String,
+    outputs: TensorsJson<'a>,
+}
 
 pub struct Sink {
     url: String,
@@ -65,16 +81,19 @@ impl Sink {
             record.hash(&self.hash);
             let mut sent = record.inputs.is_some() || record.outputs.is_some();
             if let Some(inputs) = &record.inputs {
-                let body = json!({"id": record.id, "inputs": inputs.iter().map(tensor).collect::<Vec<_>>()});
+                let body = RequestBody {
+                    id: &record.id,
+                    inputs: TensorsJson(inputs),
+                };
                 sent &= self.send(&record, REQUEST_TYPE, &body);
             }
             if let Some(outputs) = &record.outputs {
-                let body = json!({
-                    "id": record.id,
-                    "model_name": &*record.model,
-                    "model_version": record.version.to_string(),
-                    "outputs": outputs.iter().map(tensor).collect::<Vec<_>>(),
-                });
+                let body = ResponseBody {
+                    id: &record.id,
+                    model_name: &record.model,
+                    model_version: record.version.to_string(),
+                    outputs: TensorsJson(outputs),
+                };
                 sent &= self.send(&record, RESPONSE_TYPE, &body);
             }
             if sent {
@@ -85,7 +104,7 @@ impl Sink {
         }
     }
 
-    fn send(&self, r: &Record, kind: &str, body: &serde_json::Value) -> bool {
+    fn send(&self, r: &Record, kind: &str, body: &impl serde::Serialize) -> bool {
         // A client's id that no header can carry still names the event: the
         // body keeps it, `ce-id` gets a fresh one.
         let id = if http::HeaderValue::from_str(&r.id).is_ok() {
