@@ -36,7 +36,7 @@ serve() { # serve off|RATE|pqRATE
   pid=$!
   until curl -sf -o /dev/null http://127.0.0.1:18600/v2/health/ready; do sleep 0.1; done
 }
-trap '[ -z "$pid" ] || kill $pid 2>/dev/null || true' EXIT
+trap '[ -z "$pid" ] || kill $pid 2>/dev/null || true; rm -rf "$cap"' EXIT
 run() { # run LABEL
   target/release/switchyard-loadtest --url http://127.0.0.1:18600 --model mlp_small --protocol http-binary \
     --concurrency 32 --duration "$DURATION" --warmup 1 --json > "$OUT/$1.json"
