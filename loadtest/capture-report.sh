@@ -6,6 +6,8 @@
 # (../shared/bench/setup_tools.sh).
 #
 #   loadtest/capture-report.sh [OUT_DIR]      (default results/capture-<date>)
+# The files go to CAPTURE_DIR (default OUT_DIR/capture), emptied before each
+# run and removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEERS_HOME="${PEERS_HOME:-${TMPDIR:-/tmp}/bench-peers}"
