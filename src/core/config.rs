@@ -552,6 +552,11 @@ impl CaptureConfig {
             hash_inputs: own(&self.hash_inputs, server.hash_inputs),
         };
         let somewhere = c.dir.is_some() || c.sink.is_some();
+        if c.sink.is_some() && c.format.is_some() {
+            return Err(crate::core::error::Error::load(
+                "[capture] format applies to files (dir); a sink receives CloudEvents".to_string(),
+            ));
+        }
         if c.enabled == Some(true) && !somewhere {
             return Err(crate::core::error::Error::load(
                 "[capture] enabled = true names no dir or sink (nor does --capture-dir or --capture-sink)"

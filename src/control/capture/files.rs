@@ -180,7 +180,13 @@ impl Files {
             .mode(0o600)
             .open(&partial)?;
         let out = match &self.parquet {
-            Some(layout) => Body::Parquet(Box::new(Table::create(file, layout.clone())?)),
+            Some(layout) => match Table::create(file, layout.clone()) {
+                Ok(t) => Body::Parquet(Box::new(t)),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e);
+                }
+            },
             None => Body::Jsonl(GzEncoder::new(
                 BufWriter::new(file),
                 flate2::Compression::fast(),

@@ -20,6 +20,22 @@ use crate::core::error::{Error, Result};
 use crate::core::metadata::{ModelMetadata, TensorSpec};
 use crate::core::tensor::{DataType, Tensor};
 
+/// The record's own columns, before the features.
+const FIELDS: [&str; 12] = [
+    "timestamp",
+    "id",
+    "row",
+    "model",
+    "version",
+    "role",
+    "routing",
+    "protocol",
+    "latency_ms",
+    "status",
+    "error",
+    "trace_id",
+];
+
 /// Rows a row group holds before it is written.
 const ROW_GROUP: usize = 8192;
 
@@ -100,11 +116,9 @@ impl Layout {
                     return refuse("is BYTES");
                 };
                 let width = match s.shape.as_slice() {
-                    [_] => 1,
-                    [_, k] if *k > 0 => *k as usize,
-                    _ => {
-                        return refuse(&format!("has shape {:?}, not [rows] or [rows, k]", s.shape))
-                    }
+                    [-1] => 1,
+                    [-1, k] if *k > 0 => *k as usize,
+                    _ => return refuse(&format!("has shape {:?}, not [-1] or [-1, k]", s.shape)),
                 };
                 for k in 0..width {
                     features.push(Feature {
@@ -128,6 +142,16 @@ impl Layout {
         }
         if record != CaptureRecord::Request {
             add(&metadata.outputs, true)?;
+        }
+        // Each column once: a feature named like a record field (an input
+        // called `id`) or like another feature would make pandas and Spark
+        // refuse the file.
+        let mut seen: std::collections::HashSet<&str> = FIELDS.iter().copied().collect();
+        if let Some(f) = features.iter().find(|f| !seen.insert(f.name.as_str())) {
+            return Err(Error::load(format!(
+                "[capture] format = \"parquet\": the column '{}' would appear twice; use format = \"jsonl\"",
+                f.name
+            )));
         }
         Ok(Layout { features })
     }
@@ -238,15 +262,20 @@ impl Table {
             let list = if output { &r.outputs } else { &r.inputs };
             list.as_ref()?.iter().find(|t| t.name == name)
         };
-        // Rows: the first dimension of any tensor the record has.
+        // Rows: the largest first dimension of the record's tensors; a tensor
+        // with fewer rows (or another width) leaves its columns empty there.
         let rows = r
             .inputs
             .iter()
             .chain(&r.outputs)
             .flatten()
-            .find_map(|t| t.shape.first().copied())
+            .filter_map(|t| t.shape.first().copied())
+            .max()
             .unwrap_or(1)
-            .max(1) as usize;
+            .max(0) as usize;
+        if rows == 0 {
+            return Ok(0);
+        }
         let at =
             r.at.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64);
@@ -421,5 +450,48 @@ fn push(col: &mut Column, t: &Tensor, i: usize) {
         (Column::Bool(v), _) => v.push(d[i] != 0),
         // The layout chose the column from the declared type, which validation enforced.
         (_, _) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::metadata::TensorSpec;
+
+    fn spec(name: &str, dtype: DataType, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            symbols: vec![None; shape.len()],
+        }
+    }
+
+    fn layout(inputs: Vec<TensorSpec>) -> Result<Layout> {
+        let m = ModelMetadata {
+            platform: "onnxruntime_onnx",
+            inputs,
+            outputs: vec![spec("y", DataType::F32, &[-1, 2])],
+            max_batch_size: 8,
+            optional_outputs: vec![],
+        };
+        Layout::of(&m, &[], CaptureRecord::Both)
+    }
+
+    #[test]
+    fn tabular_models_only_and_every_column_once() {
+        let ok = layout(vec![spec("x", DataType::F32, &[-1, 3])]).unwrap();
+        let names: Vec<&str> = ok.features.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["x[0]", "x[1]", "x[2]", "y[0]", "y[1]"]);
+        for (inputs, says) in [
+            (vec![spec("id", DataType::F32, &[-1])], "twice"),
+            (vec![spec("y", DataType::F32, &[-1, 2])], "twice"),
+            (vec![spec("t", DataType::Bytes, &[-1])], "BYTES"),
+            (vec![spec("img", DataType::F32, &[-1, 3, 8])], "not [-1]"),
+            (vec![spec("fixed", DataType::F32, &[3])], "not [-1]"),
+        ] {
+            let e = layout(inputs).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
     }
 }

@@ -79,7 +79,11 @@ impl Sink {
                 return;
             }
             record.hash(&self.hash);
-            let mut sent = record.inputs.is_some() || record.outputs.is_some();
+            if record.inputs.is_none() && record.outputs.is_none() {
+                // A failed request under record = "response": no event to send.
+                continue;
+            }
+            let mut sent = true;
             if let Some(inputs) = &record.inputs {
                 let body = RequestBody {
                     id: &record.id,
