@@ -30,6 +30,18 @@ pub struct TensorSpec {
     pub symbols: Vec<Option<String>>,
 }
 
+impl TensorSpec {
+    /// A tensor of `shape` with no symbolic dimension names.
+    pub fn new(name: &str, dtype: DataType, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            symbols: vec![None; shape.len()],
+        }
+    }
+}
+
 /// What a loaded model version takes and gives.
 #[derive(Debug, Clone)]
 pub struct ModelMetadata {

@@ -165,10 +165,6 @@ impl Capture {
         }))
     }
 
-    pub fn counts(&self) -> &Counts {
-        &self.counts
-    }
-
     /// The inputs as a record keeps them: dropped ones gone (hashed ones are
     /// hashed by the writer, off the request path).
     fn redact(&self, inputs: &[Tensor]) -> Vec<Tensor> {

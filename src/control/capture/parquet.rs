@@ -459,12 +459,7 @@ mod tests {
     use crate::core::metadata::TensorSpec;
 
     fn spec(name: &str, dtype: DataType, shape: &[i64]) -> TensorSpec {
-        TensorSpec {
-            name: name.into(),
-            dtype,
-            shape: shape.to_vec(),
-            symbols: vec![None; shape.len()],
-        }
+        TensorSpec::new(name, dtype, shape)
     }
 
     fn layout(inputs: Vec<TensorSpec>) -> Result<Layout> {

@@ -224,12 +224,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dtype: DataType, shape: &[i64]) -> TensorSpec {
-        TensorSpec {
-            name: name.into(),
-            dtype,
-            shape: shape.to_vec(),
-            symbols: vec![None; shape.len()],
-        }
+        TensorSpec::new(name, dtype, shape)
     }
 
     #[test]
