@@ -359,12 +359,12 @@ fn cloudevents_reach_an_http_sink_with_kserves_headers() {
     }
 }
 
-#[test]
-fn a_capture_folder_profiles_as_the_same_rows_in_a_csv() {
-    let dir = scratch("capture_profile").join("capture");
+/// Captures 200 requests to mlp version 1 in `format`; the version's folder.
+fn capture_rows(name: &str, format: &str) -> (PathBuf, PathBuf) {
+    let dir = scratch(name).join("capture");
     let models = repo(
-        "capture_profile_models",
-        &format!("dir = {:?}", dir.to_str().unwrap()),
+        &format!("{name}_models"),
+        &format!("dir = {:?}\nformat = {format:?}", dir.to_str().unwrap()),
     );
     let mut s = Server::start(&models, &["--shutdown-delay", "0s"]);
     let c = client();
@@ -377,6 +377,13 @@ fn a_capture_folder_profiles_as_the_same_rows_in_a_csv() {
         assert_eq!(r.status(), 200);
     }
     assert!(s.terminate().success());
+    (dir.join("mlp/1"), models.join("mlp/1"))
+}
+
+#[test]
+fn a_capture_folder_profiles_as_the_same_rows_in_a_csv() {
+    let (jsonl, version) = capture_rows("capture_profile", "jsonl");
+    let (parquet, _) = capture_rows("capture_profile_pq", "parquet");
     // The same rows as a CSV whose header names the columns as a capture
     // folder does (it has no names of its own).
     let csv = scratch("capture_profile_csv").join("rows.csv");
@@ -391,7 +398,6 @@ fn a_capture_folder_profiles_as_the_same_rows_in_a_csv() {
         text.push('\n');
     }
     std::fs::write(&csv, text).unwrap();
-    let version = models.join("mlp/1");
     let profile = |data: &Path, out: &Path| {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["profile", "--model"])
@@ -406,8 +412,10 @@ fn a_capture_folder_profiles_as_the_same_rows_in_a_csv() {
         serde_json::from_str::<Value>(&std::fs::read_to_string(out).unwrap()).unwrap()
     };
     let out = csv.parent().unwrap();
-    let from_capture = profile(&dir.join("mlp/1"), &out.join("a.json"));
-    let from_csv = profile(&csv, &out.join("b.json"));
-    assert_eq!(from_capture["rows"], 200);
-    assert_eq!(from_capture, from_csv);
+    let from_csv = profile(&csv, &out.join("csv.json"));
+    let from_jsonl = profile(&jsonl, &out.join("jsonl.json"));
+    let from_parquet = profile(&parquet, &out.join("parquet.json"));
+    assert_eq!(from_jsonl["rows"], 200);
+    assert_eq!(from_jsonl, from_csv);
+    assert_eq!(from_parquet, from_csv);
 }

@@ -36,6 +36,9 @@ const FIELDS: [&str; 12] = [
     "trace_id",
 ];
 
+/// The footer key naming the model's first input.
+pub const FIRST_INPUT: &str = "switchyard.first_input";
+
 /// Rows a row group holds before it is written.
 const ROW_GROUP: usize = 8192;
 
@@ -227,8 +230,16 @@ impl Table {
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .build();
-        let writer =
+        let mut writer =
             SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props)).map_err(io)?;
+        // Which columns are the first input's: `switchyard profile --data`
+        // makes a baseline of them (names alone do not tell inputs from outputs).
+        if let Some(first) = layout.features.iter().find(|f| !f.output) {
+            writer.append_key_value_metadata(parquet::file::metadata::KeyValue::new(
+                FIRST_INPUT.to_string(),
+                first.tensor.clone(),
+            ));
+        }
         let values = layout
             .features
             .iter()
@@ -451,6 +462,64 @@ fn push(col: &mut Column, t: &Tensor, i: usize) {
         // The layout chose the column from the declared type, which validation enforced.
         (_, _) => {}
     }
+}
+
+/// The rows of the first input's columns in a capture file, answered requests only.
+pub fn read_rows(path: &std::path::Path) -> Result<Vec<Vec<f64>>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let bad = |e: &dyn std::fmt::Display| Error::invalid(format!("{}: {e}", path.display()));
+    let file = File::open(path).map_err(|e| bad(&e))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| bad(&e))?;
+    let meta = reader.metadata().file_metadata();
+    let Some(input) = meta
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == FIRST_INPUT))
+        .and_then(|k| k.value.clone())
+    else {
+        return Err(bad(
+            &"not a Switchyard capture file (no first input in its footer)",
+        ));
+    };
+    let feature = |n: &str| {
+        n == input
+            || n.strip_prefix(input.as_str())
+                .and_then(|r| r.strip_prefix('['))
+                .is_some_and(|r| r.ends_with(']'))
+    };
+    let fields: Vec<_> = meta
+        .schema()
+        .get_fields()
+        .iter()
+        .filter(|f| f.name() == "status" || feature(f.name()))
+        .cloned()
+        .collect();
+    // A projection must be named as the file's root to be taken.
+    let projection = parquet::schema::types::Type::group_type_builder(meta.schema().name())
+        .with_fields(fields)
+        .build()
+        .map_err(|e| bad(&e))?;
+    let mut rows = Vec::new();
+    for row in reader.get_row_iter(Some(projection)).map_err(|e| bad(&e))? {
+        let row = row.map_err(|e| bad(&e))?;
+        let mut values = Vec::new();
+        let mut answered = true;
+        for (name, field) in row.get_column_iter() {
+            match field {
+                Field::Str(s) if name == "status" => answered = s == "ok",
+                Field::Float(v) => values.push(f64::from(*v)),
+                Field::Double(v) => values.push(*v),
+                Field::Int(v) => values.push(f64::from(*v)),
+                Field::Long(v) => values.push(*v as f64),
+                Field::Bool(v) => values.push(f64::from(u8::from(*v))),
+                _ => values.push(f64::NAN),
+            }
+        }
+        if answered {
+            rows.push(values);
+        }
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

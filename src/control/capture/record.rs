@@ -159,12 +159,13 @@ pub fn hashed(t: &Tensor) -> Tensor {
 }
 
 /// The rows of every record's first input in a capture folder (its
-/// `*.jsonl.gz` and `*.jsonl` files, sub-folders included, oldest first):
+/// `*.jsonl.gz`, `*.jsonl` and `*.parquet` files, sub-folders included,
+/// oldest first):
 /// what `switchyard profile --data DIR` makes a baseline from. Failed
 /// requests and records without inputs are skipped.
 pub fn read_dir(dir: &std::path::Path) -> Result<Vec<Vec<f64>>> {
     let bad = |e: &dyn std::fmt::Display| Error::invalid(format!("{}: {e}", dir.display()));
-    let (mut files, mut parquet) = (Vec::new(), 0);
+    let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).map_err(|e| bad(&e))? {
@@ -174,10 +175,11 @@ pub fn read_dir(dir: &std::path::Path) -> Result<Vec<Vec<f64>>> {
             // Links are not followed: a loop of them would never end.
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(p);
-            } else if name.ends_with(".jsonl.gz") || name.ends_with(".jsonl") {
+            } else if [".jsonl.gz", ".jsonl", ".parquet"]
+                .iter()
+                .any(|x| name.ends_with(x))
+            {
                 files.push(p);
-            } else if name.ends_with(".parquet") {
-                parquet += 1;
             }
         }
     }
@@ -185,6 +187,10 @@ pub fn read_dir(dir: &std::path::Path) -> Result<Vec<Vec<f64>>> {
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     let mut rows = Vec::new();
     for f in &files {
+        if f.extension().is_some_and(|e| e == "parquet") {
+            rows.extend(super::parquet::read_rows(f)?);
+            continue;
+        }
         let file = std::fs::File::open(f).map_err(|e| bad(&e))?;
         let reader: Box<dyn std::io::Read> = if f.to_string_lossy().ends_with(".gz") {
             Box::new(flate2::read::MultiGzDecoder::new(file))
@@ -220,13 +226,6 @@ pub fn read_dir(dir: &std::path::Path) -> Result<Vec<Vec<f64>>> {
             }
             rows.extend(data.chunks(per_row).map(<[f64]>::to_vec));
         }
-    }
-    if rows.is_empty() && parquet > 0 {
-        return Err(Error::invalid(format!(
-            "{}: {parquet} Parquet capture files and no JSON Lines ones: a baseline is made from \
-             JSON Lines captures (format = \"jsonl\"); Parquet ones are for pandas and Spark",
-            dir.display()
-        )));
     }
     if rows.is_empty() {
         return Err(Error::invalid(format!(
