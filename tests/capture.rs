@@ -346,6 +346,9 @@ fn cloudevents_reach_an_http_sink_with_kserves_headers() {
         assert_eq!(h["content-type"], "application/json");
         let id = &h["ce-id"];
         assert_eq!(body["id"], *id);
+        let n: usize = id[2..].parse().unwrap();
+        let traceparent = trace_of(n).map(|t| format!("00-{t}-00f067aa0ba902b7-01"));
+        assert_eq!(h.get("ce-traceparent"), traceparent.as_ref(), "{id}");
         match h["ce-type"].as_str() {
             "org.kubeflow.serving.inference.request" => {
                 assert_eq!(body["inputs"][0]["shape"], json!([1, 16]));

@@ -26,13 +26,14 @@ pub struct InferRequest {
     pub protocol: Protocol,
     /// How the model's traffic policy sent it to its version (the router sets it).
     pub routing: Routing,
-    /// The W3C trace id of the caller's `traceparent` (32 lowercase hex digits).
-    pub trace_id: Option<String>,
+    /// The caller's W3C `traceparent`, when it sent a valid one.
+    pub traceparent: Option<String>,
 }
 
-/// The trace id of a W3C `traceparent` value (`00-<trace id>-<parent id>-<flags>`);
-/// `None` for one that is malformed, which the spec says to ignore.
-pub fn trace_id(traceparent: &[u8]) -> Option<String> {
+/// A W3C `traceparent` value (`00-<trace id>-<parent id>-<flags>`) as it
+/// came, checked; `None` for one that is malformed, which the spec says to
+/// ignore.
+pub fn traceparent(traceparent: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(traceparent).ok()?.trim();
     let mut parts = s.split('-');
     let (version, trace, parent, flags) =
@@ -52,7 +53,12 @@ pub fn trace_id(traceparent: &[u8]) -> Option<String> {
         && hex(parent, 16)
         && !zero(parent)
         && hex(flags, 2);
-    ok.then(|| trace.to_string())
+    ok.then(|| s.to_string())
+}
+
+/// The trace id (32 lowercase hex digits) of a value [`traceparent`] accepted.
+pub fn trace_id(traceparent: &str) -> &str {
+    traceparent.get(3..35).unwrap_or("")
 }
 
 /// How a request reached the version that answers it.
@@ -161,10 +167,12 @@ mod tests {
     #[test]
     fn traceparents_read_as_w3c_trace_context_says() {
         let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let value = format!("00-{id}-00f067aa0ba902b7-01");
         assert_eq!(
-            trace_id(format!("00-{id}-00f067aa0ba902b7-01").as_bytes()).as_deref(),
-            Some(id)
+            traceparent(value.as_bytes()).as_deref(),
+            Some(value.as_str())
         );
+        assert_eq!(trace_id(&value), id);
         for bad in [
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -174,9 +182,9 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             "",
         ] {
-            assert_eq!(trace_id(bad.as_bytes()), None, "{bad}");
+            assert_eq!(traceparent(bad.as_bytes()), None, "{bad}");
         }
         // A later version may carry more fields.
-        assert!(trace_id(format!("01-{id}-00f067aa0ba902b7-01-what").as_bytes()).is_some());
+        assert!(traceparent(format!("01-{id}-00f067aa0ba902b7-01-what").as_bytes()).is_some());
     }
 }

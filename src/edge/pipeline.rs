@@ -189,10 +189,10 @@ impl Pipeline {
             }
         };
         let mut request = request;
-        request.trace_id = call
+        request.traceparent = call
             .headers
             .header("traceparent")
-            .and_then(crate::core::request::trace_id);
+            .and_then(crate::core::request::traceparent);
         let response = run::<C>(routed, request, deadline).await?;
         codec.encode(response, shape)
     }

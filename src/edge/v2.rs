@@ -151,7 +151,7 @@ pub fn decode_request(
             deadline: None,
             protocol: crate::core::request::Protocol::Http,
             routing: Default::default(),
-            trace_id: None,
+            traceparent: None,
         },
         format,
     ))

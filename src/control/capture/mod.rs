@@ -79,7 +79,7 @@ impl Counts {
 struct Kept {
     at: SystemTime,
     id: String,
-    trace_id: Option<String>,
+    traceparent: Option<String>,
     request: Facts,
     inputs: Option<Vec<Tensor>>,
 }
@@ -198,7 +198,7 @@ impl RequestObserver for Capture {
                 }
                 None => format!("{:032x}", fastrand::u128(..)),
             },
-            trace_id: request.trace_id.clone(),
+            traceparent: request.traceparent.clone(),
             request: Facts {
                 routing: request.routing,
                 protocol: request.protocol,
@@ -242,7 +242,7 @@ impl RequestObserver for Capture {
         let record = Record {
             at: kept.at,
             id: kept.id,
-            trace_id: kept.trace_id,
+            traceparent: kept.traceparent,
             model: self.model.clone(),
             version: self.version,
             routing: kept.request.routing,

@@ -312,9 +312,9 @@ impl Table {
                 }
                 None => self.error.1.push(0),
             }
-            match &r.trace_id {
+            match r.trace_id() {
                 Some(t) => {
-                    self.trace.0.push(ByteArray::from(t.as_str()));
+                    self.trace.0.push(ByteArray::from(t));
                     self.trace.1.push(1);
                 }
                 None => self.trace.1.push(0),

@@ -18,8 +18,8 @@ use crate::core::tensor::{encode_bytes_elements, BytesIter, DataType, Tensor};
 pub struct Record {
     pub at: SystemTime,
     pub id: String,
-    /// The caller's W3C trace id, when its request carried a `traceparent`.
-    pub trace_id: Option<String>,
+    /// The caller's W3C `traceparent`, when its request carried a valid one.
+    pub traceparent: Option<String>,
     pub model: Arc<str>,
     pub version: u64,
     pub routing: Routing,
@@ -84,6 +84,13 @@ impl Record {
         }
     }
 
+    /// The caller's trace id, from its `traceparent`.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent
+            .as_deref()
+            .map(crate::core::request::trace_id)
+    }
+
     pub fn role(&self) -> &'static str {
         if self.routing == Routing::Shadow {
             "shadow"
@@ -118,7 +125,7 @@ impl Serialize for Record {
             &humantime::format_rfc3339_micros(self.at).to_string(),
         )?;
         m.serialize_entry("id", &self.id)?;
-        if let Some(t) = &self.trace_id {
+        if let Some(t) = self.trace_id() {
             m.serialize_entry("trace_id", t)?;
         }
         m.serialize_entry("model", &*self.model)?;
@@ -262,7 +269,7 @@ mod tests {
         let mut r = Record {
             at: SystemTime::now(),
             id: "r".into(),
-            trace_id: None,
+            traceparent: None,
             model: "m".into(),
             version: 1,
             routing: Routing::Named,

@@ -116,7 +116,7 @@ impl Sink {
         } else {
             format!("{:032x}", fastrand::u128(..))
         };
-        let req = ureq::http::Request::post(&self.url)
+        let mut req = ureq::http::Request::post(&self.url)
             .header("content-type", "application/json")
             .header("ce-specversion", "1.0")
             .header("ce-id", id)
@@ -131,8 +131,13 @@ impl Sink {
             )
             .header("ce-inferenceservicename", &*r.model)
             .header("ce-component", "predictor")
-            .header("ce-endpoint", r.version.to_string())
-            .body(serde_json::to_vec(body).expect("plain data"));
+            .header("ce-endpoint", r.version.to_string());
+        // CloudEvents' distributed-tracing extension: the event joins the
+        // caller's trace.
+        if let Some(t) = &r.traceparent {
+            req = req.header("ce-traceparent", t);
+        }
+        let req = req.body(serde_json::to_vec(body).expect("plain data"));
         let Ok(req) = req else {
             return false;
         };

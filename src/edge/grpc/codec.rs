@@ -94,7 +94,7 @@ pub fn decode_request(req: pb::ModelInferRequest) -> Result<(InferRequest, bool)
             deadline: None,
             protocol: crate::core::request::Protocol::Grpc,
             routing: Default::default(),
-            trace_id: None,
+            traceparent: None,
         },
         raw,
     ))
