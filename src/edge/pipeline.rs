@@ -163,7 +163,7 @@ impl Pipeline {
             model.resolve(call.version)?;
         }
         let header_key = call.sticky_key(&model);
-        let (request, shape, routed) = if C::NEEDS_METADATA {
+        let (mut request, shape, routed) = if C::NEEDS_METADATA {
             let routed = model.route(call.version, header_key.as_deref())?;
             let decoded = input
                 .await
@@ -188,7 +188,6 @@ impl Pipeline {
                 }
             }
         };
-        let mut request = request;
         request.traceparent = call
             .headers
             .header("traceparent")

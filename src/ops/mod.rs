@@ -183,16 +183,14 @@ fn act(verb: Verb) -> Outcome {
     let (client, format) = (Client::new(&common.connection)?, common.output);
     match verb {
         Verb::Models(a) => loop {
-            if a.watch && format == Format::Table && render::terminal() {
-                render::emit("\x1b[H\x1b[2J");
+            if a.watch {
+                render::frame_start(format);
             }
             models::models(&client, a.model.as_deref(), format)?;
             if !a.watch {
                 return Ok(());
             }
-            if !render::terminal() {
-                render::emit("\n");
-            }
+            render::frame_end(format);
             std::thread::sleep(a.every);
         },
         Verb::Traffic(a) => match a.verb {

@@ -51,6 +51,22 @@ pub fn verdict(text: impl Into<String>, good: bool) -> Cell {
     )
 }
 
+/// Before a `--watch` frame: on a terminal, home and clear, so the picture
+/// redraws in place.
+pub fn frame_start(format: Format) {
+    if format == Format::Table && terminal() {
+        emit("\x1b[H\x1b[2J");
+    }
+}
+
+/// After a `--watch` frame: where frames cannot redraw (a pipe, a file), a
+/// blank line between tables.
+pub fn frame_end(format: Format) {
+    if format == Format::Table && !terminal() {
+        emit("\n");
+    }
+}
+
 /// Writes `text` to stdout; a reader that went away (`| head`) ends the
 /// verb quietly, as it ends `cat`, rather than in a panic.
 pub fn emit(text: &str) {

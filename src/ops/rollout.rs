@@ -106,9 +106,8 @@ pub fn status(
     loop {
         let status = client.get(&path(model)?)?;
         let phase = status["phase"].as_str().unwrap_or("?").to_string();
-        if watch.is_some() && format == Format::Table && render::terminal() {
-            // Home and clear: the picture redraws in place.
-            render::emit("\x1b[H\x1b[2J");
+        if watch.is_some() {
+            render::frame_start(format);
         }
         if !render::structured(format, &status) {
             render::emit(&draw(&status));
@@ -123,9 +122,7 @@ pub fn status(
                 }),
             };
         }
-        if format == Format::Table && !render::terminal() {
-            render::emit("\n");
-        }
+        render::frame_end(format);
         std::thread::sleep(every);
     }
 }
