@@ -39,6 +39,7 @@ fn submit(w: &Workers, inputs: &[Tensor]) -> tokio::sync::oneshot::Receiver<Resu
         reply,
         enqueued: Instant::now(),
         deadline: None,
+        trace: None,
     };
     w.submit(job, 0, "m", 1).unwrap();
     rx

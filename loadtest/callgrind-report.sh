@@ -13,7 +13,8 @@
 # Needs valgrind (apt-get install valgrind), `make .venv-test/.done`, and
 # v2load (../shared/bench/setup_tools.sh builds it; V2LOAD= to point at it).
 # Compare builds by running it once for each, one after the other.
-# CONFIG=TOML appends to every model's config.toml (a [capture] table, say).
+# CONFIG=TOML appends to every model's config.toml (a [capture] table, say);
+# FLAGS="..." are added to the server's command line (--otlp-endpoint URL, say).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { sed -n 2,16p "$0"; exit 2; }
@@ -27,7 +28,7 @@ trap '[ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "
 .venv-test/bin/python ../shared/bench/make_models.py "$work/models" > /dev/null
 for m in "$work"/models/*/; do printf 'inline_max_microseconds = 0\n%s\n' "${CONFIG:-}" > "$m/config.toml"; done
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$BIN" serve --models "$work/models" \
-  --http 127.0.0.1:18790 --grpc 127.0.0.1:18791 --admin off --no-metrics > "$work/server.log" 2>&1 &
+  --http 127.0.0.1:18790 --grpc 127.0.0.1:18791 --admin off --no-metrics ${FLAGS:-} > "$work/server.log" 2>&1 &
 server=$!
 until curl -sf -o /dev/null http://127.0.0.1:18790/v2/health/ready; do sleep 0.5; done
 url=http://127.0.0.1:18790; [ "$PROTO" = grpc ] && url=http://127.0.0.1:18791

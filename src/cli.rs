@@ -191,6 +191,24 @@ pub struct ServeArgs {
     /// The share of requests captured (default 1).
     #[arg(long, value_name = "RATE", env = "SWITCHYARD_CAPTURE_SAMPLE_RATE")]
     pub capture_sample_rate: Option<f64>,
+    /// Export OpenTelemetry spans of every inference call to this OTLP
+    /// collector (Jaeger, Tempo, an OpenTelemetry Collector): gRPC, or
+    /// HTTP/protobuf for port 4318 or --otlp-protocol. Without it, the
+    /// standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; with neither, off.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// grpc or http/protobuf (else OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL).
+    #[arg(long, value_name = "PROTOCOL", value_parser = switchyard::control::otlp::Protocol::parse)]
+    pub otlp_protocol: Option<switchyard::control::otlp::Protocol>,
+    /// The share of calls traced when the caller decided nothing; a caller's
+    /// sampled `traceparent` is always followed (parent-based sampling).
+    #[arg(
+        long,
+        value_name = "RATIO",
+        default_value_t = 1.0,
+        env = "SWITCHYARD_TRACE_SAMPLE_RATIO"
+    )]
+    pub trace_sample_ratio: f64,
     /// This replica's name in the fleet (GET /admin/fleet). Default: the
     /// host name (a pod's name) and the HTTP port.
     #[arg(long, value_name = "NAME", env = "SWITCHYARD_REPLICA_ID")]
@@ -558,15 +576,7 @@ impl ServeArgs {
                 config.key = self.etcd_key.clone();
                 config.user = self.etcd_user.clone();
                 config.check()?;
-                let replica = self.replica_id.clone().unwrap_or_else(|| {
-                    let host = std::env::var("HOSTNAME")
-                        .ok()
-                        .filter(|h| !h.is_empty())
-                        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-                        .map(|h| h.trim().to_string())
-                        .unwrap_or_else(|| "switchyard".into());
-                    format!("{host}:{}", self.http.port())
-                });
+                let replica = self.replica();
                 let store = std::sync::Arc::new(EtcdStore::new(
                     config,
                     Settings {
@@ -578,6 +588,23 @@ impl ServeArgs {
                 tracing::info!(store = %store.config().describe(), replica = store.replica(), "traffic policies from etcd");
                 store.start(scope);
                 PolicyStore::Etcd(store)
+            }
+        })
+    }
+
+    /// This replica's name: --replica-id, else the host name and HTTP port.
+    pub fn replica(&self) -> String {
+        self.replica_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|| "switchyard".into());
+            match self.http.port() {
+                // An ephemeral port is known only once bound.
+                0 => host,
+                port => format!("{host}:{port}"),
             }
         })
     }

@@ -86,6 +86,15 @@ fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         let buckets = (!args.latency_buckets.is_empty()).then_some(args.latency_buckets.as_slice());
         switchyard::edge::metrics::install(buckets, &tree.edge)?;
     }
+    switchyard::control::otlp::start(
+        &switchyard::control::otlp::Options {
+            endpoint: args.otlp_endpoint.clone(),
+            protocol: args.otlp_protocol,
+            sample_ratio: args.trace_sample_ratio,
+            instance: Some(args.replica()),
+        },
+        &tree.telemetry,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("switchyard-io")

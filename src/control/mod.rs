@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod drift;
 pub mod etcd;
+pub mod otlp;
 pub mod plane;
 pub mod policy;
 pub mod repository;

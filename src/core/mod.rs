@@ -14,3 +14,4 @@ pub mod request;
 pub mod sys;
 pub mod tasks;
 pub mod tensor;
+pub mod trace;

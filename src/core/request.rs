@@ -26,8 +26,11 @@ pub struct InferRequest {
     pub protocol: Protocol,
     /// How the model's traffic policy sent it to its version (the router sets it).
     pub routing: Routing,
-    /// The caller's W3C `traceparent`, when it sent a valid one.
+    /// The W3C `traceparent` of the request's server span when spans are
+    /// exported, else the caller's, when it sent a valid one.
     pub traceparent: Option<String>,
+    /// Set when the request is traced: its stages become spans.
+    pub trace: Option<crate::core::trace::Trace>,
 }
 
 /// A W3C `traceparent` value (`00-<trace id>-<parent id>-<flags>`) as it

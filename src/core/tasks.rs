@@ -124,6 +124,8 @@ pub struct Supervisor {
     pub edge: Scope,
     pub control: Scope,
     pub serving: Scope,
+    /// The span exporter: stopped last, it sends the spans of all before it.
+    pub telemetry: Scope,
     pub stopping: Arc<Stopping>,
 }
 
@@ -133,6 +135,7 @@ impl Default for Supervisor {
             edge: Scope::new("edge"),
             control: Scope::new("control"),
             serving: Scope::new("serving"),
+            telemetry: Scope::new("telemetry"),
             stopping: Arc::default(),
         }
     }

@@ -15,6 +15,7 @@ use super::auth::{AdminAuth, Port};
 use super::limits::{Bounds, Hold, Metered, CONTROL_BODY_BYTES};
 use super::pipeline::Call;
 use super::status::ErrorStatus;
+use super::trace::ServerSpan;
 use super::{compression, v2};
 use crate::control::Control;
 use crate::core::error::{Error, Result};
@@ -176,15 +177,7 @@ async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp
     let http1 = req.version() == http::Version::HTTP_11;
     let mut resp = match route(state, req, peer, &hold).await {
         Ok(resp) => resp,
-        Err(e) => {
-            let status = e.http_status();
-            if status.is_server_error() {
-                tracing::warn!(%method, %path, %status, error = %e, "request failed");
-            } else {
-                tracing::debug!(%method, %path, %status, error = %e, "request refused");
-            }
-            error_response(&e)
-        }
+        Err(e) => failed(&method, path, &e),
     };
     // Once a stop began, a keep-alive client is told to reconnect for its next
     // request, which a load balancer sends elsewhere, rather than reuse a
@@ -194,6 +187,17 @@ async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// A failed request's answer, logged: a warning when the server failed.
+fn failed(method: &http::Method, path: &str, e: &Error) -> Response<Body> {
+    let status = e.http_status();
+    if status.is_server_error() {
+        tracing::warn!(%method, %path, %status, error = %e, "request failed");
+    } else {
+        tracing::debug!(%method, %path, %status, error = %e, "request refused");
+    }
+    error_response(e)
 }
 
 /// A readiness probe's 503 while models load: an answer, not a failure to log
@@ -300,6 +304,21 @@ enum Route<'a> {
 }
 
 impl Route<'_> {
+    /// An inference route's template, as a span's `http.route` names it;
+    /// `None` for one configured (Vertex AI's), whose path is its own.
+    fn template(&self) -> Option<&'static str> {
+        Some(match self {
+            Route::Infer(_, "") => "/v2/models/{model}/infer",
+            Route::Infer(..) => "/v2/models/{model}/versions/{version}/infer",
+            Route::V1Predict(_) => "/v1/models/{model}:predict",
+            Route::Invocations(None) => "/invocations",
+            Route::Invocations(Some(_)) => "/models/{model}/invocations",
+            Route::OpenAiEmbeddings => "/v1/embeddings",
+            Route::TeiEmbed => "/embed",
+            _ => return None,
+        })
+    }
+
     /// The methods a route takes, as the `Allow` header lists them.
     fn allow(&self) -> &'static str {
         match self {
@@ -588,17 +607,54 @@ async fn route(
     }
 }
 
-/// The inference routes: each a codec through the one pipeline.
+/// The inference routes: each a codec through the one pipeline, in the
+/// call's server span when spans are exported.
 async fn inference(
     state: &State,
     route: Route<'_>,
     req: Request<Incoming>,
     hold: &Hold<'_>,
 ) -> Result<Response<Body>> {
-    let (bounds, max) = (&state.bounds, state.bounds.limits.max_body_bytes);
     // Before anything a route does ahead of the pipeline (a version parsed, a
     // default model chosen, a body read for the model it names).
     state.pipeline.authorize(req.headers())?;
+    let (parts, body) = req.into_parts();
+    let scheme = if state.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let template = route.template().unwrap_or(parts.uri.path());
+    let Some(mut span) = ServerSpan::http(&parts, template, scheme) else {
+        return infer_route(state, route, &parts, body, hold, None).await;
+    };
+    let answer = infer_route(state, route, &parts, body, hold, Some(&mut span)).await;
+    // A failure is answered here, so that it carries the `traceparent` too.
+    let (mut resp, error) = match answer {
+        Ok(resp) => (resp, None),
+        Err(e) => (failed(&parts.method, parts.uri.path(), &e), Some(e)),
+    };
+    if let Some(v) = span.header() {
+        resp.headers_mut().insert(TRACEPARENT, v);
+    }
+    span.end_http(resp.status(), error.as_ref());
+    Ok(resp)
+}
+
+/// The header of a call's trace context, which its answer carries back.
+const TRACEPARENT: header::HeaderName = header::HeaderName::from_static("traceparent");
+
+async fn infer_route(
+    state: &State,
+    route: Route<'_>,
+    parts: &http::request::Parts,
+    body: Incoming,
+    hold: &Hold<'_>,
+    span: Option<&mut ServerSpan>,
+) -> Result<Response<Body>> {
+    let (bounds, max) = (&state.bounds, state.bounds.limits.max_body_bytes);
+    let headers = &parts.headers;
+    let input = |body| read_body(headers, body, bounds, max, hold);
     match route {
         Route::V1Predict(_) | Route::VertexPredict => {
             let name;
@@ -609,24 +665,24 @@ async fn inference(
                     &name
                 }
             };
-            let (parts, body) = req.into_parts();
             let call = Call {
                 model: m,
                 version: None,
-                headers: &parts.headers,
+                headers,
+                span,
             };
-            let input = read_body(&parts.headers, body, bounds, max, hold);
-            state.pipeline.infer(call, &super::v1::Codec, input).await
+            state
+                .pipeline
+                .infer(call, &super::v1::Codec, input(body))
+                .await
         }
         Route::Invocations(m) => {
             let name = match m {
                 Some(m) => m.to_string(),
                 None => default_model(state)?,
             };
-            let (parts, body) = req.into_parts();
             let codec = super::mlflow::Codec {
-                content_type: parts
-                    .headers
+                content_type: headers
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string),
@@ -634,47 +690,47 @@ async fn inference(
             let call = Call {
                 model: &name,
                 version: None,
-                headers: &parts.headers,
+                headers,
+                span,
             };
-            let input = read_body(&parts.headers, body, bounds, max, hold);
-            let mut resp = state.pipeline.infer(call, &codec, input).await?;
-            if let Some(v) = parts.headers.get(super::platform::CUSTOM_ATTRIBUTES) {
+            let mut resp = state.pipeline.infer(call, &codec, input(body)).await?;
+            if let Some(v) = headers.get(super::platform::CUSTOM_ATTRIBUTES) {
                 resp.headers_mut()
                     .insert(super::platform::CUSTOM_ATTRIBUTES, v.clone());
             }
             Ok(resp)
         }
-        Route::OpenAiEmbeddings => openai_embeddings(state, req, hold).await.or_else(|e| {
-            if e.http_status().is_server_error() {
-                tracing::warn!(path = "/v1/embeddings", error = %e, "request failed");
-            }
-            Ok(super::embeddings::openai_error(&e))
-        }),
+        Route::OpenAiEmbeddings => openai_embeddings(state, parts, body, hold, span)
+            .await
+            .or_else(|e| {
+                if e.http_status().is_server_error() {
+                    tracing::warn!(path = "/v1/embeddings", error = %e, "request failed");
+                }
+                Ok(super::embeddings::openai_error(&e))
+            }),
         Route::TeiEmbed => {
             let name = default_encoder(state)?;
-            let (parts, body) = req.into_parts();
             let call = Call {
                 model: &name,
                 version: None,
-                headers: &parts.headers,
+                headers,
+                span,
             };
-            let input = read_body(&parts.headers, body, bounds, max, hold);
             state
                 .pipeline
-                .infer(call, &super::embeddings::Tei, input)
+                .infer(call, &super::embeddings::Tei, input(body))
                 .await
         }
         Route::Infer(m, v) => {
             let version = parse_version(m, v)?;
-            let (parts, body) = req.into_parts();
-            let codec = v2::HttpCodec::new(&parts.headers);
+            let codec = v2::HttpCodec::new(headers);
             let call = Call {
                 model: m,
                 version,
-                headers: &parts.headers,
+                headers,
+                span,
             };
-            let input = read_body(&parts.headers, body, bounds, max, hold);
-            state.pipeline.infer(call, &codec, input).await
+            state.pipeline.infer(call, &codec, input(body)).await
         }
 
         other => Err(Error::Internal(format!(
@@ -1030,10 +1086,11 @@ fn default_of(
 /// first (bounded as every body is).
 async fn openai_embeddings(
     state: &State,
-    req: Request<Incoming>,
+    parts: &http::request::Parts,
+    body: Incoming,
     hold: &Hold<'_>,
+    span: Option<&mut ServerSpan>,
 ) -> Result<Response<Body>> {
-    let (parts, body) = req.into_parts();
     let limit = state.bounds.limits.max_body_bytes;
     let body = read_body(&parts.headers, body, &state.bounds, limit, hold).await?;
     let request = super::embeddings::OpenAiRequest::parse(&body)?;
@@ -1042,6 +1099,7 @@ async fn openai_embeddings(
         model: &model,
         version: None,
         headers: &parts.headers,
+        span,
     };
     let input = std::future::ready(Ok(request));
     state

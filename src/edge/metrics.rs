@@ -129,6 +129,22 @@ fn describe() {
         "switchyard_inflight_bytes_refused_total",
         "Requests refused because their bytes did not fit --max-inflight-bytes."
     );
+    describe_counter!(
+        "switchyard_capture_records_total",
+        "Capture records written to files or taken by the sink."
+    );
+    describe_counter!(
+        "switchyard_capture_dropped_total",
+        "Capture records dropped, by reason (queue_full, write_failed)."
+    );
+    describe_counter!(
+        "switchyard_trace_spans_exported_total",
+        "Spans the OTLP collector accepted."
+    );
+    describe_counter!(
+        "switchyard_trace_spans_dropped_total",
+        "Spans dropped, by reason (queue_full, export_failed)."
+    );
     describe_gauge!(
         "switchyard_version_state",
         "1 for the state each known version is in."

@@ -21,6 +21,7 @@ pub mod rows;
 mod server;
 pub mod status;
 pub mod tls;
+pub mod trace;
 pub mod v1;
 pub mod v2;
 

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use crate::core::error::{Error, Result};
 use crate::core::metadata::ModelMetadata;
 use crate::core::request::{InferRequest, InferResponse, Protocol};
+use crate::core::trace::KeyValue;
+use crate::edge::trace::ServerSpan;
 use crate::edge::AdminAuth;
 use crate::serving::{traffic::routing_key, Model, ModelVersion, Models, Routed};
 
@@ -71,6 +73,8 @@ pub struct Call<'a> {
     /// Set when the client addressed a version.
     pub version: Option<u64>,
     pub headers: &'a dyn Headers,
+    /// The call's span, which the listener started and ends.
+    pub span: Option<&'a mut ServerSpan>,
 }
 
 impl Call<'_> {
@@ -151,7 +155,7 @@ impl Pipeline {
     /// at once. A `grpc-timeout` counts from here, the body's upload included.
     pub async fn infer<C: Codec>(
         &self,
-        call: Call<'_>,
+        mut call: Call<'_>,
         codec: &C,
         input: impl Future<Output = Result<C::Input>>,
     ) -> Result<C::Output> {
@@ -163,21 +167,25 @@ impl Pipeline {
             model.resolve(call.version)?;
         }
         let header_key = call.sticky_key(&model);
-        let (mut request, shape, routed) = if C::NEEDS_METADATA {
+        let mut span = call.span.take();
+        // When the request is decoded and routed: the ends of those stages.
+        let (mut request, shape, routed, decoded, route) = if C::NEEDS_METADATA {
             let routed = model.route(call.version, header_key.as_deref())?;
+            let route = (started, Instant::now());
             let decoded = input
                 .await
                 .and_then(|i| codec.decode(i, &call, Some(&routed.primary.metadata)));
             match decoded {
-                Ok((request, shape)) => (request, shape, routed),
+                Ok((request, shape)) => (request, shape, routed, (route.1, Instant::now()), route),
                 Err(e) => return Err(refused::<C>(&routed.primary, e)),
             }
         } else {
             match input.await.and_then(|i| codec.decode(i, &call, None)) {
                 Ok((request, shape)) => {
+                    let decoded = (started, Instant::now());
                     let key = routing_key(&request.parameters).or(header_key);
                     let routed = model.route(call.version, key.as_deref())?;
-                    (request, shape, routed)
+                    (request, shape, routed, decoded, (decoded.1, Instant::now()))
                 }
                 Err(e) => {
                     // Counted against the version named, else the default one.
@@ -188,13 +196,54 @@ impl Pipeline {
                 }
             }
         };
-        request.traceparent = call
-            .headers
-            .header("traceparent")
-            .and_then(crate::core::request::traceparent);
+        request.traceparent = match &mut span {
+            Some(span) => {
+                trace_routing(span, &routed, decoded, route);
+                request.trace = span.trace().cloned();
+                Some(span.traceparent().to_string())
+            }
+            None => call
+                .headers
+                .header("traceparent")
+                .and_then(crate::core::request::traceparent),
+        };
         let response = run::<C>(routed, request, deadline).await?;
-        codec.encode(response, shape)
+        let Some(span) = span.filter(|s| s.trace().is_some()) else {
+            return codec.encode(response, shape);
+        };
+        let encoding = Instant::now();
+        let encoded = codec.encode(response, shape);
+        span.stage("switchyard.encode", (encoding, Instant::now()), Vec::new());
+        encoded
     }
+}
+
+/// The spans of a traced request's decoding and routing, and what routing
+/// chose on its server span.
+fn trace_routing(
+    span: &mut ServerSpan,
+    routed: &Routed,
+    decoded: (Instant, Instant),
+    route: (Instant, Instant),
+) {
+    if span.trace().is_none() {
+        return;
+    }
+    let primary = &routed.primary;
+    let mut chosen = vec![
+        KeyValue::new("switchyard.model", primary.model.to_string()),
+        KeyValue::new("switchyard.version", primary.version as i64),
+        KeyValue::new("switchyard.routing", routed.routing.as_str()),
+    ];
+    if let Some((shadow, _)) = &routed.shadow {
+        chosen.push(KeyValue::new(
+            "switchyard.shadow.version",
+            shadow.version as i64,
+        ));
+    }
+    span.stage("switchyard.decode", decoded, Vec::new());
+    span.stage("switchyard.route", route, chosen.clone());
+    span.set(chosen);
 }
 
 /// Counts a request that its version never answered (it could not be read or

@@ -150,8 +150,7 @@ pub fn decode_request(
             parameters,
             deadline: None,
             protocol: crate::core::request::Protocol::Http,
-            routing: Default::default(),
-            traceparent: None,
+            ..Default::default()
         },
         format,
     ))

@@ -245,6 +245,7 @@ impl ModelVersion {
             reply,
             enqueued: start,
             deadline,
+            trace: req.trace,
         };
         // Answered already when it ran inline: the reply is waiting in `rx`.
         let poll = match self.workers.try_inline(job) {
@@ -299,6 +300,7 @@ impl ModelVersion {
                 reply,
                 enqueued: std::time::Instant::now(),
                 deadline: None,
+                trace: None,
             },
             0,
             &self.model,

@@ -2,6 +2,7 @@
 //! requests read it without a lock while loads and unloads replace it whole.
 
 use crate::core::request::Routing;
+use crate::core::trace::KeyValue;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -203,13 +204,26 @@ impl Routed {
         };
         let mut copy = request.clone();
         copy.routing = Routing::Shadow;
+        copy.trace = None;
+        let primary_trace = request.trace.clone();
         let response = self.primary.infer(request).await;
         if let Ok(r) = &response {
             let primary = r.outputs.clone();
             let scope = shadow.scope().clone();
             scope.spawn(async move {
                 let t = std::time::Instant::now();
+                let span = primary_trace.and_then(|p| {
+                    p.shadow(vec![
+                        KeyValue::new("switchyard.model", shadow.model.to_string()),
+                        KeyValue::new("switchyard.version", shadow.version as i64),
+                        KeyValue::new("switchyard.routing", Routing::Shadow.as_str()),
+                    ])
+                });
+                copy.trace = span.as_ref().map(|(_, trace)| trace.clone());
                 let answer = shadow.infer(copy).await.map(|r| r.outputs);
+                if let Some((span, _)) = span {
+                    span.end(answer.as_ref().err().map(ToString::to_string));
+                }
                 stats.record(t.elapsed(), &primary, answer);
             });
         }

@@ -24,6 +24,7 @@ use crate::core::batch;
 use crate::core::error::{Error, Result};
 use crate::core::tasks::Scope;
 use crate::core::tensor::Tensor;
+use crate::core::trace::{KeyValue, Trace};
 use crate::runtime::Backend;
 
 /// One queued request: validated inputs, the outputs to return, and where to answer.
@@ -34,6 +35,8 @@ pub struct Job {
     pub enqueued: Instant,
     /// Past this, the job is answered DEADLINE_EXCEEDED instead of computed.
     pub deadline: Option<Instant>,
+    /// Set when the request is traced: its queue, batch and compute become spans.
+    pub trace: Option<Trace>,
 }
 
 impl Job {
@@ -531,17 +534,65 @@ fn execute(backend: &mut dyn Backend, batch: Vec<Job>, runner: &Runner) {
                 .record((started - j.enqueued).as_secs_f64());
         }
     }
-    answer(backend, batch, policy, stats, check);
+    // Taken before the jobs go with their answers; spans are made after them.
+    let traced: Vec<(Trace, Instant)> = if batch.iter().any(|j| j.trace.is_some()) {
+        batch
+            .iter()
+            .filter_map(|j| Some((j.trace.clone()?, j.enqueued)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let shape = (batch.len(), batch.iter().map(Job::rows).sum::<usize>());
+    let compute = answer(backend, batch, policy, stats, check);
+    if !traced.is_empty() {
+        trace_batch(&traced, shape, started, compute);
+    }
 }
 
-/// Runs jobs together and answers each of them.
+/// The spans of a batch's traced requests: each one's wait in the queue, and
+/// the batch (its size, links to the other traced requests in it) with the
+/// compute inside it.
+fn trace_batch(
+    traced: &[(Trace, Instant)],
+    (requests, rows): (usize, usize),
+    started: Instant,
+    compute: (Instant, Instant),
+) {
+    let ended = Instant::now();
+    for (i, (trace, enqueued)) in traced.iter().enumerate() {
+        trace.stage(
+            "switchyard.queue",
+            (*enqueued, started),
+            Vec::new(),
+            Vec::new(),
+        );
+        let links = traced
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .take(crate::core::trace::MAX_BATCH_LINKS)
+            .map(|(_, (other, _))| other.link())
+            .collect();
+        let attributes = vec![
+            KeyValue::new("switchyard.batch.size", requests as i64),
+            KeyValue::new("switchyard.batch.rows", rows as i64),
+        ];
+        if let Some(batch) = trace.stage("switchyard.batch", (started, ended), attributes, links) {
+            batch.stage("switchyard.compute", compute, Vec::new(), Vec::new());
+        }
+    }
+}
+
+/// Runs jobs together and answers each of them; returns when the backend's
+/// work began and ended.
 fn answer(
     backend: &mut dyn Backend,
     batch: Vec<Job>,
     policy: &BatchPolicy,
     stats: &Stats,
     check: &OutputCheck,
-) {
+) -> (Instant, Instant) {
     let started = Instant::now();
     let rows: Vec<usize> = batch.iter().map(Job::rows).collect();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -554,12 +605,14 @@ fn answer(
         batch::split(outputs, &rows)
     }))
     .unwrap_or_else(|_| Err(Error::Internal("the backend panicked".into())));
+    let took = started.elapsed();
     let total_rows = if policy.max_batch_size > 0 {
         rows.iter().sum()
     } else {
         1
     };
-    stats.record_run(total_rows, started.elapsed());
+    stats.record_run(total_rows, took);
+    let mut ended = started + took;
     match result {
         Ok(per_job) => {
             stats
@@ -574,7 +627,7 @@ fn answer(
         // alone, so only the one that brought it gets the error.
         Err(Error::InvalidInput(_) | Error::OutOfMemory(_)) if batch.len() > 1 => {
             for job in batch {
-                answer(backend, vec![job], policy, stats, check);
+                ended = answer(backend, vec![job], policy, stats, check).1;
             }
         }
         Err(e) => {
@@ -583,6 +636,7 @@ fn answer(
             }
         }
     }
+    (started, ended)
 }
 
 #[cfg(test)]
@@ -609,6 +663,7 @@ mod tests {
                 reply,
                 enqueued: Instant::now(),
                 deadline: None,
+                trace: None,
             },
             rx,
         )
@@ -654,6 +709,7 @@ mod tests {
             reply,
             enqueued: Instant::now(),
             deadline: None,
+            trace: None,
         };
         (job, rx)
     }

@@ -93,8 +93,7 @@ pub fn decode_request(req: pb::ModelInferRequest) -> Result<(InferRequest, bool)
             parameters: params(&req.parameters, "request")?,
             deadline: None,
             protocol: crate::core::request::Protocol::Grpc,
-            routing: Default::default(),
-            traceparent: None,
+            ..Default::default()
         },
         raw,
     ))

@@ -31,6 +31,7 @@ use crate::core::tensor::DataType;
 use crate::edge::auth::{AdminAuth, Port};
 use crate::edge::limits::{Bounds, GrpcMetered};
 use crate::edge::pipeline::{Call, Headers, Pipeline};
+use crate::edge::trace::ServerSpan;
 use crate::serving::{parse_version, Models};
 
 /// The address of the client, put into each request by the connection wrapper.
@@ -86,6 +87,7 @@ impl InferenceService {
         pipeline: &Pipeline,
         msg: pb::ModelInferRequest,
         headers: &dyn Headers,
+        span: Option<&mut ServerSpan>,
     ) -> Result<pb::ModelInferResponse> {
         pipeline.authorize(headers)?;
         let model = msg.model_name.clone();
@@ -93,6 +95,7 @@ impl InferenceService {
             version: parse_version(&model, &msg.model_version)?,
             model: &model,
             headers,
+            span,
         };
         pipeline
             .infer(call, &codec::Codec, std::future::ready(Ok(msg)))
@@ -251,8 +254,26 @@ impl GrpcInferenceService for InferenceService {
         req: tonic::Request<pb::ModelInferRequest>,
     ) -> Reply<pb::ModelInferResponse> {
         let (metadata, _, msg) = req.into_parts();
-        let resp = Self::infer_one(&self.pipeline, msg, &metadata).await?;
-        Ok(Response::new(resp))
+        let Some(mut span) = ServerSpan::grpc(&metadata, "ModelInfer", None) else {
+            let resp = Self::infer_one(&self.pipeline, msg, &metadata, None).await?;
+            return Ok(Response::new(resp));
+        };
+        let answer = Self::infer_one(&self.pipeline, msg, &metadata, Some(&mut span)).await;
+        let traceparent = span
+            .header()
+            .and_then(|v| tonic::metadata::MetadataValue::try_from(v.as_bytes()).ok());
+        let mut answer = answer.map(Response::new).map_err(Status::from);
+        match &answer {
+            Ok(_) => span.end_grpc(tonic::Code::Ok, None),
+            Err(status) => span.end_grpc(status.code(), Some(status.message())),
+        }
+        if let Some(v) = traceparent {
+            match &mut answer {
+                Ok(resp) => resp.metadata_mut().insert("traceparent", v),
+                Err(status) => status.metadata_mut().insert("traceparent", v),
+            };
+        }
+        answer
     }
 
     type ModelStreamInferStream = Pin<
@@ -288,7 +309,19 @@ impl GrpcInferenceService for InferenceService {
                 let tx = tx.clone();
                 let (pipeline, headers) = (pipeline.clone(), headers.clone());
                 scope.spawn(async move {
-                    let reply = match Self::infer_one(&pipeline, msg, &*headers).await {
+                    // One span a message: each is a call of its own.
+                    let mut span = ServerSpan::grpc(&*headers, "ModelStreamInfer", None);
+                    let reply = Self::infer_one(&pipeline, msg, &*headers, span.as_mut()).await;
+                    if let Some(span) = span {
+                        match &reply {
+                            Ok(_) => span.end_grpc(tonic::Code::Ok, None),
+                            Err(e) => {
+                                let status = Status::from(e.clone());
+                                span.end_grpc(status.code(), Some(status.message()));
+                            }
+                        }
+                    }
+                    let reply = match reply {
                         Ok(r) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(r),

@@ -25,6 +25,7 @@ use super::proto as pb;
 use super::service::InferenceService;
 use crate::edge::limits::GrpcMetered;
 use crate::edge::pipeline::Pipeline;
+use crate::edge::trace::ServerSpan;
 
 /// The one method this path serves.
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -46,7 +47,9 @@ pub(super) async fn model_infer(
     req: Request<GrpcMetered<Incoming>>,
 ) -> Response<Answer> {
     let (parts, mut body) = req.into_parts();
-    let answer = match call(pipeline, &parts.headers, &mut body).await {
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    let mut span = ServerSpan::grpc(&parts.headers, "ModelInfer", authority);
+    let answer = match call(pipeline, &parts.headers, &mut body, span.as_mut()).await {
         // The body failed (refused, past its deadline, reset): that is the answer.
         Err(Failed::Body(status)) => Err(status),
         // An answer sent before the request's end makes h2 reset the stream,
@@ -58,7 +61,11 @@ pub(super) async fn model_infer(
             Ok(()) => answer.map_err(|(Failed::Body(s) | Failed::Call(s))| s),
         },
     };
-    match answer {
+    let failure = span
+        .as_ref()
+        .and(answer.as_ref().err())
+        .map(|s| (s.code(), s.message().to_string()));
+    let mut resp = match answer {
         Ok(msg) => {
             let mut resp = Response::new(Answer::message(&msg));
             resp.headers_mut()
@@ -66,7 +73,17 @@ pub(super) async fn model_infer(
             resp
         }
         Err(status) => status.into_http(),
+    };
+    if let Some(span) = span {
+        if let Some(v) = span.header() {
+            resp.headers_mut().insert("traceparent", v);
+        }
+        match failure {
+            Some((code, message)) => span.end_grpc(code, Some(&message)),
+            None => span.end_grpc(tonic::Code::Ok, None),
+        }
     }
+    resp
 }
 
 const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
@@ -85,6 +102,7 @@ async fn call(
     pipeline: &Pipeline,
     headers: &HeaderMap,
     body: &mut GrpcMetered<Incoming>,
+    span: Option<&mut ServerSpan>,
 ) -> Result<pb::ModelInferResponse, Failed> {
     // Before the body: a caller without the token sends nothing we keep.
     pipeline
@@ -94,7 +112,7 @@ async fn call(
     // prost's message starts "failed to decode Protobuf message", as tonic's does.
     let msg = pb::ModelInferRequest::decode(msg)
         .map_err(|e| Failed::Call(Status::invalid_argument(e.to_string())))?;
-    InferenceService::infer_one(pipeline, msg, headers)
+    InferenceService::infer_one(pipeline, msg, headers, span)
         .await
         .map_err(|e| Failed::Call(e.into()))
 }
