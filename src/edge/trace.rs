@@ -44,20 +44,24 @@ impl Extractor for Extract<'_> {
 
 impl ServerSpan {
     /// Starts a call's span, a child of the caller's when its headers carry
-    /// one; `None` when no spans are exported.
-    pub fn start(
+    /// one; `None` when no spans are exported. The attributes are made only
+    /// for a sampled span (sampling does not read them).
+    fn start(
         headers: &dyn Headers,
-        name: impl Into<Cow<'static, str>>,
-        attributes: Vec<KeyValue>,
+        name: impl FnOnce() -> String,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Option<ServerSpan> {
         let tracer = crate::core::trace::tracer()?;
         let parent = TraceContextPropagator::new().extract(&Extract(headers));
-        let span = tracer
-            .span_builder(name)
+        let mut span = tracer
+            .span_builder(Cow::Borrowed("server"))
             .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
             .start_with_context(tracer, &parent);
         let trace = Trace::of(&span, Clock::now());
+        if trace.is_some() {
+            span.update_name(name());
+            span.set_attributes(attributes());
+        }
         let traceparent = crate::core::trace::traceparent(span.span_context());
         Some(ServerSpan {
             span,
@@ -72,36 +76,38 @@ impl ServerSpan {
         route: &str,
         scheme: &'static str,
     ) -> Option<ServerSpan> {
-        crate::core::trace::tracer()?;
-        let method = parts.method.as_str().to_string();
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method.clone()),
-            KeyValue::new("http.route", route.to_string()),
-            KeyValue::new("url.path", parts.uri.path().to_string()),
-            KeyValue::new("url.scheme", scheme),
-            KeyValue::new(
-                "network.protocol.version",
-                match parts.version {
-                    http::Version::HTTP_2 => "2",
-                    http::Version::HTTP_10 => "1.0",
-                    _ => "1.1",
-                },
-            ),
-        ];
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| parts.headers.get(http::header::HOST)?.to_str().ok());
-        attributes.extend(server_address(host));
-        if let Some(agent) = parts
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-        {
-            attributes.push(KeyValue::new("user_agent.original", agent.to_string()));
-        }
-        Self::start(&parts.headers, format!("{method} {route}"), attributes)
+        let method = parts.method.as_str();
+        let attributes = || {
+            let mut kv = vec![
+                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("http.route", route.to_string()),
+                KeyValue::new("url.path", parts.uri.path().to_string()),
+                KeyValue::new("url.scheme", scheme),
+                KeyValue::new(
+                    "network.protocol.version",
+                    match parts.version {
+                        http::Version::HTTP_2 => "2",
+                        http::Version::HTTP_10 => "1.0",
+                        _ => "1.1",
+                    },
+                ),
+            ];
+            let host = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| parts.headers.get(http::header::HOST)?.to_str().ok());
+            kv.extend(server_address(host));
+            if let Some(agent) = parts
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+            {
+                kv.push(KeyValue::new("user_agent.original", agent.to_string()));
+            }
+            kv
+        };
+        Self::start(&parts.headers, || format!("{method} {route}"), attributes)
     }
 
     /// A gRPC call's span: `{service}/{method}` and the call's attributes.
@@ -110,14 +116,16 @@ impl ServerSpan {
         method: &'static str,
         authority: Option<&str>,
     ) -> Option<ServerSpan> {
-        crate::core::trace::tracer()?;
-        let mut attributes = vec![
-            KeyValue::new("rpc.system", "grpc"),
-            KeyValue::new("rpc.service", GRPC_SERVICE),
-            KeyValue::new("rpc.method", method),
-        ];
-        attributes.extend(server_address(authority));
-        Self::start(headers, format!("{GRPC_SERVICE}/{method}"), attributes)
+        let attributes = || {
+            let mut kv = vec![
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", GRPC_SERVICE),
+                KeyValue::new("rpc.method", method),
+            ];
+            kv.extend(server_address(authority));
+            kv
+        };
+        Self::start(headers, || format!("{GRPC_SERVICE}/{method}"), attributes)
     }
 
     /// The trace the request's stages nest in, when sampled.
