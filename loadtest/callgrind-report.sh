@@ -14,7 +14,8 @@
 # v2load (../shared/bench/setup_tools.sh builds it; V2LOAD= to point at it).
 # Compare builds by running it once for each, one after the other.
 # CONFIG=TOML appends to every model's config.toml (a [capture] table, say);
-# FLAGS="..." are added to the server's command line (--otlp-endpoint URL, say).
+# FLAGS="..." are added to the server's command line (--otlp-endpoint URL, say);
+# KEEP=FILE keeps the callgrind dump there, for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { sed -n 2,16p "$0"; exit 2; }
@@ -45,6 +46,7 @@ callgrind_control -d "$server" > /dev/null 2>&1
 for _ in $(seq 50); do ls "$work"/cg.*.1 > /dev/null 2>&1 && break; sleep 0.2; done
 sleep 1  # the dump is written, not yet whole
 out=$(ls "$work"/cg.*.1)
+[ -z "${KEEP:-}" ] || cp "$out" "$KEEP"
 all=$(grep -m1 '^summary:' "$out" | awk '{print $2}')
 worker=$(callgrind_annotate --inclusive=yes --threshold=100 "$out" 2>/dev/null |
   grep -m1 'switchyard::serving::worker::run \[' | awk '{gsub(",", "", $1); print $1}' || true)

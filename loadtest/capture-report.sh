@@ -10,11 +10,8 @@
 # run and removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-results/capture-$(date +%Y-%m-%d)}"
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
 KIND=capture
-. loadtest/lib.sh
+. loadtest/lib.sh "${1:-}"
 cap="${CAPTURE_DIR:-$OUT/capture}"
 MODES="${MODES:-off 0.01 1.0 pq0.01 pq1.0}"
 serve_mode() { # serve_mode off|RATE|pqRATE

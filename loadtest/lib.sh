@@ -1,7 +1,11 @@
 # Shared by the A/B reports (capture-report.sh, tracing-report.sh): a release
 # server on mlp_small started per mode, the loadtest client's run, and each
-# mode's throughput and p99 over "off", all rounds summed. Source it after
-# setting OUT (the results folder, made) and KIND (the runs' file prefix).
+# mode's throughput and p99 over "off", all rounds summed. Set KIND (the
+# runs' file prefix), then source it with the script's OUT_DIR argument:
+# OUT is that folder, or results/KIND-<date>, made.
+OUT="${1:-results/$KIND-$(date +%Y-%m-%d)}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
 PEERS_HOME="${PEERS_HOME:-${TMPDIR:-/tmp}/bench-peers}"
 DURATION="${DURATION:-8}"
 SY=target/release/switchyard

@@ -9,11 +9,8 @@
 #   loadtest/tracing-report.sh [OUT_DIR]      (default results/tracing-<date>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-results/tracing-$(date +%Y-%m-%d)}"
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
 KIND=tracing
-. loadtest/lib.sh
+. loadtest/lib.sh "${1:-}"
 MODES="${MODES:-off r0 r0.01 r1}"
 count="$OUT/sink-count"
 rm -f "$count"

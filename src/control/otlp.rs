@@ -1,5 +1,4 @@
-//! OTLP export of the server's spans: the tracer provider (parent-based ratio
-//! sampling, with a shadow copy's span sampled when its primary is), and a
+//! OTLP export of the server's spans: the tracer provider, and a
 //! processor that queues each finished span for one exporter thread, which
 //! sends them in batches over gRPC or HTTP/protobuf. The queue is bounded: a
 //! full one drops the span and counts it, and a request never waits on export.
@@ -7,13 +6,11 @@
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use opentelemetry::trace::{Link, SpanKind, TraceId};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    Sampler, SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample, Span, SpanData,
-    SpanExporter, SpanProcessor,
+    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 
@@ -162,36 +159,6 @@ fn resolve(options: &Options, env: Env<'_>) -> Result<Option<(Option<String>, Pr
     Ok(Some((endpoint, protocol)))
 }
 
-/// Samples as `ParentBased(TraceIdRatioBased(ratio))`, except that the span
-/// of a shadow copy, a root linked to its primary's span, is sampled when
-/// that one is: its trace would otherwise be drawn again.
-#[derive(Debug, Clone)]
-struct FollowPrimary(Sampler);
-
-impl ShouldSample for FollowPrimary {
-    fn should_sample(
-        &self,
-        parent: Option<&Context>,
-        trace_id: TraceId,
-        name: &str,
-        kind: &SpanKind,
-        attributes: &[KeyValue],
-        links: &[Link],
-    ) -> SamplingResult {
-        if name == crate::core::trace::SHADOW_SPAN
-            && links.iter().any(|l| l.span_context.is_sampled())
-        {
-            return SamplingResult {
-                decision: SamplingDecision::RecordAndSample,
-                attributes: Vec::new(),
-                trace_state: Default::default(),
-            };
-        }
-        self.0
-            .should_sample(parent, trace_id, name, kind, attributes, links)
-    }
-}
-
 /// The processor: finished spans into the bounded queue, never waiting.
 #[derive(Debug)]
 struct Queue {
@@ -292,16 +259,16 @@ fn start_with(options: &Options, scope: &Scope, env: Env<'_>) -> Result<bool> {
     built_rx
         .recv()
         .map_err(|_| Error::Internal("the OTLP exporter thread ended at its start".into()))??;
-    let sampler = FollowPrimary(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-        options.sample_ratio,
-    ))));
+    // Every span begun is meant: a call's only once its caller or
+    // core::trace::draw() chose it, a shadow copy's only for a traced primary.
+    let sampler = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
     let provider = SdkTracerProvider::builder()
         .with_sampler(sampler)
         .with_span_processor(Queue { tx, counts })
         .with_resource(resource)
         .build();
     let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "switchyard");
-    if !crate::core::trace::install(tracer) {
+    if !crate::core::trace::install(tracer, options.sample_ratio) {
         return Err(Error::Internal("a tracer was installed before".into()));
     }
     tracing::info!(
@@ -385,10 +352,16 @@ impl Export {
         let mut batch = Vec::with_capacity(size);
         let mut due = Instant::now() + delay;
         while !stop.is_cancelled() {
-            // Woken at least this often to see the stop.
-            let wait = due
-                .min(Instant::now() + Duration::from_millis(200))
-                .saturating_duration_since(Instant::now());
+            // Woken at least this often to see the stop; with nothing held,
+            // only for that (a past `due` would be a busy loop).
+            let now = Instant::now();
+            let tick = now + Duration::from_millis(200);
+            let wait = if batch.is_empty() {
+                tick
+            } else {
+                due.min(tick)
+            };
+            let wait = wait.saturating_duration_since(now);
             match rx.recv_timeout(wait) {
                 Ok(span) => {
                     if batch.is_empty() {
@@ -577,40 +550,5 @@ mod tests {
             opentelemetry::trace::Span::end(&mut s);
         }
         assert_eq!(rx.len(), 1, "one queued, two dropped");
-    }
-
-    #[test]
-    fn a_shadow_follows_its_sampled_primary() {
-        let s = FollowPrimary(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            0.0,
-        ))));
-        let primary = opentelemetry::trace::SpanContext::new(
-            TraceId::from(7u128),
-            opentelemetry::trace::SpanId::from(9u64),
-            opentelemetry::trace::TraceFlags::SAMPLED,
-            false,
-            Default::default(),
-        );
-        let links = [Link::with_context(primary)];
-        let decide = |name: &str, links: &[Link]| {
-            s.should_sample(
-                None,
-                TraceId::from(3u128),
-                name,
-                &SpanKind::Internal,
-                &[],
-                links,
-            )
-            .decision
-        };
-        assert_eq!(
-            decide(crate::core::trace::SHADOW_SPAN, &links),
-            SamplingDecision::RecordAndSample
-        );
-        assert_eq!(decide("other", &links), SamplingDecision::Drop);
-        assert_eq!(
-            decide(crate::core::trace::SHADOW_SPAN, &[]),
-            SamplingDecision::Drop
-        );
     }
 }

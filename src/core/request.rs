@@ -64,6 +64,15 @@ pub fn trace_id(traceparent: &str) -> &str {
     traceparent.get(3..35).unwrap_or("")
 }
 
+/// Whether the caller of a value [`traceparent`] accepted sampled its span
+/// (bit 0 of the flags).
+pub fn sampled(traceparent: &str) -> bool {
+    traceparent
+        .get(53..55)
+        .and_then(|f| u8::from_str_radix(f, 16).ok())
+        .is_some_and(|f| f & 1 == 1)
+}
+
 /// How a request reached the version that answers it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Routing {
@@ -176,6 +185,9 @@ mod tests {
             Some(value.as_str())
         );
         assert_eq!(trace_id(&value), id);
+        assert!(sampled(&value));
+        assert!(!sampled(&format!("00-{id}-00f067aa0ba902b7-00")));
+        assert!(sampled(&format!("00-{id}-00f067aa0ba902b7-03")));
         for bad in [
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",

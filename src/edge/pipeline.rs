@@ -168,24 +168,27 @@ impl Pipeline {
         }
         let header_key = call.sticky_key(&model);
         let mut span = call.span.take();
+        // The clock is read for the stages' spans only when they are made.
+        let traced = span.as_ref().is_some_and(|s| s.trace().is_some());
+        let now = || if traced { Instant::now() } else { started };
         // When the request is decoded and routed: the ends of those stages.
         let (mut request, shape, routed, decoded, route) = if C::NEEDS_METADATA {
             let routed = model.route(call.version, header_key.as_deref())?;
-            let route = (started, Instant::now());
+            let route = (started, now());
             let decoded = input
                 .await
                 .and_then(|i| codec.decode(i, &call, Some(&routed.primary.metadata)));
             match decoded {
-                Ok((request, shape)) => (request, shape, routed, (route.1, Instant::now()), route),
+                Ok((request, shape)) => (request, shape, routed, (route.1, now()), route),
                 Err(e) => return Err(refused::<C>(&routed.primary, e)),
             }
         } else {
             match input.await.and_then(|i| codec.decode(i, &call, None)) {
                 Ok((request, shape)) => {
-                    let decoded = (started, Instant::now());
+                    let decoded = (started, now());
                     let key = routing_key(&request.parameters).or(header_key);
                     let routed = model.route(call.version, key.as_deref())?;
-                    (request, shape, routed, decoded, (decoded.1, Instant::now()))
+                    (request, shape, routed, decoded, (decoded.1, now()))
                 }
                 Err(e) => {
                     // Counted against the version named, else the default one.

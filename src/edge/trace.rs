@@ -4,12 +4,11 @@
 //! back with the answer, sampled or not. Attribute names follow
 //! OpenTelemetry's semantic conventions for HTTP and RPC servers.
 
-use std::borrow::Cow;
 use std::time::Instant;
 
 use http::HeaderValue;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceId, Tracer as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::Span;
 
@@ -22,7 +21,8 @@ pub const GRPC_SERVICE: &str = "inference.GRPCInferenceService";
 
 /// A call's span, from its arrival until its answer.
 pub struct ServerSpan {
-    span: Span,
+    /// Set when sampled; a call not traced has only its ids.
+    span: Option<Span>,
     /// Set when sampled: the stages become child spans.
     trace: Option<Trace>,
     traceparent: String,
@@ -44,27 +44,47 @@ impl Extractor for Extract<'_> {
 
 impl ServerSpan {
     /// Starts a call's span, a child of the caller's when its headers carry
-    /// one; `None` when no spans are exported. The attributes are made only
-    /// for a sampled span (sampling does not read them).
+    /// one; `None` when no spans are exported. A call not traced gets ids
+    /// only (for the `traceparent` it answers with): no span, no attributes.
     fn start(
         headers: &dyn Headers,
         name: impl FnOnce() -> String,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Option<ServerSpan> {
         let tracer = crate::core::trace::tracer()?;
-        let parent = TraceContextPropagator::new().extract(&Extract(headers));
-        let mut span = tracer
-            .span_builder(Cow::Borrowed("server"))
+        // Parent-based: the caller's decision when it sent one, else a draw.
+        let caller = headers
+            .header("traceparent")
+            .and_then(crate::core::request::traceparent);
+        let traced = match &caller {
+            Some(tp) => crate::core::request::sampled(tp),
+            None => crate::core::trace::draw(),
+        };
+        if !traced {
+            let trace_id = caller
+                .as_deref()
+                .and_then(|tp| TraceId::from_hex(crate::core::request::trace_id(tp)).ok());
+            let cx = crate::core::trace::untraced(trace_id);
+            return Some(ServerSpan {
+                span: None,
+                trace: None,
+                traceparent: crate::core::trace::traceparent(&cx),
+            });
+        }
+        // The propagator reads `tracestate` too, which the spans keep.
+        let parent = match caller {
+            Some(_) => TraceContextPropagator::new().extract(&Extract(headers)),
+            None => opentelemetry::Context::new(),
+        };
+        let span = tracer
+            .span_builder(name())
             .with_kind(SpanKind::Server)
+            .with_attributes(attributes())
             .start_with_context(tracer, &parent);
         let trace = Trace::of(&span, Clock::now());
-        if trace.is_some() {
-            span.update_name(name());
-            span.set_attributes(attributes());
-        }
         let traceparent = crate::core::trace::traceparent(span.span_context());
         Some(ServerSpan {
-            span,
+            span: Some(span),
             trace,
             traceparent,
         })
@@ -141,8 +161,8 @@ impl ServerSpan {
 
     /// Adds attributes learnt on the way (the model, the version that answers).
     pub fn set(&mut self, attributes: impl IntoIterator<Item = KeyValue>) {
-        if self.trace.is_some() {
-            self.span.set_attributes(attributes);
+        if let Some(span) = &mut self.span {
+            span.set_attributes(attributes);
         }
     }
 
@@ -160,41 +180,39 @@ impl ServerSpan {
 
     /// Ends an HTTP call's span with its answer's status: failed when the
     /// server failed (5xx), as the conventions say of server spans.
-    pub fn end_http(mut self, status: http::StatusCode, error: Option<&Error>) {
-        if self.trace.is_some() {
-            self.span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status.as_u16()),
+    pub fn end_http(self, status: http::StatusCode, error: Option<&Error>) {
+        let Some(mut span) = self.span else {
+            return;
+        };
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+        if status.is_server_error() {
+            span.set_attribute(KeyValue::new("error.type", status.as_str().to_string()));
+            span.set_status(Status::error(
+                error.map_or_else(String::new, ToString::to_string),
             ));
-            if status.is_server_error() {
-                self.span
-                    .set_attribute(KeyValue::new("error.type", status.as_str().to_string()));
-                self.span.set_status(Status::error(
-                    error.map_or_else(String::new, ToString::to_string),
-                ));
-            }
         }
-        self.span.end();
+        span.end();
     }
 
     /// Ends a gRPC call's span with its status code: failed for the codes
     /// the conventions count as a server's errors.
-    pub fn end_grpc(mut self, code: tonic::Code, error: Option<&str>) {
-        if self.trace.is_some() {
-            self.span
-                .set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
-            use tonic::Code::*;
-            if matches!(
-                code,
-                Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
-            ) {
-                self.span
-                    .set_attribute(KeyValue::new("error.type", format!("{code:?}")));
-                self.span
-                    .set_status(Status::error(error.unwrap_or_default().to_string()));
-            }
+    pub fn end_grpc(self, code: tonic::Code, error: Option<&str>) {
+        let Some(mut span) = self.span else {
+            return;
+        };
+        span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+        use tonic::Code::*;
+        if matches!(
+            code,
+            Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+        ) {
+            span.set_attribute(KeyValue::new("error.type", format!("{code:?}")));
+            span.set_status(Status::error(error.unwrap_or_default().to_string()));
         }
-        self.span.end();
+        span.end();
     }
 }
 

@@ -65,7 +65,17 @@ impl OutputFormat {
     }
 }
 
-fn bool_param(p: &Parameters, key: &str, what: &str) -> Result<Option<bool>> {
+/// What an error message names: `input 'x'`, formatted only when one is
+/// made (a `format!` per input took 400 instructions of every request).
+struct Named<'a>(&'static str, &'a str);
+
+impl std::fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} '{}'", self.0, self.1)
+    }
+}
+
+fn bool_param(p: &Parameters, key: &str, what: &dyn std::fmt::Display) -> Result<Option<bool>> {
     match p.get(key) {
         None => Ok(None),
         Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
@@ -77,7 +87,7 @@ fn bool_param(p: &Parameters, key: &str, what: &str) -> Result<Option<bool>> {
 
 /// Parameters of Triton's that ask for features this server does not have: refused
 /// by name rather than ignored, so the client learns why its answer is not as asked.
-fn refuse_unsupported(p: &Parameters, what: &str) -> Result<()> {
+fn refuse_unsupported(p: &Parameters, what: &dyn std::fmt::Display) -> Result<()> {
     for key in ["shared_memory_region", "classification"] {
         if p.contains_key(key) {
             return Err(Error::invalid(format!(
@@ -130,9 +140,9 @@ pub fn decode_request(
         )));
     }
     let parameters = req.parameters.unwrap_or_default();
-    refuse_unsupported(&parameters, "request")?;
+    refuse_unsupported(&parameters, &"request")?;
     let mut format = OutputFormat {
-        binary_default: bool_param(&parameters, "binary_data_output", "request")?.unwrap_or(false),
+        binary_default: bool_param(&parameters, "binary_data_output", &"request")?.unwrap_or(false),
         binary: Vec::new(),
     };
     let outputs = req
@@ -171,7 +181,7 @@ fn decode_input(
         ))
     })?;
     let params = input.parameters.unwrap_or_default();
-    let what = format!("input '{}'", input.name);
+    let what = Named("input", &input.name);
     refuse_unsupported(&params, &what)?;
     let binary_size = match params.get("binary_data_size") {
         None => None,
@@ -224,7 +234,7 @@ fn decode_input(
 /// One requested output; its `binary_data` choice goes into `format`.
 fn decode_output(o: OutputJson, format: &mut OutputFormat) -> Result<RequestedOutput> {
     let params = o.parameters.unwrap_or_default();
-    let what = format!("output '{}'", o.name);
+    let what = Named("output", &o.name);
     refuse_unsupported(&params, &what)?;
     if let Some(b) = bool_param(&params, "binary_data", &what)? {
         format.binary.push((o.name.clone(), b));

@@ -8,6 +8,7 @@ a shadow copy's span links to its primary; with the receiver down, serving
 goes on and the drops are counted."""
 
 import concurrent.futures
+import contextlib
 import http.server
 import re
 import shutil
@@ -26,6 +27,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.sdk.trace import TracerProvider
 
 SERVER, INTERNAL = 2, 1  # Span.SpanKind
+# One row of V2 JSON, for calls whose headers the tests read.
+BODY = b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,16],"data":[' + b",".join([b"0"] * 16) + b"]}]}"
 # Spans go out every 100 ms, not the default 5 s: the tests wait less.
 FAST = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
 
@@ -168,12 +171,20 @@ def children(spans, parent):
     return {s.name: s for s in spans if s.parent_span_id == parent.span_id and s.trace_id == parent.trace_id}
 
 
+@contextlib.contextmanager
+def serving(switchyard, repo, monkeypatch, receiver, *flags, env=FAST):
+    """A server exporting to `receiver`, which is stopped afterwards."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        yield switchyard("--otlp-endpoint", receiver.url, *flags, models=repo)
+    finally:
+        receiver.stop()
+
+
 def test_spans_nest_under_the_callers_over_http_and_grpc(switchyard, repo, monkeypatch):
     receiver = GrpcReceiver()
-    for k, v in FAST.items():
-        monkeypatch.setenv(k, v)
-    server = switchyard("--otlp-endpoint", receiver.url, models=repo)
-    try:
+    with serving(switchyard, repo, monkeypatch, receiver) as server:
         for call, name, kind_attr in [
             (lambda h: http_infer(server, h), "POST /v2/models/{model}/infer", ("http.route", "/v2/models/{model}/infer")),
             (lambda h: grpc_infer(server, h), "inference.GRPCInferenceService/ModelInfer", ("rpc.system", "grpc")),
@@ -201,57 +212,38 @@ def test_spans_nest_under_the_callers_over_http_and_grpc(switchyard, repo, monke
         res = [r for r, _ in receiver.spans.all()]
         assert res[0]["service.name"] == "switchyard", res[0]
         # The answer names the server span; a caller that traces nothing starts a trace here.
-        with urllib.request.urlopen(
-            urllib.request.Request(
-                f"http://{server.http}/v2/models/mlp/infer",
-                data=b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,16],"data":[' + b",".join([b"0"] * 16) + b"]}]}",
-            )
-        ) as r:
+        with urllib.request.urlopen(urllib.request.Request(f"http://{server.http}/v2/models/mlp/infer", data=BODY)) as r:
             parent = r.headers["traceparent"]
         assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", parent), parent
         span_id = bytes.fromhex(parent[36:52])
         [root] = receiver.spans.wait(lambda s: s.span_id == span_id)
         assert root.parent_span_id == b"" and root.kind == SERVER
-    finally:
-        receiver.stop()
 
 
 def test_a_batch_links_the_requests_batched_together(switchyard, repo, monkeypatch):
     receiver = HttpReceiver()
-    for k, v in FAST.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    server = switchyard("--otlp-endpoint", receiver.url, models=repo)
-    try:
+    env = {**FAST, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+    with serving(switchyard, repo, monkeypatch, receiver, env=env) as server:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             contexts = list(pool.map(lambda _: traced(lambda h: http_infer(server, h)), range(8)))
         traces = {ids(c)[0] for c in contexts}
         batches = receiver.spans.wait(
             lambda s: s.name == "switchyard.batch" and s.trace_id in traces and attrs(s.attributes)["switchyard.batch.size"] > 1
         )
-        tops = {s.span_id: s for s in receiver.spans.all_spans() if s.kind == SERVER and s.trace_id in traces}
         b = batches[0]
         size = attrs(b.attributes)["switchyard.batch.size"]
         # Each link names the server span of another request of the batch.
         assert len(b.links) == size - 1, (size, b.links)
         for link in b.links:
-            deadline = time.time() + 5
-            while link.span_id not in tops and time.time() < deadline:
-                time.sleep(0.05)
-                tops = {s.span_id: s for s in receiver.spans.all_spans() if s.kind == SERVER}
-            assert link.span_id in tops and link.trace_id != b.trace_id
+            [top] = receiver.spans.wait(lambda s: s.span_id == link.span_id and s.kind == SERVER)
+            assert top.trace_id == link.trace_id != b.trace_id and top.trace_id in traces
         assert receiver.paths and all(p == ("/v1/traces", "application/x-protobuf") for p in receiver.paths), receiver.paths
-    finally:
-        receiver.stop()
 
 
 def test_a_shadow_copy_is_a_span_linked_to_its_primary(switchyard, repo, monkeypatch):
     receiver = GrpcReceiver()
-    for k, v in FAST.items():
-        monkeypatch.setenv(k, v)
     # Only the callers' sampled traces: none of the server's own.
-    server = switchyard("--otlp-endpoint", receiver.url, "--trace-sample-ratio", "0", models=repo)
-    try:
+    with serving(switchyard, repo, monkeypatch, receiver, "--trace-sample-ratio", "0") as server:
         policy = b'{"weights": {"1": 100}, "shadow": {"version": "2", "percent": 100}}'
         req = urllib.request.Request(f"http://{server.admin}/admin/models/mlp/traffic", data=policy, method="PUT")
         urllib.request.urlopen(req).read()
@@ -263,12 +255,17 @@ def test_a_shadow_copy_is_a_span_linked_to_its_primary(switchyard, repo, monkeyp
         a = attrs(shadow.attributes)
         assert a["switchyard.version"] == 2 and a["switchyard.routing"] == "shadow", a
         receiver.spans.wait(lambda s: s.name == "switchyard.batch" and s.parent_span_id == shadow.span_id)
-        # Sampling at 0 traces no request of its own, but follows a sampled caller.
+        # Sampling at 0 traces no request of its own, but follows a sampled caller;
+        # an unsampled caller's trace goes on untraced, its id kept in the answer.
         http_infer(server, {})
+        unsampled = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-00"
+        req = urllib.request.Request(f"http://{server.http}/v2/models/mlp/infer", data=BODY, headers={"traceparent": unsampled})
+        with urllib.request.urlopen(req) as r:
+            answer = r.headers["traceparent"]
+        assert answer.startswith("00-" + "ab" * 16 + "-") and answer.endswith("-00") and answer != unsampled, answer
         time.sleep(0.5)
         assert not [s for s in receiver.spans.all_spans() if s.kind == SERVER and s.parent_span_id == b""]
-    finally:
-        receiver.stop()
+        assert not [s for s in receiver.spans.all_spans() if s.trace_id == bytes.fromhex("ab" * 16)]
 
 
 def test_with_the_receiver_down_serving_goes_on_and_drops_are_counted(switchyard, repo, monkeypatch):
