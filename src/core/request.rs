@@ -28,49 +28,101 @@ pub struct InferRequest {
     pub routing: Routing,
     /// The W3C `traceparent` of the request's server span when spans are
     /// exported, else the caller's, when it sent a valid one.
-    pub traceparent: Option<String>,
+    pub traceparent: Option<TraceParent>,
     /// Set when the request is traced: its stages become spans.
     pub trace: Option<crate::core::trace::Trace>,
 }
 
-/// A W3C `traceparent` value (`00-<trace id>-<parent id>-<flags>`) as it
-/// came, checked; `None` for one that is malformed, which the spec says to
-/// ignore.
-pub fn traceparent(traceparent: &[u8]) -> Option<String> {
-    let s = std::str::from_utf8(traceparent).ok()?.trim();
-    let mut parts = s.split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |p: &str, n: usize| {
-        p.len() == n
-            && p.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let zero = |p: &str| p.bytes().all(|b| b == b'0');
-    // Version 00 has exactly four fields; a later one may add more.
-    let ok = hex(version, 2)
-        && version != "ff"
-        && (version != "00" || parts.next().is_none())
-        && hex(trace, 32)
-        && !zero(trace)
-        && hex(parent, 16)
-        && !zero(parent)
-        && hex(flags, 2);
-    ok.then(|| s.to_string())
+/// A span's W3C identity, as a `traceparent` header carries it
+/// (`00-<trace id>-<span id>-<flags>`): kept as bytes, written out only where
+/// a header or a record needs it (a request carries one when spans are
+/// exported, traced or not: no allocation for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
 }
 
-/// The trace id (32 lowercase hex digits) of a value [`traceparent`] accepted.
-pub fn trace_id(traceparent: &str) -> &str {
-    traceparent.get(3..35).unwrap_or("")
+impl TraceParent {
+    /// Reads a `traceparent` header; `None` for one that is malformed, which
+    /// the spec says to ignore. A later version's value is read as version
+    /// 00 (its first four fields), as the spec asks of a version 00 reader.
+    pub fn parse(value: &[u8]) -> Option<TraceParent> {
+        let s = std::str::from_utf8(value).ok()?.trim();
+        let mut parts = s.split('-');
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |p: &str, n: usize| {
+            p.len() == n
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        // Version 00 has exactly four fields; a later one may add more.
+        let ok = hex(version, 2)
+            && version != "ff"
+            && (version != "00" || parts.next().is_none())
+            && hex(trace, 32)
+            && hex(span, 16)
+            && hex(flags, 2);
+        if !ok {
+            return None;
+        }
+        let mut tp = TraceParent {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        };
+        unhex(trace, &mut tp.trace_id)?;
+        unhex(span, &mut tp.span_id)?;
+        // All-zero ids are invalid.
+        (tp.trace_id != [0; 16] && tp.span_id != [0; 8]).then_some(tp)
+    }
+
+    /// Whether the span was sampled (bit 0 of the flags).
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
+    /// The trace id, 32 lowercase hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        let mut out = [0; 32];
+        hex(&self.trace_id, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The header's value, 55 ASCII bytes.
+    pub fn to_header(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        hex(&self.trace_id, &mut out[3..35]);
+        hex(&self.span_id, &mut out[36..52]);
+        hex(&[self.flags], &mut out[53..55]);
+        out
+    }
 }
 
-/// Whether the caller of a value [`traceparent`] accepted sampled its span
-/// (bit 0 of the flags).
-pub fn sampled(traceparent: &str) -> bool {
-    traceparent
-        .get(53..55)
-        .and_then(|f| u8::from_str_radix(f, 16).ok())
-        .is_some_and(|f| f & 1 == 1)
+impl std::fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(&self.to_header()).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+fn hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
+}
+
+/// Reads hex digits (checked already) into `out`.
+fn unhex(digits: &str, out: &mut [u8]) -> Option<()> {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(digits.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(())
 }
 
 /// How a request reached the version that answers it.
@@ -180,14 +232,15 @@ mod tests {
     fn traceparents_read_as_w3c_trace_context_says() {
         let id = "4bf92f3577b34da6a3ce929d0e0e4736";
         let value = format!("00-{id}-00f067aa0ba902b7-01");
-        assert_eq!(
-            traceparent(value.as_bytes()).as_deref(),
-            Some(value.as_str())
-        );
-        assert_eq!(trace_id(&value), id);
-        assert!(sampled(&value));
-        assert!(!sampled(&format!("00-{id}-00f067aa0ba902b7-00")));
-        assert!(sampled(&format!("00-{id}-00f067aa0ba902b7-03")));
+        let tp = TraceParent::parse(value.as_bytes()).unwrap();
+        assert_eq!(tp.to_string(), value);
+        assert_eq!(tp.trace_id_hex(), id);
+        assert_eq!(tp.span_id, [0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert!(tp.sampled());
+        let flags =
+            |f: &str| TraceParent::parse(format!("00-{id}-00f067aa0ba902b7-{f}").as_bytes());
+        assert!(!flags("00").unwrap().sampled());
+        assert!(flags("03").unwrap().sampled());
         for bad in [
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -197,9 +250,10 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             "",
         ] {
-            assert_eq!(traceparent(bad.as_bytes()), None, "{bad}");
+            assert_eq!(TraceParent::parse(bad.as_bytes()), None, "{bad}");
         }
-        // A later version may carry more fields.
-        assert!(traceparent(format!("01-{id}-00f067aa0ba902b7-01-what").as_bytes()).is_some());
+        // A later version may carry more fields; it is read as version 00.
+        let later = TraceParent::parse(format!("01-{id}-00f067aa0ba902b7-01-what").as_bytes());
+        assert_eq!(later, Some(tp));
     }
 }

@@ -7,12 +7,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use opentelemetry::trace::{
-    Link, Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId,
-    Tracer as _,
+    Link, Span as _, SpanContext, SpanKind, TraceContextExt, TraceFlags, Tracer as _,
 };
 use opentelemetry::Context;
 pub use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{SdkTracer, Span};
+
+use crate::core::request::TraceParent;
 
 /// The name of the span of a shadow copy, a root of its own trace linked to
 /// the primary's server span, made only when the primary is traced.
@@ -51,17 +52,23 @@ pub fn draw() -> bool {
         .is_some_and(|t| t.ratio >= 1.0 || fastrand::f64() < t.ratio)
 }
 
-/// The context of a call that is not traced: the caller's trace (else a new
-/// one) and a span id of its own, which its answer's `traceparent` names.
-pub fn untraced(trace_id: Option<TraceId>) -> SpanContext {
-    let trace_id = trace_id.unwrap_or_else(|| TraceId::from(fastrand::u128(1..)));
-    SpanContext::new(
-        trace_id,
-        SpanId::from(fastrand::u64(1..)),
-        TraceFlags::default(),
-        false,
-        Default::default(),
-    )
+/// The identity of a call that is not traced: the caller's trace (else a
+/// new one) and a span id of its own, which its answer's `traceparent` names.
+pub fn untraced(caller: Option<TraceParent>) -> TraceParent {
+    TraceParent {
+        trace_id: caller.map_or_else(|| fastrand::u128(1..).to_be_bytes(), |c| c.trace_id),
+        span_id: fastrand::u64(1..).to_be_bytes(),
+        flags: 0,
+    }
+}
+
+/// The identity of a span begun here.
+pub fn identity(cx: &SpanContext) -> TraceParent {
+    TraceParent {
+        trace_id: cx.trace_id().to_bytes(),
+        span_id: cx.span_id().to_bytes(),
+        flags: (cx.trace_flags() & TraceFlags::SAMPLED).to_u8(),
+    }
 }
 
 /// Maps the [`Instant`]s the serving layer measures with to the wall-clock
@@ -190,33 +197,10 @@ fn local(cx: &SpanContext) -> SpanContext {
     )
 }
 
-/// `00-<trace id>-<span id>-<flags>`: the W3C `traceparent` of `cx`. Made
-/// for every call when spans are exported, sampled or not: written by hand,
-/// as `format!`'s hex of the ids took 2,000 instructions a call.
-pub fn traceparent(cx: &SpanContext) -> String {
-    fn hex(out: &mut String, bytes: &[u8]) {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        for b in bytes {
-            out.push(char::from(DIGITS[usize::from(b >> 4)]));
-            out.push(char::from(DIGITS[usize::from(b & 15)]));
-        }
-    }
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
-    hex(&mut out, &cx.trace_id().to_bytes());
-    out.push('-');
-    hex(&mut out, &cx.span_id().to_bytes());
-    out.push('-');
-    hex(
-        &mut out,
-        &[(cx.trace_flags() & TraceFlags::SAMPLED).to_u8()],
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::trace::{SpanId, TraceId};
 
     #[test]
     fn a_clock_maps_instants_either_side_of_its_reading() {
@@ -232,18 +216,20 @@ mod tests {
     }
 
     #[test]
-    fn traceparents_print_as_w3c_says() {
+    fn identities_print_as_w3c_says() {
         let cx = SpanContext::new(
-            opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
             TraceFlags::SAMPLED,
             true,
             Default::default(),
         );
-        assert_eq!(
-            traceparent(&cx),
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        );
-        assert!(crate::core::request::traceparent(traceparent(&cx).as_bytes()).is_some());
+        let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(identity(&cx).to_string(), value);
+        let caller = TraceParent::parse(value.as_bytes());
+        let mine = untraced(caller);
+        assert_eq!(mine.trace_id, identity(&cx).trace_id);
+        assert!(!mine.sampled() && mine.span_id != [0; 8]);
+        assert_ne!(untraced(None).trace_id, [0; 16]);
     }
 }

@@ -203,12 +203,12 @@ impl Pipeline {
             Some(span) => {
                 trace_routing(span, &routed, decoded, route);
                 request.trace = span.trace().cloned();
-                Some(span.traceparent().to_string())
+                Some(span.traceparent())
             }
             None => call
                 .headers
                 .header("traceparent")
-                .and_then(crate::core::request::traceparent),
+                .and_then(crate::core::request::TraceParent::parse),
         };
         let response = run::<C>(routed, request, deadline).await?;
         let Some(span) = span.filter(|s| s.trace().is_some()) else {

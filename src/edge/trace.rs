@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use http::HeaderValue;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceId, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::Span;
 
 use crate::core::error::Error;
+use crate::core::request::TraceParent;
 use crate::core::trace::{Clock, KeyValue, Trace};
 use crate::edge::pipeline::Headers;
 
@@ -25,7 +26,7 @@ pub struct ServerSpan {
     span: Option<Span>,
     /// Set when sampled: the stages become child spans.
     trace: Option<Trace>,
-    traceparent: String,
+    traceparent: TraceParent,
 }
 
 /// The caller's headers as the propagator reads them.
@@ -53,22 +54,16 @@ impl ServerSpan {
     ) -> Option<ServerSpan> {
         let tracer = crate::core::trace::tracer()?;
         // Parent-based: the caller's decision when it sent one, else a draw.
-        let caller = headers
-            .header("traceparent")
-            .and_then(crate::core::request::traceparent);
+        let caller = headers.header("traceparent").and_then(TraceParent::parse);
         let traced = match &caller {
-            Some(tp) => crate::core::request::sampled(tp),
+            Some(tp) => tp.sampled(),
             None => crate::core::trace::draw(),
         };
         if !traced {
-            let trace_id = caller
-                .as_deref()
-                .and_then(|tp| TraceId::from_hex(crate::core::request::trace_id(tp)).ok());
-            let cx = crate::core::trace::untraced(trace_id);
             return Some(ServerSpan {
                 span: None,
                 trace: None,
-                traceparent: crate::core::trace::traceparent(&cx),
+                traceparent: crate::core::trace::untraced(caller),
             });
         }
         // The propagator reads `tracestate` too, which the spans keep.
@@ -82,7 +77,7 @@ impl ServerSpan {
             .with_attributes(attributes())
             .start_with_context(tracer, &parent);
         let trace = Trace::of(&span, Clock::now());
-        let traceparent = crate::core::trace::traceparent(span.span_context());
+        let traceparent = crate::core::trace::identity(span.span_context());
         Some(ServerSpan {
             span: Some(span),
             trace,
@@ -155,8 +150,8 @@ impl ServerSpan {
 
     /// This span's W3C `traceparent`, which the answer carries and a capture
     /// sink is sent.
-    pub fn traceparent(&self) -> &str {
-        &self.traceparent
+    pub fn traceparent(&self) -> TraceParent {
+        self.traceparent
     }
 
     /// Adds attributes learnt on the way (the model, the version that answers).
@@ -175,7 +170,7 @@ impl ServerSpan {
 
     /// The `traceparent` header of the answer.
     pub fn header(&self) -> Option<HeaderValue> {
-        HeaderValue::from_str(&self.traceparent).ok()
+        HeaderValue::from_bytes(&self.traceparent.to_header()).ok()
     }
 
     /// Ends an HTTP call's span with its answer's status: failed when the

@@ -79,7 +79,7 @@ impl Counts {
 struct Kept {
     at: SystemTime,
     id: String,
-    traceparent: Option<String>,
+    traceparent: Option<crate::core::request::TraceParent>,
     request: Facts,
     inputs: Option<Vec<Tensor>>,
 }
@@ -198,7 +198,7 @@ impl RequestObserver for Capture {
                 }
                 None => format!("{:032x}", fastrand::u128(..)),
             },
-            traceparent: request.traceparent.clone(),
+            traceparent: request.traceparent,
             request: Facts {
                 routing: request.routing,
                 protocol: request.protocol,

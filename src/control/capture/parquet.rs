@@ -314,7 +314,7 @@ impl Table {
             }
             match r.trace_id() {
                 Some(t) => {
-                    self.trace.0.push(ByteArray::from(t));
+                    self.trace.0.push(ByteArray::from(t.as_str()));
                     self.trace.1.push(1);
                 }
                 None => self.trace.1.push(0),

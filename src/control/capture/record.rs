@@ -18,8 +18,9 @@ use crate::core::tensor::{encode_bytes_elements, BytesIter, DataType, Tensor};
 pub struct Record {
     pub at: SystemTime,
     pub id: String,
-    /// The caller's W3C `traceparent`, when its request carried a valid one.
-    pub traceparent: Option<String>,
+    /// The request's W3C `traceparent`: its server span's when spans are
+    /// exported, else the caller's, when it sent a valid one.
+    pub traceparent: Option<crate::core::request::TraceParent>,
     pub model: Arc<str>,
     pub version: u64,
     pub routing: Routing,
@@ -84,11 +85,9 @@ impl Record {
         }
     }
 
-    /// The caller's trace id, from its `traceparent`.
-    pub fn trace_id(&self) -> Option<&str> {
-        self.traceparent
-            .as_deref()
-            .map(crate::core::request::trace_id)
+    /// The request's trace id, from its `traceparent`.
+    pub fn trace_id(&self) -> Option<String> {
+        self.traceparent.map(|t| t.trace_id_hex())
     }
 
     pub fn role(&self) -> &'static str {
@@ -126,7 +125,7 @@ impl Serialize for Record {
         )?;
         m.serialize_entry("id", &self.id)?;
         if let Some(t) = self.trace_id() {
-            m.serialize_entry("trace_id", t)?;
+            m.serialize_entry("trace_id", &t)?;
         }
         m.serialize_entry("model", &*self.model)?;
         m.serialize_entry("version", &self.version.to_string())?;

@@ -135,7 +135,7 @@ impl Sink {
         // CloudEvents' distributed-tracing extension: the event joins the
         // caller's trace.
         if let Some(t) = &r.traceparent {
-            req = req.header("ce-traceparent", t);
+            req = req.header("ce-traceparent", t.to_string());
         }
         let req = req.body(serde_json::to_vec(body).expect("plain data"));
         let Ok(req) = req else {
