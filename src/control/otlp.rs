@@ -3,6 +3,7 @@
 //! sends them in batches over gRPC or HTTP/protobuf. The queue is bounded: a
 //! full one drops the span and counts it, and a request never waits on export.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -164,14 +165,29 @@ fn resolve(options: &Options, env: Env<'_>) -> Result<Option<(Option<String>, Pr
 struct Queue {
     tx: Sender<SpanData>,
     counts: Counts,
+    /// Spans a batch holds: the exporter thread is woken when that many wait.
+    batch: usize,
+    /// The exporter thread, once started.
+    exporter: Arc<OnceLock<std::thread::Thread>>,
 }
 
 impl SpanProcessor for Queue {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
+    // The exporter sleeps until a batch is full or its delay passed: waking
+    // it for every span (a blocking receive) cost a tenth of the throughput
+    // at 1 % sampling, in thread switches that instruction counts do not see.
     fn on_end(&self, span: SpanData) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(span) {
-            self.counts.dropped_queue.increment(1);
+        match self.tx.try_send(span) {
+            Ok(()) if self.tx.len() == self.batch => {
+                if let Some(t) = self.exporter.get() {
+                    t.unpark();
+                }
+            }
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counts.dropped_queue.increment(1);
+            }
         }
     }
 
@@ -214,6 +230,8 @@ fn start_with(options: &Options, scope: &Scope, env: Env<'_>) -> Result<bool> {
     let (built_tx, built_rx) = crossbeam_channel::bounded(1);
     let (stop, thread_counts, thread_resource) =
         (scope.token().clone(), counts.clone(), resource.clone());
+    let exporter_thread = Arc::new(OnceLock::new());
+    let thread_handle = exporter_thread.clone();
     let shown = endpoint
         .clone()
         .unwrap_or_else(|| "from the environment".into());
@@ -246,6 +264,7 @@ fn start_with(options: &Options, scope: &Scope, env: Env<'_>) -> Result<bool> {
                 }
             };
             exporter.set_resource(&thread_resource);
+            let _ = thread_handle.set(std::thread::current());
             Export {
                 runtime,
                 exporter,
@@ -264,7 +283,12 @@ fn start_with(options: &Options, scope: &Scope, env: Env<'_>) -> Result<bool> {
     let sampler = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
     let provider = SdkTracerProvider::builder()
         .with_sampler(sampler)
-        .with_span_processor(Queue { tx, counts })
+        .with_span_processor(Queue {
+            tx,
+            counts,
+            batch: batching.batch,
+            exporter: exporter_thread,
+        })
         .with_resource(resource)
         .build();
     let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "switchyard");
@@ -340,8 +364,8 @@ struct Export {
 }
 
 impl Export {
-    /// Sends a batch when it is full or its first span has waited the
-    /// schedule delay; at the stop, sends what is queued within [`STOP_FLUSH`].
+    /// Sends what is queued, in batches, every schedule delay or when woken
+    /// because a batch is full; at the stop, within [`STOP_FLUSH`].
     fn run(mut self, rx: &Receiver<SpanData>, stop: &tokio_util::sync::CancellationToken) {
         let Batching {
             batch: size,
@@ -352,32 +376,19 @@ impl Export {
         let mut batch = Vec::with_capacity(size);
         let mut due = Instant::now() + delay;
         while !stop.is_cancelled() {
-            // Woken at least this often to see the stop; with nothing held,
-            // only for that (a past `due` would be a busy loop).
+            // Woken at least this often to see the stop.
+            std::thread::park_timeout(
+                due.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(200)),
+            );
             let now = Instant::now();
-            let tick = now + Duration::from_millis(200);
-            let wait = if batch.is_empty() {
-                tick
-            } else {
-                due.min(tick)
-            };
-            let wait = wait.saturating_duration_since(now);
-            match rx.recv_timeout(wait) {
-                Ok(span) => {
-                    if batch.is_empty() {
-                        due = Instant::now() + delay;
-                    }
-                    batch.push(span);
-                    if batch.len() >= size {
-                        self.send(&mut batch, timeout);
-                    }
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    if !batch.is_empty() && Instant::now() >= due {
-                        self.send(&mut batch, timeout);
-                    }
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            if rx.len() < size && now < due {
+                continue;
+            }
+            due = now + delay;
+            while !rx.is_empty() && !stop.is_cancelled() {
+                batch.extend(rx.try_iter().take(size));
+                self.send(&mut batch, timeout);
             }
         }
         let until = Instant::now() + STOP_FLUSH;
@@ -542,6 +553,8 @@ mod tests {
         let q = Queue {
             tx,
             counts: Counts::new(),
+            batch: 512,
+            exporter: Default::default(),
         };
         let provider = SdkTracerProvider::builder().with_span_processor(q).build();
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "t");
