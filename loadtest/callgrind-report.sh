@@ -18,7 +18,7 @@
 # KEEP=FILE keeps the callgrind dump there, for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { sed -n 2,16p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,18p "$0"; exit 2; }
 BIN=$1 PROTO=${2:-grpc} C=${3:-8} MODEL=${4:-mlp_small}
 V2LOAD="${V2LOAD:-${TMPDIR:-/tmp}/bench-peers/v2load-target/release/v2load}"
 case $MODEL in mlp_small) shape=1,64 ;; mlp_large) shape=1,256 ;; *) echo "model: mlp_small or mlp_large" >&2; exit 2 ;; esac

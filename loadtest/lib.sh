@@ -16,7 +16,7 @@ pid=""
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/report.txt" >&2; }
 # Stops the server of the last mode, if any.
 stop_server() {
-  [ -z "$pid" ] || { kill "$pid"; wait "$pid" 2>/dev/null || true; }
+  [ -z "$pid" ] || { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
   pid=""
 }
 # serve LABEL [FLAGS...]: a server on 127.0.0.1:18600 with FLAGS, once ready.
@@ -27,7 +27,15 @@ serve() {
   "$SY" serve --models "$repo" --http 127.0.0.1:18600 --grpc 127.0.0.1:18601 --admin off \
     --shutdown-delay 0s "$@" > "$OUT/server-$label.log" 2>&1 &
   pid=$!
-  until curl -sf -o /dev/null http://127.0.0.1:18600/v2/health/ready; do sleep 0.1; done
+  local deadline=$((SECONDS + 60))
+  until curl -sf -o /dev/null http://127.0.0.1:18600/v2/health/ready; do
+    if ! kill -0 "$pid" 2>/dev/null || [ $SECONDS -gt $deadline ]; then
+      tail -5 "$OUT/server-$label.log" >&2
+      echo "the server ($label) did not start" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
 }
 # run LABEL: HTTP binary at concurrency 32 for DURATION seconds.
 run() {

@@ -17,6 +17,11 @@ rm -f "$count"
 .venv-test/bin/python loadtest/otlp-sink.py 18700 "$count" 2> "$OUT/sink.log" &
 sink=$!
 trap 'stop_server; kill $sink 2>/dev/null || true' EXIT
+# The receiver listens before the first traced mode starts.
+until python3 -c 'import socket; socket.create_connection(("127.0.0.1", 18700), 1)' 2>/dev/null; do
+  kill -0 $sink || { cat "$OUT/sink.log" >&2; exit 1; }
+  sleep 0.1
+done
 spans() { cat "$count" 2>/dev/null || echo 0; }
 log "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); HTTP binary, concurrency 32, ${DURATION}s a run"
 for round in $(seq "${ROUNDS:-3}"); do

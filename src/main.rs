@@ -86,6 +86,12 @@ fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         let buckets = (!args.latency_buckets.is_empty()).then_some(args.latency_buckets.as_slice());
         switchyard::edge::metrics::install(buckets, &tree.edge)?;
     }
+    if !(0.0..=1.0).contains(&args.trace_sample_ratio) {
+        anyhow::bail!(
+            "--trace-sample-ratio {}: a share, 0 to 1",
+            args.trace_sample_ratio
+        );
+    }
     switchyard::control::otlp::start(
         &switchyard::control::otlp::Options {
             endpoint: args.otlp_endpoint.clone(),

@@ -30,6 +30,9 @@ struct Batching {
     delay: Duration,
     /// The most one export may take, retries included (`OTEL_BSP_EXPORT_TIMEOUT`, ms).
     timeout: Duration,
+    /// The most one call to the collector may take
+    /// (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, `OTEL_EXPORTER_OTLP_TIMEOUT`, ms).
+    request: Duration,
 }
 
 impl Batching {
@@ -46,11 +49,16 @@ impl Batching {
             }
         };
         let queue = number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize;
+        let request = match env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") {
+            Some(_) => number("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 0)?,
+            None => number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?,
+        };
         Ok(Batching {
             queue,
             batch: (number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize).min(queue),
             delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)?),
-            timeout: Duration::from_millis(number("OTEL_BSP_EXPORT_TIMEOUT", 10_000)?),
+            timeout: Duration::from_millis(number("OTEL_BSP_EXPORT_TIMEOUT", 30_000)?),
+            request: Duration::from_millis(request),
         })
     }
 }
@@ -179,15 +187,17 @@ impl SpanProcessor for Queue {
     // at 1 % sampling, in thread switches that instruction counts do not see.
     fn on_end(&self, span: SpanData) {
         match self.tx.try_send(span) {
-            Ok(()) if self.tx.len() == self.batch => {
+            // At or past: producers racing past the exact count still wake
+            // it (an unpark of a running thread is one atomic swap).
+            Ok(()) if self.tx.len() >= self.batch => {
                 if let Some(t) = self.exporter.get() {
                     t.unpark();
                 }
             }
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counts.dropped_queue.increment(1);
-            }
+            Err(TrySendError::Full(_)) => self.counts.dropped_queue.increment(1),
+            // The exporter has stopped: nothing will send it.
+            Err(TrySendError::Disconnected(_)) => self.counts.dropped_export.increment(1),
         }
     }
 
@@ -251,7 +261,7 @@ fn start_with(options: &Options, scope: &Scope, env: Env<'_>) -> Result<bool> {
             };
             let exporter = {
                 let _in = runtime.enter();
-                exporter(endpoint, protocol, batching.timeout)
+                exporter(endpoint, protocol, batching.request)
             };
             let mut exporter = match exporter {
                 Ok(e) => {
@@ -543,12 +553,24 @@ mod tests {
             (b.queue, b.batch, b.delay),
             (8, 8, Duration::from_millis(200))
         );
+        let timeouts = |k: &str| match k {
+            "OTEL_EXPORTER_OTLP_TIMEOUT" => Some("2000".into()),
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT" => Some("1500".into()),
+            _ => None,
+        };
+        let b = Batching::from_env(&timeouts).unwrap();
+        assert_eq!(
+            b.request,
+            Duration::from_millis(1500),
+            "the signal's own wins"
+        );
+        assert_eq!(b.timeout, Duration::from_secs(30));
         let bad = |k: &str| (k == "OTEL_BSP_SCHEDULE_DELAY").then(|| "soon".into());
         assert!(Batching::from_env(&bad).is_err());
     }
 
     #[test]
-    fn a_full_queue_drops_and_counts() {
+    fn a_full_queue_drops_rather_than_waits() {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let q = Queue {
             tx,

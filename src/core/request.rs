@@ -75,7 +75,7 @@ impl TraceParent {
         };
         unhex(trace, &mut tp.trace_id)?;
         unhex(span, &mut tp.span_id)?;
-        // All-zero ids are invalid.
+        // W3C: an all-zero trace id or parent id is invalid.
         (tp.trace_id != [0; 16] && tp.span_id != [0; 8]).then_some(tp)
     }
 

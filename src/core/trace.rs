@@ -173,7 +173,7 @@ impl Trace {
 }
 
 /// A span started and not yet ended.
-pub struct Open(pub Span);
+pub struct Open(Span);
 
 impl Open {
     /// Ends the span now, failed with `error` if given.

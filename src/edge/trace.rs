@@ -7,9 +7,12 @@
 use std::time::Instant;
 
 use http::HeaderValue;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use std::str::FromStr;
+
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer as _,
+};
 use opentelemetry_sdk::trace::Span;
 
 use crate::core::error::Error;
@@ -27,20 +30,6 @@ pub struct ServerSpan {
     /// Set when sampled: the stages become child spans.
     trace: Option<Trace>,
     traceparent: TraceParent,
-}
-
-/// The caller's headers as the propagator reads them.
-struct Extract<'a>(&'a dyn Headers);
-
-impl Extractor for Extract<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.header(key).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    // The W3C propagator asks for its two headers by name only.
-    fn keys(&self) -> Vec<&str> {
-        Vec::new()
-    }
 }
 
 impl ServerSpan {
@@ -66,9 +55,24 @@ impl ServerSpan {
                 traceparent: crate::core::trace::untraced(caller),
             });
         }
-        // The propagator reads `tracestate` too, which the spans keep.
+        // The caller's span as the parent, its `tracestate` kept (dropped if
+        // malformed, as the spec allows).
         let parent = match caller {
-            Some(_) => TraceContextPropagator::new().extract(&Extract(headers)),
+            Some(tp) => {
+                let state = headers
+                    .header("tracestate")
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| TraceState::from_str(v).ok())
+                    .unwrap_or_default();
+                let cx = SpanContext::new(
+                    TraceId::from_bytes(tp.trace_id),
+                    SpanId::from_bytes(tp.span_id),
+                    TraceFlags::new(tp.flags),
+                    true,
+                    state,
+                );
+                opentelemetry::Context::new().with_remote_span_context(cx)
+            }
             None => opentelemetry::Context::new(),
         };
         let span = tracer
@@ -192,9 +196,17 @@ impl ServerSpan {
         span.end();
     }
 
+    /// Ends a gRPC call's span with its outcome (`None`: OK).
+    pub fn end_status(self, failure: Option<&tonic::Status>) {
+        match failure {
+            None => self.end_grpc(tonic::Code::Ok, None),
+            Some(s) => self.end_grpc(s.code(), Some(s.message())),
+        }
+    }
+
     /// Ends a gRPC call's span with its status code: failed for the codes
     /// the conventions count as a server's errors.
-    pub fn end_grpc(self, code: tonic::Code, error: Option<&str>) {
+    fn end_grpc(self, code: tonic::Code, error: Option<&str>) {
         let Some(mut span) = self.span else {
             return;
         };

@@ -559,7 +559,9 @@ fn trace_batch(
     started: Instant,
     compute: (Instant, Instant),
 ) {
-    let ended = Instant::now();
+    // The batch ends with its run: once the answers are sent, a server span
+    // may end before this thread gets here, and a child must not outlast it.
+    let ended = compute.1;
     for (i, (trace, enqueued)) in traced.iter().enumerate() {
         trace.stage(
             "switchyard.queue",

@@ -254,7 +254,12 @@ impl GrpcInferenceService for InferenceService {
         req: tonic::Request<pb::ModelInferRequest>,
     ) -> Reply<pb::ModelInferResponse> {
         let (metadata, _, msg) = req.into_parts();
-        let Some(mut span) = ServerSpan::grpc(&metadata, "ModelInfer", None) else {
+        // A caller without the token gets no span: `infer_one` refuses it.
+        let span = match self.pipeline.authorize(&metadata) {
+            Ok(()) => ServerSpan::grpc(&metadata, "ModelInfer", None),
+            Err(_) => None,
+        };
+        let Some(mut span) = span else {
             let resp = Self::infer_one(&self.pipeline, msg, &metadata, None).await?;
             return Ok(Response::new(resp));
         };
@@ -263,10 +268,7 @@ impl GrpcInferenceService for InferenceService {
             .header()
             .and_then(|v| tonic::metadata::MetadataValue::try_from(v.as_bytes()).ok());
         let mut answer = answer.map(Response::new).map_err(Status::from);
-        match &answer {
-            Ok(_) => span.end_grpc(tonic::Code::Ok, None),
-            Err(status) => span.end_grpc(status.code(), Some(status.message())),
-        }
+        span.end_status(answer.as_ref().err());
         if let Some(v) = traceparent {
             match &mut answer {
                 Ok(resp) => resp.metadata_mut().insert("traceparent", v),
@@ -313,13 +315,13 @@ impl GrpcInferenceService for InferenceService {
                     let mut span = ServerSpan::grpc(&*headers, "ModelStreamInfer", None);
                     let reply = Self::infer_one(&pipeline, msg, &*headers, span.as_mut()).await;
                     if let Some(span) = span {
-                        match &reply {
-                            Ok(_) => span.end_grpc(tonic::Code::Ok, None),
-                            Err(e) => {
-                                let status = Status::from(e.clone());
-                                span.end_grpc(status.code(), Some(status.message()));
-                            }
-                        }
+                        span.end_status(
+                            reply
+                                .as_ref()
+                                .err()
+                                .map(|e| Status::from(e.clone()))
+                                .as_ref(),
+                        );
                     }
                     let reply = match reply {
                         Ok(r) => pb::ModelStreamInferResponse {

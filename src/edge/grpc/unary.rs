@@ -48,7 +48,11 @@ pub(super) async fn model_infer(
 ) -> Response<Answer> {
     let (parts, mut body) = req.into_parts();
     let authority = parts.uri.authority().map(|a| a.as_str());
-    let mut span = ServerSpan::grpc(&parts.headers, "ModelInfer", authority);
+    // A caller without the token gets no span (as on HTTP): `call` refuses it.
+    let mut span = match pipeline.authorize(&parts.headers) {
+        Ok(()) => ServerSpan::grpc(&parts.headers, "ModelInfer", authority),
+        Err(_) => None,
+    };
     let answer = match call(pipeline, &parts.headers, &mut body, span.as_mut()).await {
         // The body failed (refused, past its deadline, reset): that is the answer.
         Err(Failed::Body(status)) => Err(status),
@@ -61,10 +65,10 @@ pub(super) async fn model_infer(
             Ok(()) => answer.map_err(|(Failed::Body(s) | Failed::Call(s))| s),
         },
     };
-    let failure = span
-        .as_ref()
-        .and(answer.as_ref().err())
-        .map(|s| (s.code(), s.message().to_string()));
+    let traceparent = span.as_ref().and_then(ServerSpan::header);
+    if let Some(span) = span {
+        span.end_status(answer.as_ref().err());
+    }
     let mut resp = match answer {
         Ok(msg) => {
             let mut resp = Response::new(Answer::message(&msg));
@@ -74,14 +78,8 @@ pub(super) async fn model_infer(
         }
         Err(status) => status.into_http(),
     };
-    if let Some(span) = span {
-        if let Some(v) = span.header() {
-            resp.headers_mut().insert("traceparent", v);
-        }
-        match failure {
-            Some((code, message)) => span.end_grpc(code, Some(&message)),
-            None => span.end_grpc(tonic::Code::Ok, None),
-        }
+    if let Some(v) = traceparent {
+        resp.headers_mut().insert("traceparent", v);
     }
     resp
 }
