@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Throughput and p99 with OpenTelemetry tracing off, and exporting over OTLP/gRPC
-# to a local receiver at sample ratios 0, 0.01 and 1 (r0, r0.01, r1), alternating
+# to a local receiver at sample ratios 0, 0.01 and 1 (r0, r0.01, r1; MODES can
+# add b0.01 and such: batches of 8192 spans), alternating
 # rounds in one run, mlp_small over HTTP binary at concurrency 32; and how many
 # spans the receiver took and the server dropped. Needs `make build loadtest`,
 # `make .venv-test/.done` (the receiver: loadtest/otlp-sink.py) and the peer
@@ -29,6 +30,9 @@ for round in $(seq "${ROUNDS:-3}"); do
     case $mode in
       off) serve "$mode" ;;
       r*) serve "$mode" --otlp-endpoint http://127.0.0.1:18700 --trace-sample-ratio "${mode#r}" ;;
+      # bRATIO: batches of 8192 spans, as the OpenTelemetry Collector's batch processor sends.
+      b*) OTEL_BSP_MAX_QUEUE_SIZE=16384 OTEL_BSP_MAX_EXPORT_BATCH_SIZE=8192 \
+            serve "$mode" --otlp-endpoint http://127.0.0.1:18700 --trace-sample-ratio "${mode#b}" ;;
     esac
     before=$(spans)
     run "tracing-$mode-$round"
