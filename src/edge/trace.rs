@@ -4,10 +4,10 @@
 //! back with the answer, sampled or not. Attribute names follow
 //! OpenTelemetry's semantic conventions for HTTP and RPC servers.
 
+use std::str::FromStr;
 use std::time::Instant;
 
 use http::HeaderValue;
-use std::str::FromStr;
 
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
