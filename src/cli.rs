@@ -189,7 +189,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL", env = "SWITCHYARD_CAPTURE_SINK")]
     pub capture_sink: Option<String>,
     /// The share of requests captured (default 1).
-    #[arg(long, value_name = "RATE", env = "SWITCHYARD_CAPTURE_SAMPLE_RATE")]
+    #[arg(long, value_name = "RATE", env = "SWITCHYARD_CAPTURE_SAMPLE_RATE", value_parser = share)]
     pub capture_sample_rate: Option<f64>,
     /// Export OpenTelemetry spans of every inference call to this OTLP
     /// collector (Jaeger, Tempo, an OpenTelemetry Collector): gRPC, or
@@ -206,7 +206,8 @@ pub struct ServeArgs {
         long,
         value_name = "RATIO",
         default_value_t = 1.0,
-        env = "SWITCHYARD_TRACE_SAMPLE_RATIO"
+        env = "SWITCHYARD_TRACE_SAMPLE_RATIO",
+        value_parser = share
     )]
     pub trace_sample_ratio: f64,
     /// This replica's name in the fleet (GET /admin/fleet). Default: the
@@ -432,6 +433,14 @@ impl ProfileArgs {
         );
         Ok(())
     }
+}
+
+/// A share of requests, 0 to 1, as the sampling flags take it.
+fn share(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| format!("{s}: a share, 0 to 1"))
 }
 
 impl ServeArgs {

@@ -99,8 +99,8 @@ pub struct Options {
     /// `None`: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
     /// else HTTP for an endpoint on port 4318 or ending `/v1/traces`, gRPC otherwise.
     pub protocol: Option<Protocol>,
-    /// The share of traces begun here that are sampled; a caller's decision,
-    /// when it sends one, is followed.
+    /// The share (0 to 1, checked by the caller) of calls that bring no
+    /// sampling decision that are traced; a caller's decision is followed.
     pub sample_ratio: f64,
     /// `service.instance.id`: the replica's name.
     pub instance: Option<String>,
@@ -228,12 +228,6 @@ fn start_with(options: &Options, scope: &Scope, env: Env<'_>) -> Result<bool> {
     let Some((endpoint, protocol)) = resolve(options, env)? else {
         return Ok(false);
     };
-    if !(0.0..=1.0).contains(&options.sample_ratio) {
-        return Err(Error::invalid(format!(
-            "--trace-sample-ratio {}: a share, 0 to 1",
-            options.sample_ratio
-        )));
-    }
     let batching = Batching::from_env(env)?;
     let resource = resource(options.instance.as_deref());
     let (tx, rx) = crossbeam_channel::bounded(batching.queue);
