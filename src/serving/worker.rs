@@ -543,9 +543,11 @@ fn execute(backend: &mut dyn Backend, batch: Vec<Job>, runner: &Runner) {
     } else {
         Vec::new()
     };
-    let shape = (batch.len(), batch.iter().map(Job::rows).sum::<usize>());
+    // Counted only for a traced batch: an untraced one pays nothing here.
+    let shape =
+        (!traced.is_empty()).then(|| (batch.len(), batch.iter().map(Job::rows).sum::<usize>()));
     let compute = answer(backend, batch, policy, stats, check);
-    if !traced.is_empty() {
+    if let Some(shape) = shape {
         trace_batch(&traced, shape, started, compute);
     }
 }
